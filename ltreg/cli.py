@@ -1,0 +1,167 @@
+"""Command line: ``ltreg list | info | train | eval | push``.
+
+``ltreg train`` with no flags is the demo: the default method on the embedded digits-LT data.
+Training flags are generated from :class:`ltreg.config.TrainConfig`, so the CLI, YAML files and
+Python keyword arguments accept the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Any
+
+from ltreg.method import ConfigError
+from ltreg.registry import RegistryError
+
+_SKIP = {"hparams", "method"}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from ltreg.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    p.add_argument("--method", "-m", default=None, help="registered method name (see `ltreg list`)")
+    p.add_argument("--config", dest="yaml", default=None, help="YAML run file (keys of TrainConfig, hparams: {...})")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a method hyper-parameter (repeatable)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _SKIP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            p.add_argument(flag, action="store_true", default=None)
+        elif f.name == "milestones":
+            p.add_argument(flag, type=lambda s: [int(x) for x in s.split(",") if x], default=None,
+                           help="comma-separated epochs for schedule=step")
+        else:
+            p.add_argument(flag, default=None, help=f"default {f.default!r}" if f.default is not dataclasses.MISSING else None)
+
+
+def _hparams(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--hp expects NAME=VALUE, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ltreg.method import list_methods
+
+    rows = list_methods()
+    width = max([len(r["name"]) for r in rows] + [6])
+    print(f"{'method':<{width}}  {'stages':>6}  {'distribution':<24} summary")
+    for r in rows:
+        dist = f"{r['dist']} {r['version']}".strip()
+        if r["error"]:
+            print(f"{r['name']:<{width}}  {'-':>6}  {dist:<24} FAILED TO LOAD: {r['error']}")
+        else:
+            print(f"{r['name']:<{width}}  {r['stages']:>6}  {dist:<24} {r['summary']}")
+    if args.parts:
+        from ltreg.registry import GROUPS, registry
+
+        for group in GROUPS[1:]:
+            names = ", ".join(f"{e.name} ({e.dist})" for e in registry(group).entries())
+            print(f"\n{group}: {names}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ltreg.method import get_method
+
+    print(get_method(args.name).describe())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ltreg.train import train
+
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items()
+                                 if k not in ("command", "func", "yaml", "hp", "method") and v is not None}
+    hps = _hparams(args.hp)
+    if hps:
+        overrides["hparams"] = hps
+    result = train(args.method, yaml_path=args.yaml, **overrides)
+    if result.config.push_to_hub:
+        from ltreg.hub import push_run
+
+        push_run(result.run_dir, result.config.push_to_hub)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ltreg.hub import evaluate_pretrained
+
+    metrics = evaluate_pretrained(args.model, dataset=args.dataset, data_root=args.data_root)
+    from ltreg.evaluate import format_table
+
+    print(format_table(metrics, title=f"{args.model} (top-1 %)"))
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from ltreg.hub import push_run
+
+    url = push_run(args.run_dir, args.repo, private=args.private, revision=args.revision)
+    print(f"pushed {args.run_dir} to {url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltreg", description="Long-tailed recognition methods, one trainer.")
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("list", help="installed methods and where they come from")
+    p.add_argument("--parts", action="store_true", help="also list losses, samplers, prototypes, ...")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("info", help="a method's parts, hyper-parameters and recipes")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("train", help="train a method (no flags: the digits-LT demo)")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a saved model folder or Hub repo on a data set")
+    p.add_argument("model", help="run folder, model folder or Hub repo id")
+    p.add_argument("--dataset", default=None, help="default: the data set it was trained on")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("push", help="push a run folder to the Hugging Face Hub")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", required=True, help="org/name")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", default=None)
+    p.set_defaults(func=cmd_push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv or ["train"])
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ConfigError, RegistryError, ValueError) as exc:
+        print(f"ltreg: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        from ltreg.train import TrainingError
+
+        if isinstance(exc, TrainingError):
+            print(f"ltreg: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

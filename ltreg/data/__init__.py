@@ -1,0 +1,1 @@
+"""Long-tailed data: LT builders, image sources, multi-view pipelines."""

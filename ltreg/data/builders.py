@@ -1,0 +1,617 @@
+"""Builders of long-tailed benchmarks, registered in the ``ltreg.datasets`` group.
+
+Each builder is ``fn(root=None, imbalance=..., profile="exp", seed=0, **kw) -> LTData``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ltreg.data.lt import (
+    DataError,
+    LTData,
+    LTDataset,
+    TensorSource,
+    effective_imbalance,
+    make_lt_indices,
+    subset_source,
+)
+from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource, HFSource, pil_channels
+
+
+def digits_lt(
+    root: str | None = None,
+    imbalance: float = 20.0,
+    profile: str = "exp",
+    seed: int = 0,
+    test_per_class: int = 30,
+    n_max: int = 140,
+) -> LTData:
+    """scikit-learn's bundled 8x8 digits, made long-tailed: the embedded default data.
+
+    Per class, ``test_per_class`` images (seeded) form a balanced test set; the LT training set is
+    drawn from the rest with the exponential profile (IF 20: 140 ... 7 images per class, 472 in all).
+    Ten classes with at most 140 images need their own split thresholds: many > 60, few < 20
+    (3 many / 3 medium / 4 few classes at IF 20).
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(np.clip(digits.images * 16, 0, 255).astype(np.uint8)).unsqueeze(1)
+    targets = np.asarray(digits.target, dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    test_idx, pool_idx = [], []
+    for c in range(10):
+        idx = np.where(targets == c)[0]
+        rng.shuffle(idx)
+        test_idx.append(idx[:test_per_class])
+        pool_idx.append(idx[test_per_class:])
+    test_idx = np.sort(np.concatenate(test_idx))
+    pool_idx = np.sort(np.concatenate(pool_idx))
+    lt = pool_idx[make_lt_indices(targets[pool_idx], 10, imbalance, profile, n_max=n_max, seed=seed)]
+    common = dict(
+        num_classes=10,
+        class_names=[str(i) for i in range(10)],
+        channels=1,
+        image_size=8,
+        allow_flip=False,
+        mean=(0.30,),
+        std=(0.38,),
+        many_thr=60,
+        few_thr=20,
+    )
+    info = {"source": "sklearn.datasets.load_digits", "imbalance": imbalance, "profile": profile, "seed": seed}
+    src = TensorSource(images)
+    train = LTDataset("digits-lt", src.subset(lt), torch.from_numpy(targets[lt]), info=info, **common)
+    test = LTDataset("digits-test", src.subset(test_idx), torch.from_numpy(targets[test_idx]), info=info, **common)
+    return LTData(train=train, test=test)
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
+GREY_MEAN, GREY_STD = (0.5,), (0.5,)
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+def _info(
+    source: str, imbalance: float | None, profile: str | None, seed: int, **extra: Any
+) -> dict[str, Any]:
+    return {"source": source, "imbalance": imbalance, "profile": profile, "seed": seed, **extra}
+
+
+def _pair(
+    name: str,
+    train: tuple[Any, Any],
+    test: tuple[Any, Any],
+    val: tuple[Any, Any] | None = None,
+    **common: Any,
+) -> LTData:
+    """Train / test (/ val) LTDatasets sharing one description; the training set must have every class."""
+    data = LTData(
+        train=LTDataset(name, *train, **common),
+        test=LTDataset(f"{name}-test", *test, **common),
+        val=None if val is None else LTDataset(f"{name}-val", *val, **common),
+    )
+    data.train.check_train()
+    return data
+
+
+def _lt_or_all(
+    targets: np.ndarray, num_classes: int, imbalance: float | None, profile: str, n_max: int | None, seed: int
+) -> np.ndarray:
+    """LDAM-DRW LT indices, or every index when ``imbalance`` is None (an already long-tailed set)."""
+    if imbalance is None:
+        return np.arange(len(targets))
+    return make_lt_indices(targets, num_classes, imbalance, profile, n_max=n_max, seed=seed)
+
+
+def _materialize(source: Any, idx: np.ndarray) -> TensorSource:
+    """Decode ``idx`` of a lazy source into memory: small sets (CIFAR) train faster from one tensor."""
+    return TensorSource(torch.stack([source.load(int(i)) for i in idx]))
+
+
+# -- Fashion-MNIST -----------------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An (optionally gzipped) uint8 IDX file, MNIST's format, parsed with numpy."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path}: not a uint8 IDX file")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", raw[3], 4))
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape)
+
+
+def _fashion_file(root: Path, stem: str) -> Path:
+    for path in (root / f"{stem}.gz", root / stem):
+        if path.is_file():
+            return path
+    raise DataError(
+        f"Fashion-MNIST file {stem}(.gz) not found in {root}: run `apt-get install dataset-fashion-mnist` "
+        f"(installs {FASHION_DIR}) or pass root= a folder with the four IDX files"
+    )
+
+
+def fashion_mnist_lt(
+    root: str | None = None,
+    imbalance: float = 100.0,
+    profile: str = "exp",
+    seed: int = 0,
+    n_max: int = 6000,
+) -> LTData:
+    """Real Fashion-MNIST (Debian ``dataset-fashion-mnist``): LDAM-DRW LT subset of the 60k train set, balanced 10k test.
+
+    Thresholds scale with ``n_max`` as CIFAR-100-LT's 100 / 20 do with its 500 (n_max/5, n_max/25):
+    many > 1200, few < 240 at n_max 6000, i.e. 4 many / 3 medium / 3 few classes at IF 100
+    (6000 ... 60 images); the literature's 100 / 20 would leave 8 many / 2 medium / 0 few.
+    """
+    base = Path(root or FASHION_DIR)
+    x_tr, y_tr, x_te, y_te = (
+        _read_idx(_fashion_file(base, stem))
+        for stem in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        )
+    )
+    y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
+    lt = make_lt_indices(y_tr, 10, imbalance, profile, n_max=n_max, seed=seed)
+    images = torch.from_numpy(x_tr[lt].copy()).unsqueeze(1)
+    return _pair(
+        "fashion-mnist-lt",
+        (TensorSource(images), y_tr[lt]),
+        (TensorSource(torch.from_numpy(x_te.copy()).unsqueeze(1)), y_te),
+        num_classes=10,
+        class_names=FASHION_CLASSES,
+        channels=1,
+        image_size=28,
+        allow_flip=True,
+        mean=(0.2860,),
+        std=(0.3530,),
+        many_thr=n_max // 5,
+        few_thr=n_max // 25,
+        info=_info(str(base), imbalance, profile, seed, n_max=n_max),
+    )
+
+
+# -- Hugging Face `datasets` -------------------------------------------------------------------
+
+
+def _load_hf(root: str) -> Any:
+    """A DatasetDict from a ``save_to_disk`` folder, a folder of data files (parquet ...) or a Hub id."""
+    import datasets
+
+    path = Path(root)
+    try:
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(str(path))
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable message
+        where = "folder" if path.is_dir() else "Hub id (needs network or the HF cache)"
+        raise DataError(
+            f"cannot load the datasets {where} {root!r}: {type(exc).__name__}: {exc}. Pass root= a "
+            f"`save_to_disk` folder, a folder of parquet files (train-*.parquet, test-*.parquet) or a Hub id"
+        ) from exc
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DataError(f"{root!r} holds a single split; save a DatasetDict with train and test splits")
+    return loaded
+
+
+def _pick(
+    names: list[str],
+    given: str | None,
+    candidates: tuple[str, ...],
+    kind: str,
+    features: Any,
+    feature_type: type,
+) -> str:
+    """The column to use: the one given, else the first known name, else the first column of the right type."""
+    if given is not None:
+        if given not in names:
+            raise DataError(f"no {kind} column {given!r}; columns are {names}")
+        return given
+    found = [c for c in candidates if c in names] or [
+        c for c in names if isinstance(features[c], feature_type)
+    ]
+    if not found:
+        raise DataError(f"cannot tell the {kind} column among {names}; pass {kind}_column=")
+    return found[0]
+
+
+def _hf_splits(
+    root: str, image_column: str | None, label_column: str | None, train_split: str, test_split: str
+) -> tuple[Any, Any, np.ndarray, np.ndarray, str, str, list[str]]:
+    """Train and test splits, their labels, the image and label columns and the class names of a DatasetDict."""
+    import datasets
+
+    dd = _load_hf(root)
+    for split in (train_split, test_split):
+        if split not in dd:
+            raise DataError(f"{root!r} has no split {split!r}; splits are {list(dd)}")
+    train, test = dd[train_split], dd[test_split]
+    names, feats = train.column_names, train.features
+    img = _pick(names, image_column, ("img", "image"), "image", feats, datasets.Image)
+    lab = _pick(names, label_column, ("label", "fine_label", "labels"), "label", feats, datasets.ClassLabel)
+    y_tr, y_te = (np.asarray(list(ds[lab]), dtype=np.int64) for ds in (train, test))
+    if isinstance(feats[lab], datasets.ClassLabel):
+        class_names = list(feats[lab].names)
+    else:
+        class_names = [str(i) for i in range(max(int(y_tr.max()), int(y_te.max())) + 1)]
+    return train, test, y_tr, y_te, img, lab, class_names
+
+
+def _cifar_lt(
+    name: str,
+    root: str,
+    num_classes: int,
+    imbalance: float,
+    profile: str,
+    seed: int,
+    n_max: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> LTData:
+    """CIFAR-LT exactly as LDAM-DRW (``make_lt_indices``), images decoded into memory."""
+    train, test, y_tr, y_te, img, lab, class_names = _hf_splits(root, None, None, "train", "test")
+    if len(class_names) != num_classes:
+        raise DataError(f"{root!r}: {len(class_names)} classes in column {lab!r}, {name} needs {num_classes}")
+    lt = make_lt_indices(y_tr, num_classes, imbalance, profile, n_max=n_max, seed=seed)
+    return _pair(
+        name,
+        (_materialize(HFSource(train, img), lt), y_tr[lt]),
+        (_materialize(HFSource(test, img), np.arange(len(y_te))), y_te),
+        num_classes=num_classes,
+        class_names=class_names,
+        channels=3,
+        image_size=32,
+        allow_flip=True,
+        mean=mean,
+        std=std,
+        info=_info(root, imbalance, profile, seed, n_max=n_max),
+    )
+
+
+def cifar10_lt(
+    root: str | None = None,
+    imbalance: float = 100.0,
+    profile: str = "exp",
+    seed: int = 0,
+    hf_id: str = "uoft-cs/cifar10",
+    n_max: int = 5000,
+) -> LTData:
+    """CIFAR-10-LT (LDAM-DRW: IF 100/50/10 -> 12,406 / 13,996 / 20,431 images), balanced 10k test; thresholds 100 / 20."""
+    return _cifar_lt(
+        "cifar10-lt", root or hf_id, 10, imbalance, profile, seed, n_max, CIFAR10_MEAN, CIFAR10_STD
+    )
+
+
+def cifar100_lt(
+    root: str | None = None,
+    imbalance: float = 100.0,
+    profile: str = "exp",
+    seed: int = 0,
+    hf_id: str = "uoft-cs/cifar100",
+    n_max: int = 500,
+) -> LTData:
+    """CIFAR-100-LT (LDAM-DRW: IF 100/50/10 -> 10,847 / 12,608 / 19,573 images), balanced 10k test; thresholds 100 / 20."""
+    return _cifar_lt(
+        "cifar100-lt", root or hf_id, 100, imbalance, profile, seed, n_max, CIFAR100_MEAN, CIFAR100_STD
+    )
+
+
+def hf_lt(
+    root: str,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    imbalance: float | None = None,
+    profile: str = "exp",
+    seed: int = 0,
+    test_split: str = "test",
+    train_split: str = "train",
+    n_max: int | None = None,
+    many_thr: int = 100,
+    few_thr: int = 20,
+) -> LTData:
+    """Any ``datasets`` image-classification set, lazily decoded; ``imbalance=None`` keeps the training split as is.
+
+    Channels and the nominal ``image_size`` (shorter side) come from the first training image;
+    mean / std are ImageNet's for colour, 0.5 / 0.5 for grey-level images.
+    """
+    train, test, y_tr, y_te, img, lab, class_names = _hf_splits(
+        root, image_column, label_column, train_split, test_split
+    )
+    first = train[0][img]
+    channels = pil_channels(first) if isinstance(first, Image.Image) else (1 if np.ndim(first) == 2 else 3)
+    size = min(first.size) if isinstance(first, Image.Image) else min(np.shape(first)[:2])
+    idx = _lt_or_all(y_tr, len(class_names), imbalance, profile, n_max, seed)
+    return _pair(
+        "hf-lt",
+        (subset_source(HFSource(train, img, channels), idx), y_tr[idx]),
+        (HFSource(test, img, channels), y_te),
+        num_classes=len(class_names),
+        class_names=class_names,
+        channels=channels,
+        image_size=int(size),
+        allow_flip=True,
+        mean=IMAGENET_MEAN if channels == 3 else GREY_MEAN,
+        std=IMAGENET_STD if channels == 3 else GREY_STD,
+        many_thr=many_thr,
+        few_thr=few_thr,
+        info=_info(root, imbalance, profile, seed, image_column=img, label_column=lab),
+    )
+
+
+# -- image folders -----------------------------------------------------------------------------
+
+
+def _readable(path: Path) -> Exception | None:
+    """None when PIL can identify and verify the file, else the error."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+        return exc
+    return None
+
+
+def imagefolder_lt(
+    root: str,
+    imbalance: float | None = None,
+    profile: str = "exp",
+    seed: int = 0,
+    on_bad_image: str = "skip",
+    test_fraction: float = 0.2,
+    channels: int = 3,
+    image_size: int = 224,
+    resize: bool = False,
+    n_max: int | None = None,
+    many_thr: int = 100,
+    few_thr: int = 20,
+) -> LTData:
+    """A folder of class subfolders (sorted names = labels), lazily decoded.
+
+    Test set: with ``imbalance`` (a balanced folder made long-tailed) ``test_fraction`` of the smallest
+    class from every class, i.e. balanced; without it (a folder already long-tailed) ``test_fraction``
+    of each class, at least one image. Unreadable images are skipped (counted in ``info["skipped"]``
+    and warned about) or raise naming the file (``on_bad_image="error"``). ``resize`` makes every
+    image ``image_size`` square at load, for folders of mixed small sizes.
+    """
+    if on_bad_image not in ("skip", "error"):
+        raise DataError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class subfolders (expected root/<class>/<image>)")
+    paths: list[str] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    for c, name in enumerate(classes):
+        for path in sorted(p for p in (base / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+            exc = _readable(path)
+            if exc is None:
+                paths.append(str(path))
+                labels.append(c)
+            elif on_bad_image == "error":
+                raise DataError(
+                    f"unreadable image {path}: {exc}; fix or delete it, or pass on_bad_image='skip'"
+                )
+            else:
+                skipped.append(str(path))
+    if skipped:
+        warnings.warn(
+            f"imagefolder-lt: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}", stacklevel=2
+        )
+    targets = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(targets, minlength=len(classes))
+    empty = [classes[c] for c in np.where(counts == 0)[0]]
+    if empty:
+        raise DataError(f"{root}: class folder(s) with no readable image: {', '.join(empty[:10])}")
+    balanced = int(test_fraction * counts.min())
+    rng = np.random.RandomState(seed)
+    test_idx, pool_idx = [], []
+    for c in range(len(classes)):
+        idx = np.where(targets == c)[0]
+        rng.shuffle(idx)
+        k = max(1, balanced if imbalance is not None else round(test_fraction * len(idx)))
+        test_idx.append(idx[:k])
+        pool_idx.append(idx[k:])
+    test = np.sort(np.concatenate(test_idx))
+    pool = np.sort(np.concatenate(pool_idx))
+    train = pool[_lt_or_all(targets[pool], len(classes), imbalance, profile, n_max, seed)]
+    src = FileSource(paths, channels, image_size if resize else None)
+    return _pair(
+        "imagefolder-lt",
+        (src.subset(train), targets[train]),
+        (src.subset(test), targets[test]),
+        num_classes=len(classes),
+        class_names=classes,
+        channels=channels,
+        image_size=image_size,
+        allow_flip=True,
+        mean=IMAGENET_MEAN if channels == 3 else GREY_MEAN,
+        std=IMAGENET_STD if channels == 3 else GREY_STD,
+        many_thr=many_thr,
+        few_thr=few_thr,
+        info=_info(str(base), imbalance, profile, seed, skipped=len(skipped), skipped_files=skipped[:20]),
+    )
+
+
+# -- split-file benchmarks: ImageNet-LT, Places-LT, iNaturalist 2018 ----------------------------
+
+
+def _read_split(path: Path, image_root: Path) -> tuple[list[str], np.ndarray]:
+    """Lines ``relative/path.jpg label`` as absolute paths under ``image_root`` and int labels."""
+    paths, labels = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        try:
+            labels.append(int(parts[1]))
+        except (IndexError, ValueError):
+            raise DataError(f"{path}:{n}: expected 'relative/path.jpg label', got {line!r}") from None
+        paths.append(str(image_root / parts[0].lstrip("/")))
+    if not paths:
+        raise DataError(f"{path} lists no images")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _split_file_lt(
+    name: str,
+    root: str,
+    split_dir: str | None,
+    files: dict[str, str],
+    hint: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    imbalance: float | None,
+    profile: str | None,
+    seed: int,
+) -> LTData:
+    """A fixed LT benchmark from its split files (train, test, optional val) and an image root."""
+    if imbalance is not None or profile not in (None, "fixed"):
+        raise DataError(f"{name} has a fixed long-tailed split: leave imbalance and profile unset")
+    image_root, sdir = Path(root), Path(split_dir or root)
+    required = [files["train"], files["test"]]
+    missing = [f for f in required if not (sdir / f).is_file()]
+    if missing:
+        raise DataError(f"{name}: split file(s) {', '.join(missing)} not found in {sdir}; {hint}")
+    parts = {}
+    for split, fname in files.items():
+        if (sdir / fname).is_file():
+            paths, labels = _read_split(sdir / fname, image_root)
+            if not Path(paths[0]).is_file():
+                raise DataError(
+                    f"{name}: image {paths[0]} (first line of {fname}) not found; root= must be the image "
+                    f"folder that the split files' paths are relative to"
+                )
+            parts[split] = (FileSource(paths, 3), labels)
+    num_classes = max(int(labels.max()) for _, labels in parts.values()) + 1
+    first: dict[int, str] = {}
+    for source, labels in parts.values():
+        for path, label in zip(source.paths, labels.tolist()):
+            first.setdefault(label, Path(path).parent.name)
+    counts = np.bincount(parts["train"][1], minlength=num_classes)
+    return _pair(
+        name,
+        parts["train"],
+        parts["test"],
+        parts.get("val"),
+        num_classes=num_classes,
+        class_names=[first.get(c, str(c)) for c in range(num_classes)],
+        channels=3,
+        image_size=224,
+        allow_flip=True,
+        mean=mean,
+        std=std,
+        many_thr=100,
+        few_thr=20,
+        info=_info(
+            str(sdir),
+            effective_imbalance(torch.from_numpy(counts)),
+            "fixed",
+            seed,
+            image_root=str(image_root),
+        ),
+    )
+
+
+OLTR_HINT = (
+    "get them from the OLTR release (github.com/zhmiao/OpenLongTailRecognition-OLTR, data/{d}) or the "
+    "PaCo / BCL repositories, and pass split_dir= their folder"
+)
+
+
+def imagenet_lt(
+    root: str,
+    split_dir: str | None = None,
+    imbalance: float | None = None,
+    profile: str | None = None,
+    seed: int = 0,
+) -> LTData:
+    """ImageNet-LT (1000 classes, 115.8K train, 50K balanced test, 20K val) from its split files; root = ImageNet-2012."""
+    return _split_file_lt(
+        "imagenet-lt",
+        root,
+        split_dir,
+        {"train": "ImageNet_LT_train.txt", "test": "ImageNet_LT_test.txt", "val": "ImageNet_LT_val.txt"},
+        OLTR_HINT.format(d="ImageNet_LT"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        imbalance,
+        profile,
+        seed,
+    )
+
+
+def places_lt(
+    root: str,
+    split_dir: str | None = None,
+    imbalance: float | None = None,
+    profile: str | None = None,
+    seed: int = 0,
+) -> LTData:
+    """Places-LT (365 classes, 62.5K train, 36.5K balanced test) from its split files; root = Places365-Standard."""
+    return _split_file_lt(
+        "places-lt",
+        root,
+        split_dir,
+        {"train": "Places_LT_train.txt", "test": "Places_LT_test.txt", "val": "Places_LT_val.txt"},
+        OLTR_HINT.format(d="Places_LT"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        imbalance,
+        profile,
+        seed,
+    )
+
+
+def inat2018(
+    root: str,
+    split_dir: str | None = None,
+    imbalance: float | None = None,
+    profile: str | None = None,
+    seed: int = 0,
+) -> LTData:
+    """iNaturalist 2018 (8,142 classes, 437.5K train, the 24,426 val images as test); root holds train_val2018/."""
+    return _split_file_lt(
+        "inat2018",
+        root,
+        split_dir,
+        {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
+        "get them from github.com/facebookresearch/classifier-balancing (data/iNaturalist18) or the PaCo / BCL "
+        "repositories, and pass split_dir= their folder",
+        INAT_MEAN,
+        INAT_STD,
+        imbalance,
+        profile,
+        seed,
+    )

@@ -1,0 +1,159 @@
+"""Named view pipelines and the multi-view dataset the trainer loads batches from.
+
+A method names one pipeline per view (``("cls", "sim", "sim")`` for BCL / ECL). Pipelines adapt to
+the data set (image size, channels, whether flips keep the label). Every sample's augmentation is
+seeded by (seed, epoch, index, slot), so a run's batches do not depend on how many processes or
+workers load them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.transforms import v2
+
+from ltreg.data.lt import LTDataset
+from ltreg.step import Batch
+
+PIPELINES = ("none", "cls", "crop", "sim", "rand", "cifar")
+MODIFIERS = ("erase",)
+
+
+class Cutout(torch.nn.Module):
+    """Cutout (DeVries & Taylor 2017): zero one ``size`` x ``size`` square centred anywhere in the image."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, y1 = max(0, cy - self.size // 2), min(h, cy + self.size // 2)
+        x0, x1 = max(0, cx - self.size // 2), min(w, cx + self.size // 2)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = 0
+        return x
+
+
+def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor]:
+    """The transform ``uint8 [C, H, W] -> float [C, S, S]`` of a pipeline name like ``"rand+erase"``."""
+    base, *mods = name.split("+")
+    if base not in PIPELINES or any(m not in MODIFIERS for m in mods):
+        raise ValueError(
+            f"unknown view pipeline {name!r}; pipelines: {', '.join(PIPELINES)} "
+            f"(optionally with +{'/+'.join(MODIFIERS)})"
+        )
+    s, c = data.image_size, data.channels
+    large = s >= 96
+    flip = [v2.RandomHorizontalFlip()] if data.allow_flip else []
+    if large:
+        crop: list[Any] = [v2.RandomResizedCrop(s, antialias=True)]
+    else:
+        crop = [v2.RandomCrop(s, padding=max(1, s // 8))]
+    ops: list[Any] = [v2.ToImage()]
+    if base == "none":
+        ops += [v2.Resize(int(s * 256 / 224), antialias=True), v2.CenterCrop(s)] if large else [v2.Resize(s, antialias=True), v2.CenterCrop(s)]
+    elif base in ("cls", "crop"):
+        ops += crop + flip
+    elif base == "sim":
+        jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1) if c == 3 else v2.ColorJitter(0.4, 0.4)
+        ops += [v2.RandomResizedCrop(s, scale=(0.2 if large else 0.5, 1.0), antialias=True), *flip,
+                v2.RandomApply([jitter], p=0.8)]
+        if c == 3:
+            ops.append(v2.RandomGrayscale(p=0.2))
+        if large:
+            ops.append(v2.RandomApply([v2.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.5))
+    elif base == "rand":
+        ops += [v2.RandomResizedCrop(s, scale=(0.08 if large else 0.5, 1.0), antialias=True), *flip,
+                v2.RandAugment(num_ops=2, magnitude=10)]
+    elif base == "cifar":
+        ops += crop + flip + [v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)]
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean) * (c // len(data.mean)),
+                                                                  list(data.std) * (c // len(data.std)))]
+    if base == "cifar":
+        ops.append(Cutout(max(1, s // 2)))
+    if "erase" in mods:
+        ops.append(v2.RandomErasing(p=0.5))
+    return v2.Compose(ops)
+
+
+def _seed(*parts: int) -> int:
+    h = 0x9E3779B1
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + 0x7F4A7C15) % (2**62)
+    return h
+
+
+class ViewDataset(torch.utils.data.Dataset):
+    """Loads sampler records into multi-view samples.
+
+    A record is an index, ``(i, j)`` for a paired sampler (``role="pair"``: ``j``'s views go to
+    ``extra["pair_images"]``) or ``(i, j_1..j_k)`` for k-global positives (``role="positives"``:
+    ``extra["positives"]`` is ``[k, V', C, H, W]`` with ``positive_views`` pipelines).
+    """
+
+    def __init__(
+        self,
+        data: LTDataset,
+        views: Sequence[str],
+        role: str | None = None,
+        positive_views: Sequence[str] = ("sim",),
+        seed: int = 0,
+    ) -> None:
+        self.data = data
+        self.pipelines = [build_pipeline(v, data) for v in views]
+        self.positive_pipelines = [build_pipeline(v, data) for v in positive_views]
+        self.role = role
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _views(self, i: int, pipelines: Sequence[Callable[[Tensor], Tensor]], slot: int) -> Tensor:
+        img = self.data.source.load(i)
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(self.seed, self.epoch, i, slot))
+            for p in pipelines:
+                out.append(p(img))
+        return torch.stack(out)
+
+    def __getitem__(self, record: int | Sequence[int]) -> dict[str, Any]:
+        if isinstance(record, (tuple, list)):
+            i, rest = int(record[0]), [int(r) for r in record[1:]]
+        else:
+            i, rest = int(record), []
+        item: dict[str, Any] = {"images": self._views(i, self.pipelines, 0), "target": int(self.data.targets[i]), "index": i}
+        if self.role == "pair":
+            (j,) = rest
+            item["pair_images"] = self._views(j, self.pipelines, 1)
+            item["targets_b"] = int(self.data.targets[j])
+            item["pair_index"] = j
+        elif self.role == "positives":
+            item["positives"] = torch.stack([self._views(j, self.positive_pipelines, 2 + n) for n, j in enumerate(rest)])
+            item["positive_index"] = torch.tensor(rest)
+        return item
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Stack samples into a :class:`Batch`; every key besides images/target/index goes to ``extra``."""
+    extra = {}
+    for key in items[0]:
+        if key in ("images", "target", "index"):
+            continue
+        values = [it[key] for it in items]
+        extra[key] = torch.stack(values) if isinstance(values[0], Tensor) else torch.tensor(values)
+    return Batch(
+        images=torch.stack([it["images"] for it in items]),
+        targets=torch.tensor([it["target"] for it in items]),
+        index=torch.tensor([it["index"] for it in items]),
+        extra=extra,
+    )

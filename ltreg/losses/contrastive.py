@@ -1,0 +1,333 @@
+"""Supervised-contrastive losses: SupCon, KCL, BCL and PaCo / GPaCo, each a configuration of the one core.
+
+Each loss has a functional form on raw tensors (``supcon``, ``kcl``, ``bcl``, ``paco``) and a module with
+the step signature ``forward(outputs, batch, state) -> LossOutput``. Anchors are the local views
+``outputs.z[:, views]`` (``[B, V, D]``, flattened sample-major to ``N = B * V``); the columns are the
+global set built by :func:`contrast_set`: the gathered views (each anchor's own column at
+``(rank * B + b) * V + v``), the gathered key projections ``outputs.extra["key_z"]`` of a momentum
+memory, then its queue (``state.memory.queue_z`` / ``queue_labels``, -1 = empty slot, ignored).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ltreg.losses.classification import logit_adjusted_ce
+from ltreg.losses.core import ContrastiveResult, contrastive_loss
+from ltreg.step import Batch, LossOutput, Outputs, StepState
+
+Reduction = Literal["mean", "none"]
+
+
+class ContrastSet(NamedTuple):
+    """Columns the anchors are contrasted with, and where each anchor's own image sits among them."""
+
+    z: Tensor
+    labels: Tensor
+    self_index: Tensor | None
+    own_index: Tensor
+
+    def append(self, z: Tensor, labels: Tensor) -> ContrastSet:
+        """Add columns at the end (e.g. prototypes); anchor positions are unchanged."""
+        return self._replace(z=torch.cat([self.z, z]), labels=torch.cat([self.labels, labels]))
+
+
+def contrast_set(
+    z: Tensor,
+    labels: Tensor,
+    *,
+    global_z: Tensor | None = None,
+    global_labels: Tensor | None = None,
+    offset: int = 0,
+    keys: Tensor | None = None,
+    queue: Tensor | None = None,
+    queue_labels: Tensor | None = None,
+    include_views: bool = True,
+) -> ContrastSet:
+    """Columns ``[views of global_z][keys][queue]`` for the anchors ``z`` ``[B, V, D]`` found at ``offset``.
+
+    ``global_z`` ``[B', V, D]`` / ``global_labels`` ``[B']`` default to the local ones (one process);
+    ``keys`` ``[B', D]`` are the global key projections (labels ``global_labels``). ``own_index`` lists,
+    per anchor, its other views and its own key: the same-image positives of every method.
+    """
+    b, v, _ = z.shape
+    gz = z if global_z is None else global_z
+    gl = labels if global_labels is None else global_labels
+    sample = torch.arange(b, device=z.device) + offset
+    cols, labs, own = [], [], []
+    self_index, start = None, 0
+    if include_views:
+        cols.append(gz.reshape(-1, gz.shape[-1]))
+        labs.append(gl.repeat_interleave(v))
+        view = torch.arange(v, device=z.device)
+        self_index = (sample.unsqueeze(1) * v + view).reshape(-1)
+        others = (view.unsqueeze(1) + torch.arange(1, v, device=z.device)) % v  # [V, V-1]
+        own.append((sample.view(b, 1, 1) * v + others).reshape(b * v, v - 1))
+        start = gz.shape[0] * v
+    if keys is not None:
+        cols.append(keys)
+        labs.append(gl)
+        own.append((start + sample).repeat_interleave(v).unsqueeze(1))
+    if queue is not None:
+        if queue_labels is None:
+            raise ValueError("queue needs queue_labels (use -1 for empty slots)")
+        cols.append(queue)
+        labs.append(queue_labels)
+    if not cols:
+        raise ValueError("the contrast set is empty: include the views or give keys / a queue")
+    own_index = torch.cat(own, 1) if own else torch.empty(b * v, 0, dtype=torch.long, device=z.device)
+    return ContrastSet(torch.cat(cols), torch.cat(labs), self_index, own_index)
+
+
+def sample_positives(
+    anchor_labels: Tensor, contrast_labels: Tensor, k: int, exclude: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """``[N, k]`` columns drawn uniformly without replacement among same-label columns not in ``exclude``.
+
+    ``exclude`` is ``[N, E]`` (-1 pads). Fewer than ``k`` available gives all of them, padded with -1.
+    Vectorised over anchors (Floyd's algorithm, ``k`` rounds) inside each label's block of the sorted
+    labels: no ``[N, M]`` tensor, no host sync.
+    """
+    n, m = anchor_labels.shape[0], contrast_labels.shape[0]
+    dev = anchor_labels.device
+    sorted_y, order = contrast_labels.sort()
+    start = torch.searchsorted(sorted_y, anchor_labels)
+    size = (torch.searchsorted(sorted_y, anchor_labels, right=True) - start) * (anchor_labels >= 0)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(m, device=dev))
+    ex = exclude.clamp_min(0)
+    in_block = (exclude >= 0) & (contrast_labels[ex] == anchor_labels.unsqueeze(1))
+    ex_pos = torch.where(in_block, rank[ex] - start.unsqueeze(1), m).sort(1).values
+    dup = torch.zeros_like(in_block)
+    dup[:, 1:] = ex_pos[:, 1:] == ex_pos[:, :-1]
+    ex_pos = ex_pos.masked_fill(dup, m).sort(1).values
+    avail = size - (ex_pos < m).sum(1)
+    kk = avail.clamp(0, k)
+    chosen = torch.full((n, k), -1, dtype=torch.long, device=dev)
+    for step in range(k):  # Floyd: the step-th pick is uniform in [0, j], or j itself if already taken
+        j = avail - kk + step
+        t = (torch.rand(n, generator=generator, device=dev) * (j + 1)).long().minimum(j)
+        pick = torch.where((chosen == t.unsqueeze(1)).any(1), j, t)
+        chosen[:, step] = torch.where(step < kk, pick, -1)
+    for e in ex_pos.unbind(1):  # rank among the allowed -> position in the block, skipping excluded ones
+        chosen = chosen + ((chosen >= e.unsqueeze(1)) & (chosen >= 0))
+    cols = order[(start.unsqueeze(1) + chosen.clamp_min(0)).clamp_max(m - 1)]
+    return torch.where(chosen >= 0, cols, -1)
+
+
+def _anchors(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Flatten ``[B, V, D]`` anchors sample-major, with their labels."""
+    return z.reshape(-1, z.shape[-1]), labels.repeat_interleave(z.shape[1])
+
+
+def supcon(
+    z: Tensor, labels: Tensor, temperature: float = 0.1, *, contrast: ContrastSet | None = None, reduction: Reduction = "mean"
+) -> ContrastiveResult:
+    """SupCon "all" mode (section 3.1): every view is an anchor, its positives are the other same-label columns."""
+    cs = contrast if contrast is not None else contrast_set(z, labels)
+    a, ya = _anchors(z, labels)
+    return contrastive_loss(a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, reduction=reduction)
+
+
+def kcl(
+    z: Tensor,
+    labels: Tensor,
+    *,
+    k: int = 6,
+    temperature: float = 0.07,
+    generator: torch.Generator | None = None,
+    contrast: ContrastSet | None = None,
+    reduction: Reduction = "mean",
+) -> ContrastiveResult:
+    """KCL (section 3.2): positives are the anchor's own image (other views / own key) plus ``k`` same-label
+    columns drawn uniformly without replacement; the denominator is every column."""
+    cs = contrast if contrast is not None else contrast_set(z, labels)
+    a, ya = _anchors(z, labels)
+    exclude = cs.own_index if cs.self_index is None else torch.cat([cs.self_index.unsqueeze(1), cs.own_index], 1)
+    pos = torch.cat([cs.own_index, sample_positives(ya, cs.labels, k, exclude, generator)], 1)
+    return contrastive_loss(
+        a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, pos_index=pos, reduction=reduction
+    )
+
+
+def bcl(
+    z: Tensor,
+    labels: Tensor,
+    prototypes: Tensor,
+    *,
+    temperature: float = 0.07,
+    contrast: ContrastSet | None = None,
+    reduction: Reduction = "mean",
+) -> ContrastiveResult:
+    """BCL (section 3.4): columns = views + the ``[C, D]`` class prototypes, denominator averaged per class."""
+    cs = (contrast if contrast is not None else contrast_set(z, labels)).append(
+        prototypes, torch.arange(prototypes.shape[0], device=labels.device)
+    )
+    a, ya = _anchors(z, labels)
+    return contrastive_loss(
+        a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, class_average=True, reduction=reduction
+    )
+
+
+def paco(
+    z: Tensor,
+    labels: Tensor,
+    logits: Tensor,
+    log_prior: Tensor,
+    *,
+    alpha: float = 0.05,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 0.2,
+    contrast: ContrastSet | None = None,
+    reduction: Reduction = "mean",
+) -> ContrastiveResult:
+    """PaCo / GPaCo (section 3.5): one softmax over the centre logits ``u + log pi`` (``logits`` ``[B, V, C]``)
+    and the gamma-weighted sample logits; the centre of the label weighs beta, each sample positive alpha."""
+    cs = contrast if contrast is not None else contrast_set(z, labels)
+    a, ya = _anchors(z, labels)
+    centres = logits.reshape(a.shape[0], -1) + log_prior
+    centre_pos = beta * F.one_hot(ya, centres.shape[1]).to(centres.dtype)
+    return contrastive_loss(
+        a,
+        cs.z,
+        ya,
+        cs.labels,
+        temperature=temperature,
+        self_index=cs.self_index,
+        pos_weight=alpha,
+        col_weight=None if gamma == 1.0 else gamma,
+        extra_logits=centres,
+        extra_pos=centre_pos,
+        reduction=reduction,
+    )
+
+
+def _select(x: Tensor, views: tuple[int, ...] | None) -> Tensor:
+    """The chosen views of a ``[B, V, ...]`` tensor (all when None)."""
+    return x if views is None else x[:, list(views)]
+
+
+def state_contrast(z: Tensor, outputs: Outputs, batch: Batch, state: StepState, *, include_views: bool = True) -> ContrastSet:
+    """The step's global contrast set: gathered views (with gradient), gathered keys and the queue if present."""
+    keys = outputs.extra.get("key_z")
+    memory = state.memory
+    return contrast_set(
+        z,
+        batch.targets,
+        global_z=state.gather(z),
+        global_labels=state.gather_nograd(batch.targets),
+        offset=state.rank * len(batch),
+        keys=state.gather_nograd(keys) if keys is not None else None,
+        queue=memory.queue_z if memory is not None else None,
+        queue_labels=memory.queue_labels if memory is not None else None,
+        include_views=include_views or keys is None,
+    )
+
+
+def global_mean(res: ContrastiveResult, state: StepState) -> Tensor:
+    """Local sum over the process-mean count of anchors with positives: with the gather's summed backward
+    and DDP's averaging, the exact mean over all anchors of the global batch that have a positive."""
+    count = state.all_reduce_mean((res.num_pos > 0).sum().to(res.loss.dtype))
+    return res.loss.sum() / count.clamp_min(1e-6)
+
+
+class SupConLoss(nn.Module):
+    """SupCon over the chosen views (plus keys / queue when a memory provides them)."""
+
+    def __init__(self, *, temperature: float = 0.1, views: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.temperature, self.views = temperature, views
+
+    def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
+        z = _select(outputs.z, self.views)
+        cs = state_contrast(z, outputs, batch, state)
+        loss = global_mean(supcon(z, batch.targets, self.temperature, contrast=cs, reduction="none"), state)
+        return LossOutput(loss, {"supcon": loss.detach()})
+
+
+class KCLLoss(nn.Module):
+    """KCL: MoCo-style (queries vs keys + queue) when ``key_z`` is present, else over the views; k-positive sampling
+    seeded from ``(seed, epoch, step, rank)``."""
+
+    def __init__(self, *, temperature: float = 0.07, k: int = 6, views: tuple[int, ...] | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if k < 0:
+            raise ValueError(f"KCL k must be >= 0, got {k}")
+        self.temperature, self.k, self.views, self.seed = temperature, k, views, seed
+
+    def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
+        z = _select(outputs.z, self.views)
+        cs = state_contrast(z, outputs, batch, state, include_views=False)
+        step = state.epoch * state.steps_per_epoch + state.step
+        gen = torch.Generator(device=z.device).manual_seed((self.seed * 1_000_003 + step) * 4099 + state.rank)
+        res = kcl(z, batch.targets, k=self.k, temperature=self.temperature, generator=gen, contrast=cs, reduction="none")
+        loss = global_mean(res, state)
+        return LossOutput(loss, {"kcl": loss.detach()})
+
+
+class BCLLoss(nn.Module):
+    """BCL total ``alpha * LA-CE(cls views) + beta * L_BCL(views)``; prototypes from ``state.prototypes``."""
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.07,
+        alpha: float = 1.0,
+        beta: float = 0.35,
+        views: tuple[int, ...] | None = None,
+        cls_views: tuple[int, ...] = (0,),
+    ) -> None:
+        super().__init__()
+        self.temperature, self.alpha, self.beta, self.views, self.cls_views = temperature, alpha, beta, views, cls_views
+
+    def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
+        if state.prototypes is None:
+            raise ValueError("BCLLoss needs a prototype part (e.g. 'classifier-derived') exposing .prototypes() -> [C, D]")
+        z = _select(outputs.z, self.views)
+        cs = state_contrast(z, outputs, batch, state)
+        res = bcl(z, batch.targets, state.prototypes.prototypes(), temperature=self.temperature, contrast=cs, reduction="none")
+        con = global_mean(res, state)
+        logits = _select(outputs.logits, self.cls_views)
+        ce = logit_adjusted_ce(
+            logits.reshape(-1, logits.shape[-1]), batch.targets.repeat_interleave(logits.shape[1]), state.prior.log()
+        )
+        total = self.alpha * ce + self.beta * con
+        return LossOutput(total, {"ce": ce.detach(), "bcl": con.detach()})
+
+
+class PaCoLoss(nn.Module):
+    """PaCo (``views=(0,)`` with a momentum memory) / GPaCo (all views, shared encoder); centres = logits + log prior."""
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.2,
+        alpha: float = 0.05,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        views: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.temperature, self.alpha, self.beta, self.gamma, self.views = temperature, alpha, beta, gamma, views
+
+    def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
+        z = _select(outputs.z, self.views)
+        cs = state_contrast(z, outputs, batch, state)
+        res = paco(
+            z,
+            batch.targets,
+            _select(outputs.logits, self.views),
+            state.prior.log(),
+            alpha=self.alpha,
+            beta=self.beta,
+            gamma=self.gamma,
+            temperature=self.temperature,
+            contrast=cs,
+            reduction="none",
+        )
+        loss = global_mean(res, state)
+        return LossOutput(loss, {"paco": loss.detach()})

@@ -1,0 +1,302 @@
+"""The one masked log-softmax core of the supervised-contrastive family.
+
+Every contrastive loss in ltreg (SupCon, KCL, BCL, PaCo and the plugins ACL, CoGloAT, ECL, ...) is
+:func:`contrastive_loss` with different positives, column weights, temperatures and extra columns.
+For anchor ``i`` with scaled features ``a_i = anchors_i / tau_i`` the columns are
+
+* sample columns ``j`` of ``contrast`` with logit ``l_ij = a_i . c_j`` and denominator weight ``w_ij``
+  (``col_weight`` times the class-average factor), where the anchor's own column (``self_index``) and
+  empty slots (``contrast_labels < 0``) are excluded from ``A(i)`` altogether;
+* extra columns ``k`` (e.g. PaCo's class centres) with logit ``x_ik`` taken as given.
+
+Positives ``P(i)`` are the columns of ``A(i)`` sharing the anchor's label, unless ``pos_index`` /
+``pos_mask`` say otherwise; sample positives weigh ``pos_weight`` and extra positives their
+``extra_pos`` value ``e_ik``; ``W_i`` is the total positive weight. With ``Den_i = sum_j w_ij exp(l_ij)
++ sum_k exp(x_ik)`` the shared-denominator loss (SupCon, KCL, BCL, PaCo) is
+
+    L_i = -1/W_i * [ pos_weight * sum_{p in P(i)} (l_ip - log Den_i) + sum_k e_ik (x_ik - log Den_i) ]
+
+and the per-positive-denominator loss (ACL, CoGloAT, DCL) puts each positive alone with the
+negatives, ``Neg_i = Den_i`` restricted to non-positive columns:
+
+    L_i = 1/W_i * [ pos_weight * sum_p log(1 + Neg_i / exp(l_ip)) + sum_k e_ik log(1 + Neg_i / exp(x_ik)) ]
+
+An anchor with ``W_i = 0`` (no positive) contributes exactly 0 and is excluded from the mean.
+Masked columns get the finite logit ``NEG`` (never ``-inf``), the row maximum is subtracted before
+``exp``, and half-precision inputs are computed in float32 with autocast off: no NaN or inf appears
+under fp16 / bf16 autocast, even for rows where every column is masked.
+
+The shared mode runs on a fused kernel (:class:`_MaskedMatmulLSE`): one ``[N, M]`` buffer that holds
+the logits, then (in place) their exponentials, then the gradient; positive logits are summed per
+class in ``O((N + M) D)`` without an ``[N, M]`` mask, so the backward is two matmuls. ``pos_mask``
+costs two extra ``[N, M] x [M, D]`` matmuls; ``class_average`` and ``[N, M]`` column weights one
+extra ``[N, M]`` buffer during the forward; the per-positive mode runs on plain autograd over dense
+``[N, M]`` tensors (several buffers).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+NEG = -1e30
+"""Logit of a masked column: finite, so a fully masked row gives a finite log-partition."""
+
+_TINY = 1e-12
+
+
+class ContrastiveResult(NamedTuple):
+    """The loss (a scalar for ``"mean"``, ``[N]`` for ``"none"``) and each anchor's positive count ``[N]``."""
+
+    loss: Tensor
+    num_pos: Tensor
+
+
+class _MaskedMatmulLSE(torch.autograd.Function):
+    """``log(sum_j exp(a_i . c_j + bias_ij) + sum_k exp(x_ik))`` with the self column masked, in one buffer."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, c: Tensor, bias: Tensor, self_index: Tensor | None, extra: Tensor | None) -> Tensor:
+        s = torch.addmm(bias if bias.dim() == 2 else bias.unsqueeze(0), a, c.T)
+        if self_index is not None:
+            s.scatter_(1, self_index.unsqueeze(1), NEG)
+        m = s.amax(1)
+        if extra is not None:
+            m = torch.maximum(m, extra.amax(1))
+        s.sub_(m.unsqueeze(1)).exp_()
+        den = s.sum(1)
+        ex = None
+        if extra is not None:
+            ex = (extra - m.unsqueeze(1)).exp_()
+            den = den + ex.sum(1)
+        ctx.save_for_backward(a, c, s, den, ex)
+        return m + den.log()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
+        # The saved exponentials become the gradient in place; a second backward through the same
+        # graph is refused by autograd's version check ("modified by an inplace operation").
+        a, c, p, den, ex = ctx.saved_tensors
+        coef = (g / den).unsqueeze(1)
+        p.mul_(coef)
+        ga = p @ c if ctx.needs_input_grad[0] else None
+        gc = p.T @ a if ctx.needs_input_grad[1] else None
+        gx = ex * coef if ex is not None and ctx.needs_input_grad[4] else None
+        return ga, gc, None, None, gx
+
+
+def group_ids(contrast_labels: Tensor, anchor_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Dense ids of the contrast labels ``[M]`` (in ``[0, M)``) and each anchor's id ``[N]`` (-1: absent).
+
+    Sort-based, so it needs no class count and no host sync; anchors with a negative label get -1.
+    """
+    m = contrast_labels.shape[0]
+    sorted_y, order = contrast_labels.sort()
+    new = torch.ones(m, dtype=torch.bool, device=sorted_y.device)
+    new[1:] = sorted_y[1:] != sorted_y[:-1]
+    gid_sorted = new.cumsum(0) - 1
+    gid_c = torch.empty_like(gid_sorted).scatter_(0, order, gid_sorted)
+    pos = torch.searchsorted(sorted_y, anchor_labels).clamp_max(m - 1)
+    found = (sorted_y[pos] == anchor_labels) & (anchor_labels >= 0)
+    return gid_c, torch.where(found, gid_sorted[pos], -1)
+
+
+def _log_weight(w: Tensor) -> Tensor:
+    """``log w`` with zero weights mapped to the finite ``NEG``."""
+    return torch.where(w > 0, w.clamp_min(_TINY).log(), NEG)
+
+
+def _column_bias(
+    valid: Tensor,
+    contrast_labels: Tensor,
+    dtype: torch.dtype,
+    col_weight: Tensor | float | None,
+    class_average: bool,
+    self_index: Tensor | None,
+) -> Tensor:
+    """Log denominator weight of every sample column, ``[M]`` or ``[N, M]``; ``NEG`` for empty slots."""
+    bias = torch.zeros(valid.shape[0], dtype=dtype, device=valid.device).masked_fill(~valid, NEG)
+    if col_weight is not None:
+        w = col_weight if isinstance(col_weight, Tensor) else torch.tensor(float(col_weight), device=valid.device)
+        bias = bias + _log_weight(w.to(dtype))
+    if class_average:
+        gid, _ = group_ids(contrast_labels, contrast_labels[:0])
+        cnt = torch.zeros(gid.shape[0], dtype=dtype, device=valid.device).index_add_(0, gid, valid.to(dtype))
+        bias = bias - cnt[gid].clamp_min(1).log()
+        if self_index is not None:
+            # the anchor's own class has one column fewer in A(i): weight 1/(n - 1) instead of 1/n
+            own = gid[self_index]
+            n_own = cnt[own]
+            corr = torch.where(valid[self_index] & (n_own > 1), (n_own / (n_own - 1).clamp_min(1)).log(), 0.0)
+            bias = bias + (gid.unsqueeze(0) == own.unsqueeze(1)) * corr.unsqueeze(1)
+    return bias
+
+
+def _positive_sum(
+    a: Tensor,
+    c: Tensor,
+    anchor_labels: Tensor,
+    contrast_labels: Tensor,
+    valid: Tensor,
+    self_index: Tensor | None,
+    pos_index: Tensor | None,
+    pos_mask: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Sum of the positives' logits ``[N]`` and their count ``[N]``, without an ``[N, M]`` mask unless given one."""
+    if pos_index is not None:
+        idx = pos_index.clamp_min(0)
+        ok = (pos_index >= 0) & valid[idx]
+        if self_index is not None:
+            ok &= idx != self_index.unsqueeze(1)
+        logits = torch.einsum("nd,npd->np", a, c[idx])
+        return (logits * ok).sum(1), ok.sum(1).to(a.dtype)
+    if pos_mask is not None:
+        mask = pos_mask & valid.unsqueeze(0)
+        if self_index is not None:
+            mask = mask.scatter(1, self_index.unsqueeze(1), False)
+        mf = mask.to(a.dtype)
+        return ((mf @ c) * a).sum(1), mf.sum(1)
+    gid_c, gid_a = group_ids(contrast_labels, anchor_labels)
+    found = (gid_a >= 0).to(a.dtype)
+    ga = gid_a.clamp_min(0)
+    csum = torch.zeros_like(c).index_add(0, gid_c, c)
+    cnt = torch.zeros(c.shape[0], dtype=a.dtype, device=a.device).index_add_(0, gid_c, valid.to(a.dtype))
+    vec, num = csum[ga], cnt[ga]
+    if self_index is not None:
+        same = ((contrast_labels[self_index] == anchor_labels) & valid[self_index]).to(a.dtype)
+        vec = vec - c[self_index] * same.unsqueeze(1)
+        num = num - same
+    return (a * vec).sum(1) * found, num * found
+
+
+def _dense_positives(
+    anchor_labels: Tensor,
+    contrast_labels: Tensor,
+    valid: Tensor,
+    self_index: Tensor | None,
+    pos_index: Tensor | None,
+    pos_mask: Tensor | None,
+) -> Tensor:
+    """The ``[N, M]`` bool positive mask (per-positive mode only)."""
+    if pos_index is not None:
+        mask = torch.zeros(anchor_labels.shape[0], contrast_labels.shape[0], dtype=torch.bool, device=valid.device)
+        mask.scatter_(1, pos_index.clamp_min(0), pos_index >= 0)
+    elif pos_mask is not None:
+        mask = pos_mask.clone()
+    else:
+        mask = (anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)) & (anchor_labels >= 0).unsqueeze(1)
+    mask &= valid.unsqueeze(0)
+    if self_index is not None:
+        mask.scatter_(1, self_index.unsqueeze(1), False)
+    return mask
+
+
+def _per_positive(
+    a: Tensor,
+    c: Tensor,
+    bias: Tensor,
+    pos: Tensor,
+    self_index: Tensor | None,
+    pos_weight: float,
+    extra: Tensor | None,
+    extra_w: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-positive-denominator loss numerator ``[N]``, positive weight ``W`` ``[N]`` and count ``[N]``."""
+    s = a @ c.T
+    neg = (s + bias).masked_fill(pos, NEG)
+    if self_index is not None:
+        neg = neg.scatter(1, self_index.unsqueeze(1), NEG)
+    log_neg = neg.logsumexp(1)
+    if extra is not None:
+        log_neg = torch.logaddexp(log_neg, extra.masked_fill(extra_w > 0, NEG).logsumexp(1))
+    terms = torch.logaddexp(s, log_neg.unsqueeze(1)) - s
+    num = pos_weight * (terms * pos).sum(1)
+    count = pos.sum(1).to(a.dtype)
+    weight = pos_weight * count
+    if extra is not None:
+        num = num + ((torch.logaddexp(extra, log_neg.unsqueeze(1)) - extra) * extra_w).sum(1)
+        weight = weight + extra_w.sum(1)
+        count = count + (extra_w > 0).sum(1)
+    return num, weight, count
+
+
+def contrastive_loss(
+    anchors: Tensor,
+    contrast: Tensor,
+    anchor_labels: Tensor,
+    contrast_labels: Tensor,
+    *,
+    temperature: float | Tensor = 0.1,
+    self_index: Tensor | None = None,
+    pos_index: Tensor | None = None,
+    pos_mask: Tensor | None = None,
+    pos_weight: float = 1.0,
+    col_weight: Tensor | float | None = None,
+    class_average: bool = False,
+    per_positive_denominator: bool = False,
+    extra_logits: Tensor | None = None,
+    extra_pos: Tensor | None = None,
+    reduction: Literal["mean", "none"] = "mean",
+) -> ContrastiveResult:
+    """Masked log-softmax contrastive loss of ``anchors`` ``[N, D]`` against ``contrast`` ``[M, D]`` (see module doc).
+
+    Args:
+        anchors, contrast: features (normally L2-normalised); half precision is computed in float32.
+        anchor_labels: ``[N]`` long. contrast_labels: ``[M]`` long, ``-1`` marks an empty slot (ignored).
+        temperature: a float or a per-anchor ``[N]`` tensor; divides the sample logits only.
+        self_index: ``[N]`` column of each anchor inside ``contrast`` (excluded from ``A(i)``), or None.
+        pos_index: ``[N, P]`` positive columns (``-1`` pads; no duplicates), replacing label equality.
+        pos_mask: ``[N, M]`` bool positives replacing label equality (dense; two extra matmuls).
+        pos_weight: weight of every sample positive (PaCo's alpha).
+        col_weight: weight of each sample column in the denominator: a float, ``[M]`` or ``[N, M]``.
+        class_average: divide each column by the number of columns of its class in ``A(i)`` (BCL / ECL).
+        per_positive_denominator: each positive's denominator is itself plus the negatives only.
+        extra_logits: ``[N, K]`` extra columns (e.g. class-centre logits with their offsets), not scaled.
+        extra_pos: ``[N, K]`` bool or float weight of each extra column as a positive.
+        reduction: ``"mean"`` over anchors that have a positive, or ``"none"`` (``[N]``, 0 without positives).
+    """
+    n, m = anchors.shape[0], contrast.shape[0]
+    if anchors.dim() != 2 or contrast.dim() != 2 or anchors.shape[1] != contrast.shape[1]:
+        raise ValueError(f"anchors [N, D] and contrast [M, D] must share D; got {tuple(anchors.shape)} and {tuple(contrast.shape)}")
+    if anchor_labels.shape != (n,) or contrast_labels.shape != (m,):
+        raise ValueError(f"labels must be [N]={n} and [M]={m}; got {tuple(anchor_labels.shape)} and {tuple(contrast_labels.shape)}")
+    if pos_index is not None and pos_mask is not None:
+        raise ValueError("give at most one of pos_index and pos_mask")
+    if (extra_pos is not None) != (extra_logits is not None):
+        raise ValueError("extra_pos goes with extra_logits: give both or neither")
+    if isinstance(temperature, float | int) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+    dtype = torch.promote_types(anchors.dtype, torch.float32)
+    with torch.autocast(anchors.device.type, enabled=False):
+        inv_t = 1.0 / (temperature.to(dtype) if isinstance(temperature, Tensor) else float(temperature))
+        a = anchors.to(dtype) * (inv_t.unsqueeze(-1) if isinstance(inv_t, Tensor) and inv_t.dim() == 1 else inv_t)
+        c = contrast.to(dtype)
+        valid = contrast_labels >= 0
+        bias = _column_bias(valid, contrast_labels, dtype, col_weight, class_average, self_index)
+        extra = extra_logits.to(dtype) if extra_logits is not None else None
+        extra_w = extra_pos.to(dtype) if extra_pos is not None else None
+        if per_positive_denominator:
+            pos = _dense_positives(anchor_labels, contrast_labels, valid, self_index, pos_index, pos_mask)
+            num, weight, count = _per_positive(a, c, bias, pos, self_index, pos_weight, extra, extra_w)
+            per_anchor = num / weight.clamp_min(_TINY)
+        else:
+            log_z = _MaskedMatmulLSE.apply(a, c, bias, self_index, extra)
+            pos_sum, count = _positive_sum(a, c, anchor_labels, contrast_labels, valid, self_index, pos_index, pos_mask)
+            num, weight = pos_weight * pos_sum, pos_weight * count
+            if extra is not None:
+                num = num + (extra_w * extra).sum(1)
+                weight = weight + extra_w.sum(1)
+                count = count + (extra_w > 0).sum(1)
+            per_anchor = log_z - num / weight.clamp_min(_TINY)
+        has = weight > 0
+        per_anchor = per_anchor * has
+        if reduction == "none":
+            return ContrastiveResult(per_anchor, count)
+        return ContrastiveResult(per_anchor.sum() / has.sum().clamp_min(1), count)

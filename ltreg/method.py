@@ -1,0 +1,311 @@
+"""The method spec: the four parts a long-tailed method declares, its hyper-parameters and recipes.
+
+A method is data, not code: ``MethodSpec(loss=PartRef("supcon", temperature=hp("temperature")), ...)``.
+Parts are looked up by registry name when a run is built, so a plugin reuses core parts by naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ltreg.registry import registry
+
+
+class ConfigError(ValueError):
+    """A configuration value that is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class hp:  # noqa: N801 - reads as a marker inside a spec
+    """A reference to a hyper-parameter, resolved when the part is built."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class PartRef:
+    """A registry name in a group plus keyword arguments (values may be :class:`hp` references)."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "kwargs", types.MappingProxyType(dict(kwargs)))
+
+    def resolve_kwargs(self, hparams: Any) -> dict[str, Any]:
+        return {k: getattr(hparams, v.name) if isinstance(v, hp) else v for k, v in self.kwargs.items()}
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}=hp.{v.name}" if isinstance(v, hp) else f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.name}({args})"
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Base for a method's typed hyper-parameters: subclass as a frozen dataclass.
+
+    Ranges go in field metadata: ``field(default=0.1, metadata={"min": 0, "max": 1, "help": "..."})``
+    (``min_exclusive`` makes the lower bound strict). Values are checked on construction.
+    """
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(type(self).__name__, f.name, value, hints.get(f.name, Any))
+            meta = f.metadata
+            if "choices" in meta and value not in meta["choices"]:
+                raise ConfigError(
+                    f"hyper-parameter {f.name}={value!r} is not one of {list(meta['choices'])}"
+                )
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lo, hi = meta.get("min"), meta.get("max")
+                strict = meta.get("min_exclusive", False)
+                if lo is not None and (value < lo or (strict and value == lo)):
+                    raise ConfigError(
+                        f"hyper-parameter {f.name}={value!r} must be {'>' if strict else '>='} {lo}"
+                    )
+                if hi is not None and value > hi:
+                    raise ConfigError(f"hyper-parameter {f.name}={value!r} must be <= {hi}")
+
+    def replace(self, **overrides: Any) -> HParams:
+        """A copy with ``overrides`` (strings from the CLI are parsed to the field's type)."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        hints = typing.get_type_hints(type(self))
+        parsed = {}
+        for key, value in overrides.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(known), n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(
+                    f"unknown hyper-parameter {key!r} for {type(self).__name__}.{hint} "
+                    f"Known: {', '.join(sorted(known))}."
+                )
+            parsed[name] = _parse(value, hints.get(name, Any), name) if isinstance(value, str) else value
+        return dataclasses.replace(self, **parsed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(owner: str, name: str, value: Any, tp: Any) -> None:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if any(_type_ok(value, o) for o in options):
+            return
+    elif _type_ok(value, tp):
+        return
+    raise ConfigError(f"hyper-parameter {name}={value!r} of {owner} must be of type {_tname(tp)}")
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    if tp is type(None):
+        return value is None
+    if typing.get_origin(tp) is typing.Literal:
+        return value in typing.get_args(tp)
+    base = typing.get_origin(tp) or tp
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, base) if isinstance(base, type) else True
+
+
+def _tname(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse(text: str, tp: Any, name: str) -> Any:
+    """Parse a CLI string into the declared type of a field."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if text.lower() in ("none", "null") and type(None) in options:
+        return None
+    for option in options:
+        if option is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+        elif option is int:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        elif option is float:
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        elif option is str or typing.get_origin(option) is typing.Literal:
+            return text
+    raise ConfigError(f"hyper-parameter {name}={text!r} cannot be read as {_tname(tp)}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A paper setting for one benchmark: training-config values plus hyper-parameter overrides."""
+
+    description: str
+    train: Mapping[str, Any] = field(default_factory=dict)
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    paper: Mapping[str, float] = field(default_factory=dict)  # reported top-1 (All/Many/Medium/Few)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the method needs from the model: classifier type and projection head shape."""
+
+    classifier: str = "linear"  # "linear" | "cosine"
+    cosine_scale: float = 30.0
+    proj_dim: int | None = 128  # None: no projection head
+    proj_hidden: int | None = None  # None: the backbone's feature width
+    proj_bn: bool = False
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A long-tailed method as data: its parts by registry name and its typed defaults."""
+
+    name: str
+    summary: str
+    citation: str
+    loss: PartRef
+    hparams: HParams
+    sampler: PartRef = field(default_factory=lambda: PartRef("instance"))
+    prototypes: PartRef | None = None
+    memory: PartRef | None = None
+    batch_transform: PartRef | None = None
+    rebalance: PartRef | None = None
+    views: tuple[str, ...] = ("cls",)
+    positive_views: tuple[str, ...] = ("sim",)  # views of k-global positives, when the sampler attaches them
+    model: ModelSpec = field(default_factory=ModelSpec)
+    recipes: Mapping[str, Recipe] = field(default_factory=dict)
+    train_defaults: Mapping[str, Any] = field(default_factory=dict)
+    reading: str = ""  # which reading of the paper is implemented, where it is ambiguous
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            raise ConfigError(f"method {self.name!r} declares no views")
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+    @property
+    def stages(self) -> int:
+        return 2 if self.rebalance is not None else 1
+
+    def recipe(self, name: str) -> Recipe:
+        if name not in self.recipes:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self.recipes), n=3, cutoff=0.4)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"method {self.name!r} has no recipe {name!r}.{hint} "
+                f"Recipes: {', '.join(sorted(self.recipes)) or 'none'}."
+            )
+        return self.recipes[name]
+
+    def parts(self) -> dict[str, PartRef | None]:
+        return {
+            "loss": self.loss,
+            "sampler": self.sampler,
+            "prototypes": self.prototypes,
+            "memory": self.memory,
+            "batch_transform": self.batch_transform,
+            "rebalance": self.rebalance,
+        }
+
+    def describe(self) -> str:
+        """A human-readable summary, as ``ltreg info`` prints it."""
+        lines = [f"{self.name}: {self.summary}", f"  paper: {self.citation}"]
+        for role, ref in self.parts().items():
+            lines.append(f"  {role:<10} {ref.describe() if ref else '-'}")
+        lines.append(f"  views      {', '.join(self.views)}")
+        m = self.model
+        lines.append(f"  model      classifier={m.classifier} proj_dim={m.proj_dim}")
+        lines.append("  hyper-parameters:")
+        for f in dataclasses.fields(self.hparams):
+            help_ = f.metadata.get("help", "")
+            lines.append(f"    {f.name} = {getattr(self.hparams, f.name)!r}" + (f"  # {help_}" if help_ else ""))
+        if self.recipes:
+            lines.append("  recipes:")
+            for name, r in sorted(self.recipes.items()):
+                paper = " ".join(f"{k}={v}" for k, v in r.paper.items())
+                lines.append(f"    {name}: {r.description}" + (f"  [paper: {paper}]" if paper else ""))
+        if self.reading:
+            lines.append(f"  reading: {self.reading}")
+        return "\n".join(lines)
+
+
+_GROUP_OF_ROLE = {
+    "loss": "losses",
+    "sampler": "samplers",
+    "prototypes": "prototypes",
+    "memory": "memory",
+    "batch_transform": "transforms",
+    "rebalance": "rebalancers",
+}
+
+
+def build_part(role: str, ref: PartRef, hparams: HParams, ctx: Any) -> Any:
+    """Instantiate a part: ``cls.from_context(ctx, **kwargs)`` when it defines one, else ``cls(**kwargs)``."""
+    factory = registry(_GROUP_OF_ROLE[role]).get(ref.name)
+    kwargs = ref.resolve_kwargs(hparams)
+    if hasattr(factory, "from_context"):
+        return factory.from_context(ctx, **kwargs)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{role} {ref.name!r} does not accept {sorted(kwargs)}: {exc}") from exc
+    return factory(**kwargs)
+
+
+# -- the methods registry, with the spec-aware helpers of the public API ------------------------
+def get_method(name: str) -> MethodSpec:
+    """The method registered as ``name`` (case-insensitive)."""
+    spec = registry("methods").get(name)
+    if callable(spec) and not isinstance(spec, MethodSpec):
+        spec = spec()
+    if not isinstance(spec, MethodSpec):
+        entry = registry("methods").entry(name)
+        raise ConfigError(
+            f"entry point {entry.value} of {entry.dist} for method {name!r} is a {type(spec).__name__}, "
+            f"not a MethodSpec"
+        )
+    return spec
+
+
+def list_methods() -> list[dict[str, str]]:
+    """Installed methods as rows: name, distribution, version, and a load error if it failed."""
+    rows = []
+    for e in registry("methods").entries():
+        row = {"name": e.name, "dist": e.dist, "version": e.version, "error": ""}
+        try:
+            spec = get_method(e.name) if e.dist != "<in-process>" else e.load()
+            row["summary"] = spec.summary
+            row["stages"] = str(spec.stages)
+        except Exception as exc:  # noqa: BLE001 - reported in the row, others stay usable
+            row["error"] = str(exc)
+        rows.append(row)
+    return rows
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Register a method in this process (notebooks, tests)."""
+    registry("methods").register(spec.name, spec)
+    return spec

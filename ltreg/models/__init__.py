@@ -1,0 +1,1 @@
+"""Models: timm backbones (plus CIFAR ResNets registered into timm) with LT heads."""
