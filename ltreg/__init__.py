@@ -42,10 +42,10 @@ def __getattr__(name: str) -> Any:
 
         return getattr(ltmodel, name)
     if name == "train":
-        from ltreg.train import train
+        from ltreg.trainer import train
 
         return train
-    if name in ("load_backbone", "save_pretrained", "push_to_hub", "from_pretrained"):
+    if name in ("load_backbone", "save_pretrained", "push_to_hub", "from_pretrained", "evaluate_pretrained"):
         from ltreg import hub
 
         return getattr(hub, name)

@@ -38,7 +38,7 @@ class LAHParams(HParams):
 class LDAMHParams(HParams):
     max_margin: float = field(default=0.5, metadata={"min": 0, "help": "largest class margin (rarest class)"})
     scale: float = field(default=30.0, metadata={"min": 0, "min_exclusive": True, "help": "cosine logit scale s"})
-    drw_start: float = field(default=0.8, metadata={"min": 0, "max": 1, "help": "fraction of epochs before DRW re-weighting"})
+    drw_start_epoch: int = field(default=160, metadata={"min": 0, "help": "epoch from which DRW re-weights (160 of 200)"})
     drw_beta: float = field(default=0.9999, metadata={"min": 0, "max": 1, "help": "effective-number beta of DRW"})
 
 
@@ -84,8 +84,8 @@ LDAM_DRW = MethodSpec(
     name="ldam-drw",
     summary="LDAM margins (n_c^-1/4, cosine logits s=30) with deferred re-weighting",
     citation="Cao et al., Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss, NeurIPS 2019",
-    loss=PartRef("ldam", max_margin=hp("max_margin"), scale=hp("scale"), drw_start=hp("drw_start"),
-                 drw_beta=hp("drw_beta")),
+    loss=PartRef("ldam", max_margin=hp("max_margin"), s=hp("scale"), drw_start_epoch=hp("drw_start_epoch"),
+                 reweight_beta=hp("drw_beta")),
     hparams=LDAMHParams(),
     model=ModelSpec(proj_dim=None, classifier="cosine", cosine_scale=1.0),
     recipes=_cifar_recipes({"cifar10-lt-if100": {"All": 77.0}, "cifar10-lt-if50": {"All": 80.9},

@@ -80,7 +80,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ltreg.train import train
+    from ltreg.trainer import train
 
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items()
                                  if k not in ("command", "func", "yaml", "hp", "method") and v is not None}
@@ -145,19 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv or ["train"])
+    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return 0
     try:
         return args.func(args)
     except (ConfigError, RegistryError, ValueError) as exc:
         print(f"ltreg: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from ltreg.train import TrainingError
+        from ltreg.hub import PushError
+        from ltreg.trainer import TrainingError
 
-        if isinstance(exc, TrainingError):
+        if isinstance(exc, (TrainingError, PushError)):
             print(f"ltreg: error: {exc}", file=sys.stderr)
             return 1
         raise

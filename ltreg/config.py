@@ -57,6 +57,7 @@ class TrainConfig:
     stage2_lr: float | None = None
     stage2_batch_size: int | None = None
     holdout_fraction: float = 0.1  # for rebalancers that tune on held-out training data
+    min_free_mb: int = 200  # free disk space the run folder needs before training starts
     seed: int = 0
     output_dir: str | None = None  # None: runs/<method>-<dataset>
     recipe: str | None = None

@@ -70,6 +70,9 @@ class MomentumQueue(nn.Module, Part):
     @torch.no_grad()
     def on_forward(self, outputs: Outputs, batch: Batch, state: StepState) -> None:
         """Add ``key_z [B, D]`` (view ``key_view``) and, with k-global positives, ``positives_z [B, k, D]``."""
+        if batch.images.dim() != 5 or batch.images.shape[1] <= self.key_view:
+            raise ValueError(f"MomentumQueue key_view={self.key_view} needs images [B, V > {self.key_view}, C, H, W]; "
+                             f"got {tuple(batch.images.shape)}: declare enough views in the method spec")
         keys = batch.images[:, self.key_view]
         pos = batch.extra.get("positives")
         if pos is None:

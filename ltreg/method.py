@@ -204,6 +204,16 @@ class MethodSpec:
     def num_views(self) -> int:
         return len(self.views)
 
+    def views_for(self, hparams: HParams) -> tuple[str, ...]:
+        """The view pipelines of a run: a ``num_views`` hyper-parameter, when the method has one,
+        sets V by repeating the last declared pipeline (multi-view ablations are one flag)."""
+        n = getattr(hparams, "num_views", None)
+        if n is None:
+            return self.views
+        if n < 1:
+            raise ConfigError(f"num_views must be >= 1, got {n}")
+        return tuple(self.views[:n]) + (self.views[-1],) * max(0, n - len(self.views))
+
     @property
     def stages(self) -> int:
         return 2 if self.rebalance is not None else 1

@@ -119,14 +119,16 @@ class LabelSampler(Sampler[Any]):
         return self.order[off + pos]
 
     def epoch_indices(self) -> Tensor:
+        """This epoch's stream as a tensor: ``[L]`` indices, or ``[L, 1 + extra]`` records."""
         raise NotImplementedError
 
     def __len__(self) -> int:
+        """Samples (records) per epoch."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Any]:
         idx = self.epoch_indices()
-        return iter(idx.tolist()) if idx.dim() == 1 else map(tuple, idx.tolist())
+        return iter(idx.tolist()) if idx.dim() == 1 else zip(*idx.T.tolist())  # zip builds the tuples fast
 
 
 def _num_samples(value: int | None, default: int) -> int:
@@ -176,21 +178,27 @@ class ClassAwareSampler(LabelSampler):
 class ClassBalancedSampler(ClassAwareSampler):
     """Class-balanced (Kang et al. q = 0): every class equally likely, images uniform within it."""
 
-    def __init__(self, targets: Any, num_classes: int | None = None, seed: int = 0, num_samples: int | None = None):
+    def __init__(
+        self, targets: Any, num_classes: int | None = None, seed: int = 0, num_samples: int | None = None
+    ) -> None:
         super().__init__(targets, num_classes, seed, gamma=0.0, num_samples=num_samples)
 
 
 class ReverseSampler(ClassAwareSampler):
     """BBN's reverse sampler: p(c) ∝ n_max / n_c (gamma = 1)."""
 
-    def __init__(self, targets: Any, num_classes: int | None = None, seed: int = 0, num_samples: int | None = None):
+    def __init__(
+        self, targets: Any, num_classes: int | None = None, seed: int = 0, num_samples: int | None = None
+    ) -> None:
         super().__init__(targets, num_classes, seed, gamma=1.0, num_samples=num_samples)
 
 
 class SquareRootSampler(ClassAwareSampler):
     """Kang et al.'s square-root sampler: p(c) ∝ n_c^(1/2) (q = 1/2, i.e. gamma = -1/2)."""
 
-    def __init__(self, targets: Any, num_classes: int | None = None, seed: int = 0, num_samples: int | None = None):
+    def __init__(
+        self, targets: Any, num_classes: int | None = None, seed: int = 0, num_samples: int | None = None
+    ) -> None:
         super().__init__(targets, num_classes, seed, gamma=-0.5, num_samples=num_samples)
 
 

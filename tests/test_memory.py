@@ -61,7 +61,7 @@ def test_momentum_update_matches_naive_and_copies_buffers() -> None:
     with torch.no_grad():  # a "training step" on the query model, and new BN statistics
         for p in model.parameters():
             p.add_(torch.randn_like(p))
-        for name, b in model.backbone.named_buffers():
+        for b in model.backbone.buffers():
             if b.is_floating_point():
                 b.copy_(torch.rand_like(b) + 0.5)
     wrapped = SimpleNamespace(module=model)  # as DDP hands it over

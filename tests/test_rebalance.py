@@ -19,6 +19,7 @@ from ltreg.rebalance import (
     Rebalancer,
     ScaledClassifier,
     TauNorm,
+    inverse_frequency_weights,
 )
 from ltreg.step import Batch, BuildContext, StepState
 
@@ -90,6 +91,7 @@ def test_crt_reweighted_losses_match_formula(loss: str, classifier: str) -> None
     nll = -u.log_softmax(-1).gather(1, b.targets[:, None]).squeeze(1)
     ref = (w[b.targets] * nll).sum() / w[b.targets].sum()
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inverse_frequency_weights(COUNTS).double(), w)  # 1/n_c with mean 1
 
 
 def test_lws_trains_scales_only_and_folds() -> None:
@@ -136,6 +138,10 @@ def test_tau_norm_picks_known_tau_on_holdout_only() -> None:
     assert asked == ["holdout"]
     w = torch.tensor([[4.0, 0.0], [0.0, 1.0]])
     torch.testing.assert_close(model.classifier.weight, w / w.norm(dim=1, keepdim=True) ** 1.3)
+    data["holdout"] = (torch.tensor([[1.0, 0.1], [0.1, 5.0]]), torch.tensor([0, 1]))  # every tau ties: keep tau 0
+    model.classifier.weight.data.copy_(w)
+    assert TauNorm().finalize(model, ctx)["tau"] == 0.0
+    torch.testing.assert_close(model.classifier.weight, w)
     with pytest.raises(RebalanceError, match="cosine|CosineLinear"):
         TauNorm().finalize(small_model("cosine"), ctx)
 

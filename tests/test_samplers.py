@@ -111,7 +111,9 @@ def test_instance_permutation_and_determinism():
     assert torch.equal(other.epoch_indices(), a)  # same (seed, epoch) on another "process"
     s.set_epoch(4)
     assert not torch.equal(s.epoch_indices(), a)
-    assert not torch.equal(InstanceSampler(TARGETS, seed=8).epoch_indices(), InstanceSampler(TARGETS).epoch_indices())
+    assert not torch.equal(
+        InstanceSampler(TARGETS, seed=8).epoch_indices(), InstanceSampler(TARGETS).epoch_indices()
+    )
 
 
 def test_class_aware_deterministic_per_epoch():
@@ -150,7 +152,9 @@ def test_kglobal_never_self_same_label_distinct():
     three = t[q] == 2  # two other images for three slots: every record repeats one, both get used
     p2 = pos[three].sort(1).values
     assert ((p2[:, 1:] == p2[:, :-1]).any(1)).all() and (p2[:, 0] != p2[:, -1]).any()
-    slot_freq = torch.bincount(pos[big][:, 0], minlength=7).double()[:7] / big.sum()  # each slot uniform over others
+    slot_freq = (
+        torch.bincount(pos[big][:, 0], minlength=7).double()[:7] / big.sum()
+    )  # each slot uniform over others
     assert (slot_freq - 6 / 7 / 6).abs().max() < 0.03
 
 

@@ -47,7 +47,7 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, tiny):
     base = {**tiny, "epochs": 3}
     full = ltreg.train("ce", output_dir=str(tmp_path / "full"), **base)
     part = resolve_config(ltreg.get_method("ce"), {**base, "output_dir": str(tmp_path / "part")})
-    from ltreg.train import Trainer
+    from ltreg.trainer import Trainer
 
     trainer = Trainer(part)
     original = trainer._run_epoch
@@ -91,6 +91,6 @@ def test_cli_errors_name_the_thing(tmp_path, subprocess_env):
     proc = run_cli(["train", "--backbone", "resnet33", "--output-dir", str(tmp_path)], subprocess_env)
     assert proc.returncode == 2 and "resnet32" in proc.stderr
     proc = run_cli(["info", "ldam-drw"], subprocess_env)
-    assert proc.returncode == 0 and "drw_start" in proc.stdout and "cifar100-lt-if100" in proc.stdout
+    assert proc.returncode == 0 and "drw_start_epoch" in proc.stdout and "cifar100-lt-if100" in proc.stdout
     proc = run_cli(["list"], subprocess_env)
     assert proc.returncode == 0 and "balanced-softmax" in proc.stdout and "ltreg 0.1.0" in proc.stdout

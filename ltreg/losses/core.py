@@ -26,7 +26,7 @@ Masked columns get the finite logit ``NEG`` (never ``-inf``), the row maximum is
 ``exp``, and half-precision inputs are computed in float32 with autocast off: no NaN or inf appears
 under fp16 / bf16 autocast, even for rows where every column is masked.
 
-The shared mode runs on a fused kernel (:class:`_MaskedMatmulLSE`): one ``[N, M]`` buffer that holds
+The shared mode runs on a fused kernel (:class:`_FusedContrast`): one ``[N, M]`` buffer that holds
 the logits, then (in place) their exponentials, then the gradient; positive logits are summed per
 class in ``O((N + M) D)`` without an ``[N, M]`` mask, so the backward is two matmuls. ``pos_mask``
 costs two extra ``[N, M] x [M, D]`` matmuls; ``class_average`` and ``[N, M]`` column weights one
@@ -55,12 +55,49 @@ class ContrastiveResult(NamedTuple):
     num_pos: Tensor
 
 
-class _MaskedMatmulLSE(torch.autograd.Function):
-    """``log(sum_j exp(a_i . c_j + bias_ij) + sum_k exp(x_ik))`` with the self column masked, in one buffer."""
+class _Positives(NamedTuple):
+    """Positive columns in one of three forms: label groups (per-class sums), an index list, or a dense mask."""
+
+    gid_c: Tensor | None = None
+    gid_a: Tensor | None = None
+    index: Tensor | None = None
+    mask: Tensor | None = None
+
+
+class _FusedContrast(torch.autograd.Function):
+    """Per anchor, ``log(sum_j exp(l_ij + bias_ij) + sum_k exp(x_ik))`` and ``sum_{p in P(i)} l_ip``, ``l = scale * a c^T``.
+
+    One ``[N, M]`` buffer holds the logits, then (in place) their exponentials, then the gradient
+    ``softmax * g1 + positives * g2``; the backward is the two matmuls. Label positives are summed through
+    per-class feature sums, so neither pass needs an ``[N, M]`` mask.
+    """
 
     @staticmethod
-    def forward(ctx, a: Tensor, c: Tensor, bias: Tensor, self_index: Tensor | None, extra: Tensor | None) -> Tensor:
-        s = torch.addmm(bias if bias.dim() == 2 else bias.unsqueeze(0), a, c.T)
+    def forward(
+        ctx,
+        a: Tensor,
+        c: Tensor,
+        extra: Tensor | None,
+        scale: Tensor,
+        bias: _Bias,
+        self_index: Tensor | None,
+        pos: _Positives,
+    ) -> tuple[Tensor, Tensor]:
+        s = torch.mm(a * scale.unsqueeze(1), c.T)
+        cg = same = None
+        if pos.index is not None:
+            pos_sum = (s.gather(1, pos.index.clamp_min(0)) * (pos.index >= 0)).sum(1)
+        elif pos.mask is not None:
+            pos_sum = torch.bmm(s.unsqueeze(1), pos.mask.to(s.dtype).unsqueeze(2)).view(-1)
+        else:
+            found = pos.gid_a >= 0
+            cg = torch.zeros_like(c).index_add_(0, pos.gid_c, c)[pos.gid_a.clamp_min(0)]
+            pos_sum = (a * cg).sum(1) * scale
+            if self_index is not None:
+                same = pos.gid_c[self_index] == pos.gid_a
+                pos_sum = pos_sum - s.gather(1, self_index.unsqueeze(1)).squeeze(1) * same
+            pos_sum = pos_sum * found
+        bias.add_to(s)
         if self_index is not None:
             s.scatter_(1, self_index.unsqueeze(1), NEG)
         m = s.amax(1)
@@ -72,21 +109,40 @@ class _MaskedMatmulLSE(torch.autograd.Function):
         if extra is not None:
             ex = (extra - m.unsqueeze(1)).exp_()
             den = den + ex.sum(1)
-        ctx.save_for_backward(a, c, s, den, ex)
-        return m + den.log()
+        ctx.pos = pos
+        ctx.save_for_backward(a, c, s, den, ex, scale, self_index, cg, same)
+        return m + den.log(), pos_sum
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
-        # The saved exponentials become the gradient in place; a second backward through the same
-        # graph is refused by autograd's version check ("modified by an inplace operation").
-        a, c, p, den, ex = ctx.saved_tensors
-        coef = (g / den).unsqueeze(1)
-        p.mul_(coef)
-        ga = p @ c if ctx.needs_input_grad[0] else None
-        gc = p.T @ a if ctx.needs_input_grad[1] else None
-        gx = ex * coef if ex is not None and ctx.needs_input_grad[4] else None
-        return ga, gc, None, None, gx
+    def backward(ctx, g1: Tensor, g2: Tensor) -> tuple[Tensor | None, ...]:
+        # The saved exponentials become the gradient in place; a second backward through the same graph
+        # is refused by autograd's version check ("modified by an inplace operation").
+        a, c, p, den, ex, scale, self_index, cg, same = ctx.saved_tensors
+        pos: _Positives = ctx.pos
+        p.mul_((g1 * scale / den).unsqueeze(1))
+        h = g2 * scale
+        ga_in = gc_in = None
+        if pos.index is not None:
+            p.scatter_add_(1, pos.index.clamp_min(0), h.unsqueeze(1) * (pos.index >= 0))
+        elif pos.mask is not None:
+            p.addcmul_(pos.mask.to(p.dtype), h.unsqueeze(1))
+        else:
+            h = h * (pos.gid_a >= 0)
+            if self_index is not None:  # P(i) excludes the anchor's own column; its softmax entry is 0
+                p.scatter_(1, self_index.unsqueeze(1), (-h * same).unsqueeze(1))
+            ga_in = h.unsqueeze(1) * cg
+            gc_in = torch.zeros_like(c).index_add_(0, pos.gid_a.clamp_min(0), h.unsqueeze(1) * a)[pos.gid_c]
+        ga = gc = gs = gx = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
+            ga = p @ c if ga_in is None else torch.addmm(ga_in, p, c)
+            if ctx.needs_input_grad[3]:
+                gs = (ga * a).sum(1) / scale
+        if ctx.needs_input_grad[1]:
+            gc = p.T @ a if gc_in is None else torch.addmm(gc_in, p.T, a)
+        if ex is not None and ctx.needs_input_grad[2]:
+            gx = ex * (g1 / den).unsqueeze(1)
+        return ga, gc, gx, gs, None, None, None
 
 
 def group_ids(contrast_labels: Tensor, anchor_labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,6 +166,34 @@ def _log_weight(w: Tensor) -> Tensor:
     return torch.where(w > 0, w.clamp_min(_TINY).log(), NEG)
 
 
+class _Bias(NamedTuple):
+    """Log denominator weight of the sample columns: ``cols`` (``[M]`` or ``[N, M]``; ``NEG`` for empty slots)
+    plus ``own_lw[i]`` on the columns whose group ``gid`` is the group ``own[i]`` of anchor ``i``'s own column."""
+
+    cols: Tensor
+    gid: Tensor | None = None
+    own: Tensor | None = None
+    own_lw: Tensor | None = None
+
+    def add_to(self, s: Tensor) -> Tensor:
+        """``s += bias`` in place (no autograd); the own-group mask is built in 4 row blocks to bound its memory."""
+        s.add_(self.cols)
+        if self.own_lw is not None:
+            step = -(-s.shape[0] // 4)
+            mask = torch.empty(step, s.shape[1], dtype=s.dtype, device=s.device)
+            for r in range(0, s.shape[0], step):  # row blocks, not samples: 4 iterations
+                rows = s[r : r + step]
+                torch.eq(self.own[r : r + step].unsqueeze(1), self.gid.unsqueeze(0), out=mask[: rows.shape[0]])
+                rows.addcmul_(mask[: rows.shape[0]], self.own_lw[r : r + step].unsqueeze(1))
+        return s
+
+    def dense(self) -> Tensor:
+        """The bias as one differentiable-path tensor, ``[M]`` or ``[N, M]``."""
+        if self.own_lw is None:
+            return self.cols
+        return self.cols + (self.gid.unsqueeze(0) == self.own.unsqueeze(1)) * self.own_lw.unsqueeze(1)
+
+
 def _column_bias(
     valid: Tensor,
     contrast_labels: Tensor,
@@ -117,60 +201,53 @@ def _column_bias(
     col_weight: Tensor | float | None,
     class_average: bool,
     self_index: Tensor | None,
-) -> Tensor:
-    """Log denominator weight of every sample column, ``[M]`` or ``[N, M]``; ``NEG`` for empty slots."""
+) -> _Bias:
+    """The denominator log-weights: ``log col_weight`` and the class-average ``-log |class of j in A(i)|``."""
     bias = torch.zeros(valid.shape[0], dtype=dtype, device=valid.device).masked_fill(~valid, NEG)
     if col_weight is not None:
-        w = col_weight if isinstance(col_weight, Tensor) else torch.tensor(float(col_weight), device=valid.device)
+        w = col_weight if isinstance(col_weight, Tensor) else torch.tensor(float(col_weight), device=valid.device, dtype=dtype)
         bias = bias + _log_weight(w.to(dtype))
-    if class_average:
-        gid, _ = group_ids(contrast_labels, contrast_labels[:0])
-        cnt = torch.zeros(gid.shape[0], dtype=dtype, device=valid.device).index_add_(0, gid, valid.to(dtype))
-        bias = bias - cnt[gid].clamp_min(1).log()
-        if self_index is not None:
-            # the anchor's own class has one column fewer in A(i): weight 1/(n - 1) instead of 1/n
-            own = gid[self_index]
-            n_own = cnt[own]
-            corr = torch.where(valid[self_index] & (n_own > 1), (n_own / (n_own - 1).clamp_min(1)).log(), 0.0)
-            bias = bias + (gid.unsqueeze(0) == own.unsqueeze(1)) * corr.unsqueeze(1)
-    return bias
+    if not class_average:
+        return _Bias(bias)
+    gid, _ = group_ids(contrast_labels, contrast_labels[:0])
+    cnt = torch.zeros(gid.shape[0], dtype=dtype, device=valid.device).index_add_(0, gid, valid.to(dtype))
+    bias = bias - cnt[gid].clamp_min(1).log()
+    if self_index is None:
+        return _Bias(bias)
+    # the anchor's own class has one column fewer in A(i): weight 1/(n - 1) instead of 1/n
+    own = gid[self_index]
+    n_own = cnt[own]
+    own_lw = torch.where(valid[self_index] & (n_own > 1), (n_own / (n_own - 1).clamp_min(1)).log(), 0.0)
+    return _Bias(bias, gid, own, own_lw)
 
 
-def _positive_sum(
-    a: Tensor,
-    c: Tensor,
+def _positives(
     anchor_labels: Tensor,
     contrast_labels: Tensor,
     valid: Tensor,
     self_index: Tensor | None,
     pos_index: Tensor | None,
     pos_mask: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """Sum of the positives' logits ``[N]`` and their count ``[N]``, without an ``[N, M]`` mask unless given one."""
+    dtype: torch.dtype,
+) -> tuple[_Positives, Tensor]:
+    """The positives in kernel form (cleaned of the self column and empty slots) and their count ``[N]``."""
     if pos_index is not None:
         idx = pos_index.clamp_min(0)
         ok = (pos_index >= 0) & valid[idx]
         if self_index is not None:
             ok &= idx != self_index.unsqueeze(1)
-        logits = torch.einsum("nd,npd->np", a, c[idx])
-        return (logits * ok).sum(1), ok.sum(1).to(a.dtype)
+        return _Positives(index=torch.where(ok, pos_index, -1)), ok.sum(1).to(dtype)
     if pos_mask is not None:
         mask = pos_mask & valid.unsqueeze(0)
         if self_index is not None:
             mask = mask.scatter(1, self_index.unsqueeze(1), False)
-        mf = mask.to(a.dtype)
-        return ((mf @ c) * a).sum(1), mf.sum(1)
+        return _Positives(mask=mask), mask.sum(1).to(dtype)
     gid_c, gid_a = group_ids(contrast_labels, anchor_labels)
-    found = (gid_a >= 0).to(a.dtype)
-    ga = gid_a.clamp_min(0)
-    csum = torch.zeros_like(c).index_add(0, gid_c, c)
-    cnt = torch.zeros(c.shape[0], dtype=a.dtype, device=a.device).index_add_(0, gid_c, valid.to(a.dtype))
-    vec, num = csum[ga], cnt[ga]
+    cnt = torch.zeros(gid_c.shape[0], dtype=dtype, device=valid.device).index_add_(0, gid_c, valid.to(dtype))
+    count = cnt[gid_a.clamp_min(0)] * (gid_a >= 0)
     if self_index is not None:
-        same = ((contrast_labels[self_index] == anchor_labels) & valid[self_index]).to(a.dtype)
-        vec = vec - c[self_index] * same.unsqueeze(1)
-        num = num - same
-    return (a * vec).sum(1) * found, num * found
+        count = count - (gid_c[self_index] == gid_a).to(dtype)
+    return _Positives(gid_c=gid_c, gid_a=gid_a), count
 
 
 def _dense_positives(
@@ -183,8 +260,9 @@ def _dense_positives(
 ) -> Tensor:
     """The ``[N, M]`` bool positive mask (per-positive mode only)."""
     if pos_index is not None:
-        mask = torch.zeros(anchor_labels.shape[0], contrast_labels.shape[0], dtype=torch.bool, device=valid.device)
-        mask.scatter_(1, pos_index.clamp_min(0), pos_index >= 0)
+        m = contrast_labels.shape[0]  # padding goes to a spare last column, dropped
+        mask = torch.zeros(anchor_labels.shape[0], m + 1, dtype=torch.bool, device=valid.device)
+        mask = mask.scatter_(1, torch.where(pos_index >= 0, pos_index, m), True)[:, :m]
     elif pos_mask is not None:
         mask = pos_mask.clone()
     else:
@@ -198,7 +276,7 @@ def _dense_positives(
 def _per_positive(
     a: Tensor,
     c: Tensor,
-    bias: Tensor,
+    bias: _Bias,
     pos: Tensor,
     self_index: Tensor | None,
     pos_weight: float,
@@ -207,7 +285,7 @@ def _per_positive(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-positive-denominator loss numerator ``[N]``, positive weight ``W`` ``[N]`` and count ``[N]``."""
     s = a @ c.T
-    neg = (s + bias).masked_fill(pos, NEG)
+    neg = (s + bias.dense()).masked_fill(pos, NEG)
     if self_index is not None:
         neg = neg.scatter(1, self_index.unsqueeze(1), NEG)
     log_neg = neg.logsumexp(1)
@@ -275,20 +353,22 @@ def contrastive_loss(
 
     dtype = torch.promote_types(anchors.dtype, torch.float32)
     with torch.autocast(anchors.device.type, enabled=False):
-        inv_t = 1.0 / (temperature.to(dtype) if isinstance(temperature, Tensor) else float(temperature))
-        a = anchors.to(dtype) * (inv_t.unsqueeze(-1) if isinstance(inv_t, Tensor) and inv_t.dim() == 1 else inv_t)
-        c = contrast.to(dtype)
+        if isinstance(temperature, Tensor):
+            scale = 1.0 / temperature.to(dtype=dtype, device=anchors.device).expand(n)
+        else:
+            scale = torch.full((n,), 1.0 / float(temperature), dtype=dtype, device=anchors.device)
+        a, c = anchors.to(dtype), contrast.to(dtype)
         valid = contrast_labels >= 0
         bias = _column_bias(valid, contrast_labels, dtype, col_weight, class_average, self_index)
         extra = extra_logits.to(dtype) if extra_logits is not None else None
         extra_w = extra_pos.to(dtype) if extra_pos is not None else None
         if per_positive_denominator:
             pos = _dense_positives(anchor_labels, contrast_labels, valid, self_index, pos_index, pos_mask)
-            num, weight, count = _per_positive(a, c, bias, pos, self_index, pos_weight, extra, extra_w)
+            num, weight, count = _per_positive(a * scale.unsqueeze(1), c, bias, pos, self_index, pos_weight, extra, extra_w)
             per_anchor = num / weight.clamp_min(_TINY)
         else:
-            log_z = _MaskedMatmulLSE.apply(a, c, bias, self_index, extra)
-            pos_sum, count = _positive_sum(a, c, anchor_labels, contrast_labels, valid, self_index, pos_index, pos_mask)
+            pos, count = _positives(anchor_labels, contrast_labels, valid, self_index, pos_index, pos_mask, dtype)
+            log_z, pos_sum = _FusedContrast.apply(a, c, extra, scale, bias, self_index, pos)
             num, weight = pos_weight * pos_sum, pos_weight * count
             if extra is not None:
                 num = num + (extra_w * extra).sum(1)

@@ -8,7 +8,9 @@ method's loss picks the views and heads it needs. The backbone is timm's with ``
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -123,3 +125,24 @@ class LTModel(nn.Module):
     def predict(self, images: Tensor) -> Tensor:
         """Classifier logits ``[N, C]`` of single-view images ``[N, C, H, W]``."""
         return self.classifier(self.forward_features(images))
+
+    @classmethod
+    def from_pretrained(cls, repo_or_dir: str | os.PathLike, *, revision: str | None = None,
+                        trust_remote_pickle: bool = False) -> LTModel:
+        """A model folder or Hub repo id written by :meth:`save_pretrained` (see :func:`ltreg.hub.from_pretrained`)."""
+        from ltreg.hub import from_pretrained
+
+        return from_pretrained(repo_or_dir, revision=revision, trust_remote_pickle=trust_remote_pickle)
+
+    def save_pretrained(self, directory: str | os.PathLike, run_meta: dict[str, Any] | None = None) -> Path:
+        """Config, safetensors weights and model card in ``directory`` (see :func:`ltreg.hub.save_pretrained`)."""
+        from ltreg.hub import save_pretrained
+
+        return save_pretrained(self, directory, run_meta=run_meta)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
+                    token: str | None = None, run_meta: dict[str, Any] | None = None) -> str:
+        """Save to a temporary folder and push it in one commit (see :func:`ltreg.hub.push_to_hub`)."""
+        from ltreg.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, revision=revision, token=token, run_meta=run_meta)

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch import Tensor, nn
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from ltreg import distributed as D
@@ -34,6 +35,9 @@ from ltreg.method import ConfigError, MethodSpec, PartRef, build_part, get_metho
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.registry import registry
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
+
+
+WEIGHTS = "ltreg_state.safetensors"
 
 
 class TrainingError(RuntimeError):
@@ -123,7 +127,6 @@ class Trainer:
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             project_dir=str(self.run_dir),
             log_with=cfg.log_with,
         )
@@ -137,7 +140,7 @@ class Trainer:
                 f"{acc.num_processes} processes; use a multiple of {acc.num_processes}"
             )
         if acc.is_main_process:
-            preflight_output(self.run_dir)
+            preflight_output(self.run_dir, cfg.min_free_mb)
         set_seed(cfg.seed)
         self.data = build_data(cfg)
         self.train_set, self.holdout = self.data.train, self.data.val
@@ -260,7 +263,7 @@ class Trainer:
         vds = ViewDataset(self.train_set, (pipeline,), seed=self.cfg.seed + 1)
         vds.set_epoch(self.state.epoch)
         memory = self.parts.get("memory")
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.model
         out = []
         for chunk in torch.split(torch.as_tensor(indices), self.cfg.eval_batch_size):
             images = torch.stack([vds[int(i)]["images"][0] for i in chunk]).to(self.accelerator.device)
@@ -286,7 +289,7 @@ class Trainer:
     @torch.no_grad()
     def extract(self, dataset: LTDataset) -> dict[str, Tensor]:
         """Logits, normalised embeddings, backbone features and targets of a data set (eval mode)."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.model
         was = model.training
         model.eval()
         loader = DataLoader(ViewDataset(dataset, ("none",)), batch_size=self.cfg.eval_batch_size, collate_fn=collate)
@@ -312,11 +315,13 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         hooks: list[Any],
-        manual_sync: list[nn.Parameter],
+        params: list[nn.Parameter],
         step_offset: int,
     ) -> dict[str, Any]:
         acc, state, cfg = self.accelerator, self.state, self.cfg
         state.epoch = epoch
+        if hasattr(loader, "set_epoch"):  # Accelerate re-sets sampler and dataset epochs from its own counter
+            loader.set_epoch(epoch)
         loader.view_dataset.set_epoch(epoch)  # type: ignore[attr-defined]
         loader.ltreg_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         for h in hooks:
@@ -342,9 +347,7 @@ class Trainer:
                     out = loss_fn(outputs, batch, state)
                 acc.backward(out.total)
                 if acc.sync_gradients:
-                    for p in manual_sync:
-                        if p.grad is not None:
-                            p.grad.copy_(D.all_reduce_mean(p.grad))
+                    D.sync_gradients(params)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -402,8 +405,9 @@ class Trainer:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
+        acc.save_state(str(tmp), safe_serialization=True)  # optimizer, scheduler, RNG states
         if acc.is_main_process:
+            save_file(self._weights(), str(tmp / WEIGHTS))
             _write_atomic(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))
             final = self.checkpoint_root / name
             previous = self.latest_checkpoint()
@@ -414,6 +418,27 @@ class Trainer:
             if previous is not None and previous != final:
                 shutil.rmtree(previous, ignore_errors=True)
         acc.wait_for_everyone()
+
+    def _stateful(self) -> dict[str, nn.Module]:
+        mods = {"model": self.model}
+        mods.update({role: p for role, p in self.parts.items() if isinstance(p, nn.Module)})
+        if isinstance(self.loss, nn.Module):
+            mods["loss"] = self.loss
+        return mods
+
+    def _weights(self) -> dict[str, Tensor]:
+        """Model and part tensors for the checkpoint, as safetensors (no pickle for weights)."""
+        out = {}
+        for prefix, mod in self._stateful().items():
+            for key, value in mod.state_dict().items():
+                out[f"{prefix}.{key}"] = value.detach().cpu().contiguous()
+        return out
+
+    def _load_weights(self, path: Path) -> None:
+        tensors = load_file(str(path / WEIGHTS))
+        for prefix, mod in self._stateful().items():
+            mine = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            mod.load_state_dict(mine)
 
     def _write_metrics_csv(self) -> None:
         if not self.accelerator.is_main_process or not self.history:
@@ -430,7 +455,10 @@ class Trainer:
     # -- stages ------------------------------------------------------------------------
     def _stage1(self) -> None:
         acc, cfg = self.accelerator, self.cfg
-        loader = self._loader(self.train_set, self.spec.views, self.sampler, cfg.batch_size)
+        loader = self._loader(self.train_set, self.spec.views_for(self.hparams), self.sampler, cfg.batch_size)
+        self.model.to(acc.device)
+        for mod in self._part_modules():
+            mod.to(acc.device)
         params = [p for p in self.model.parameters() if p.requires_grad] + self._part_params()
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                     nesterov=cfg.nesterov)
@@ -439,12 +467,9 @@ class Trainer:
         factor = self._schedule(cfg.epochs * steps_per_epoch, steps_per_epoch, cfg.warmup_epochs, cfg.schedule,
                                 cfg.milestones)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        part_params = self._part_params()
-        loader, self.model, optimizer, scheduler = self._prepared(loader, self.model, optimizer, scheduler)
+        # The model is not wrapped in DDP: gradients are averaged by D.sync_gradients (see there).
+        loader, optimizer, scheduler = self._prepared(loader, optimizer, scheduler)
         self.state.model = self.model
-        for mod in self._part_modules():
-            mod.to(acc.device)
-            acc.register_for_checkpointing(mod)
         self.state.class_counts = self.state.class_counts.to(acc.device)
         start_epoch = 0
         if cfg.resume:
@@ -454,7 +479,7 @@ class Trainer:
             h.on_train_start(self.state)
         for epoch in range(start_epoch, cfg.epochs):
             row = self._run_epoch(1, epoch, loader, self.model, self.loss, optimizer, scheduler, hooks,
-                                  part_params, epoch * steps_per_epoch)
+                                  params, epoch * steps_per_epoch)
             self.history.append(row)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 self._save_checkpoint(f"stage1-epoch-{epoch + 1}", {"stage": 1, "epoch": epoch + 1,
@@ -483,6 +508,7 @@ class Trainer:
             return 0
         state = json.loads((path / "trainer_state.json").read_text())
         self.accelerator.load_state(str(path))
+        self._load_weights(path)
         self.history = list(state["history"])
         if self.accelerator.is_main_process:
             print(f"resumed from {path} (stage {state['stage']}, epoch {state['epoch']})", flush=True)
@@ -490,7 +516,7 @@ class Trainer:
 
     def _stage2(self) -> dict[str, Any]:
         reb, cfg, acc = self.rebalancer, self.cfg, self.accelerator
-        model = acc.unwrap_model(self.model)
+        model = self.model
         groups = reb.setup(model)
         epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else reb.epochs
         info: dict[str, Any] = {}
@@ -503,9 +529,9 @@ class Trainer:
             sampler = build_part("sampler", PartRef(reb.sampler, **getattr(reb, "sampler_kwargs", {})),
                                  self.hparams, self.ctx)
             loader = self._loader(self.train_set, reb.views, sampler, cfg.stage2_batch_size or cfg.batch_size)
-            loader = self._prepared(loader)
             steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule(epochs * steps, steps, 0, "cosine", []))
+            loader, optimizer, scheduler = self._prepared(loader, optimizer, scheduler)
             model.train()
             if getattr(reb, "freeze_backbone", True):
                 model.backbone.eval()
@@ -535,14 +561,15 @@ class Trainer:
             stage2_info = self._stage2()
         metrics = self.evaluate(self.data.test)
         metrics["stage2"] = stage2_info
-        model = acc.unwrap_model(self.model)
+        model = self.model
         if acc.is_main_process:
             _write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=1))
             save_pretrained(model, self.run_dir, run_meta=self.run_meta(metrics))
             print(format_table(metrics, title=f"{self.spec.name} on {self.data.test.name} (top-1 %, test set)"), flush=True)
             print(f"run folder: {self.run_dir}", flush=True)
         acc.wait_for_everyone()
-        acc.end_training()
+        for tracker in acc.trackers:  # not end_training(): it would tear down the process group
+            tracker.finish()
         return RunResult(self.run_dir, metrics, self.history, model, cfg)
 
     def evaluate(self, dataset: LTDataset) -> dict[str, Any]:

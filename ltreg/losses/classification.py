@@ -1,0 +1,191 @@
+"""Logit-level losses for long-tailed classification (section 3.7) and class re-weighting helpers.
+
+Every loss reads ``outputs.logits`` ``[B, V, C]`` on the chosen ``views`` (default the first), computes in
+at least float32, and may re-weight classes with the Cui et al. weights from ``drw_start_epoch`` on
+(0: from the start, i.e. "Reweight" / CB; 160: LDAM-DRW). Weighted losses are normalised by the
+summed weights of the targets, as ``F.cross_entropy(weight=...)`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ltreg.step import Batch, LossOutput, Outputs, StepState
+
+
+def _f32(x: Tensor) -> Tensor:
+    """``x`` in at least float32 (half precision logits are up-cast)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _float_dtype(counts: Tensor) -> torch.dtype:
+    """The dtype of per-class weights: that of ``counts`` when floating (at least float32), else the default."""
+    return torch.promote_types(counts.dtype, torch.float32) if counts.is_floating_point() else torch.get_default_dtype()
+
+
+def class_balanced_weights(counts: Tensor, beta: float) -> Tensor:
+    """Cui et al. weights ``(1 - beta) / (1 - beta^n_c)`` normalised to sum to C; beta 0 is uniform, beta 1 is ``1/n_c``."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"class-balanced beta must be in [0, 1], got {beta}")
+    n = counts.to(torch.float64)
+    w = 1.0 / n if beta == 1.0 else (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    return (w * (n.shape[0] / w.sum())).to(_float_dtype(counts))
+
+
+def drw_weights(counts: Tensor, epoch: int, start_epoch: int, beta: float = 0.9999) -> Tensor:
+    """Deferred re-weighting: uniform weights before ``start_epoch``, class-balanced weights from it on."""
+    if epoch < start_epoch:
+        return torch.ones(counts.shape[0], dtype=_float_dtype(counts), device=counts.device)
+    return class_balanced_weights(counts, beta)
+
+
+def _ce(u: Tensor, targets: Tensor, weight: Tensor | None) -> Tensor:
+    """Cross-entropy of float logits ``u``, weighted by class (normalised by the targets' summed weights)."""
+    return F.cross_entropy(u, targets, weight=None if weight is None else weight.to(u.dtype))
+
+
+def _mean(per: Tensor, targets: Tensor, weight: Tensor | None) -> Tensor:
+    """Plain mean, or the mean weighted by each sample's class weight."""
+    if weight is None:
+        return per.mean()
+    w = weight.to(per.dtype)[targets]
+    return (w * per).sum() / w.sum()
+
+
+def logit_adjusted_ce(
+    logits: Tensor, targets: Tensor, log_prior: Tensor, tau: float = 1.0, weight: Tensor | None = None
+) -> Tensor:
+    """LA-CE: cross-entropy of ``logits + tau * log pi``."""
+    u = _f32(logits)
+    return _ce(u + tau * log_prior.to(u.dtype), targets, weight)
+
+
+def balanced_softmax(logits: Tensor, targets: Tensor, counts: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Balanced Softmax: cross-entropy of ``logits + log n_c``."""
+    u = _f32(logits)
+    return _ce(u + counts.to(u.dtype).log(), targets, weight)
+
+
+def ldam_margins(counts: Tensor, max_margin: float = 0.5) -> Tensor:
+    """LDAM margins ``proportional to n_c^(-1/4)``, rescaled so the largest is ``max_margin``."""
+    m = counts.to(torch.float64).pow(-0.25)
+    return (m * (max_margin / m.max())).to(_float_dtype(counts))
+
+
+def ldam(logits: Tensor, targets: Tensor, margins: Tensor, s: float = 30.0, weight: Tensor | None = None) -> Tensor:
+    """LDAM: cross-entropy of ``s * (u - Delta_y e_y)`` on cosine logits ``u``."""
+    u = _f32(logits)
+    shifted = u - F.one_hot(targets, u.shape[1]).to(u.dtype) * margins.to(u.dtype).unsqueeze(0)
+    return _ce(s * shifted, targets, weight)
+
+
+def focal(logits: Tensor, targets: Tensor, gamma: float = 2.0, weight: Tensor | None = None) -> Tensor:
+    """Focal loss ``-(1 - p_t)^gamma log p_t``."""
+    ce = F.cross_entropy(_f32(logits), targets, reduction="none")
+    return _mean((-torch.expm1(-ce)).clamp_min(0).pow(gamma) * ce, targets, weight)
+
+
+def mixup_ce(
+    logits: Tensor, targets_a: Tensor, targets_b: Tensor, lam: Tensor, weight: Tensor | None = None
+) -> Tensor:
+    """Mixup CE with a per-sample ``lam``: ``lam * CE(u, y_a) + (1 - lam) * CE(u, y_b)``."""
+    u = _f32(logits)
+    lam = lam.to(u.dtype)
+    ce_a = F.cross_entropy(u, targets_a, reduction="none")
+    ce_b = F.cross_entropy(u, targets_b, reduction="none")
+    if weight is None:
+        return (lam * ce_a + (1 - lam) * ce_b).mean()
+    w = weight.to(u.dtype)
+    wa, wb = lam * w[targets_a], (1 - lam) * w[targets_b]
+    return (wa * ce_a + wb * ce_b).sum() / (wa + wb).sum()
+
+
+class _LogitLoss(nn.Module):
+    """Shared plumbing: the chosen views of ``outputs.logits`` and the optional deferred class re-weighting."""
+
+    part = "ce"
+
+    def __init__(
+        self, *, views: tuple[int, ...] = (0,), drw_start_epoch: int | None = None, reweight_beta: float = 0.9999
+    ) -> None:
+        super().__init__()
+        self.views, self.drw_start_epoch, self.reweight_beta = views, drw_start_epoch, reweight_beta
+
+    def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
+        logits = outputs.logits[:, list(self.views)]
+        reps = logits.shape[1]
+        weight = None
+        if self.drw_start_epoch is not None:
+            weight = drw_weights(state.class_counts, state.epoch, self.drw_start_epoch, self.reweight_beta)
+        loss = self.loss(logits.reshape(-1, logits.shape[-1]), batch.targets.repeat_interleave(reps), weight, batch, state, reps)
+        return LossOutput(loss, {self.part: loss.detach()})
+
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+        """The loss on flattened logits ``[B * V, C]``."""
+        return _ce(_f32(logits), targets, weight)
+
+
+class CrossEntropy(_LogitLoss):
+    """Cross-entropy (with optional CB / DRW re-weighting)."""
+
+
+class LogitAdjustedCE(_LogitLoss):
+    """Logit-adjusted cross-entropy with ``tau * log prior``."""
+
+    part = "la_ce"
+
+    def __init__(self, *, tau: float = 1.0, **kw) -> None:
+        super().__init__(**kw)
+        self.tau = tau
+
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+        return logit_adjusted_ce(logits, targets, state.prior.log(), self.tau, weight)
+
+
+class BalancedSoftmax(_LogitLoss):
+    """Balanced Softmax: cross-entropy of ``logits + log n_c``."""
+
+    part = "balanced_softmax"
+
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+        return balanced_softmax(logits, targets, state.class_counts, weight)
+
+
+class LDAMLoss(_LogitLoss):
+    """LDAM on cosine logits (set ``s=1`` if the classifier already scales); LDAM-DRW with ``drw_start_epoch``."""
+
+    part = "ldam"
+
+    def __init__(self, *, max_margin: float = 0.5, s: float = 30.0, **kw) -> None:
+        super().__init__(**kw)
+        self.max_margin, self.s = max_margin, s
+
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+        return ldam(logits, targets, ldam_margins(state.class_counts, self.max_margin), self.s, weight)
+
+
+class FocalLoss(_LogitLoss):
+    """Focal loss with focusing parameter ``gamma``."""
+
+    part = "focal"
+
+    def __init__(self, *, gamma: float = 2.0, **kw) -> None:
+        super().__init__(**kw)
+        self.gamma = gamma
+
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+        return focal(logits, targets, self.gamma, weight)
+
+
+class MixupCE(_LogitLoss):
+    """Mixup CE for paired batches: reads ``batch.extra["targets_b"]`` and ``batch.extra["lam"]`` ``[B]``."""
+
+    part = "mixup_ce"
+
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+        if "targets_b" not in batch.extra or "lam" not in batch.extra:
+            raise ValueError("MixupCE needs batch.extra['targets_b'] and batch.extra['lam'] (a paired mixup transform)")
+        tb, lam = batch.extra["targets_b"].repeat_interleave(reps), batch.extra["lam"].repeat_interleave(reps)
+        return mixup_ce(logits, targets, tb, lam, weight)

@@ -1,0 +1,105 @@
+"""CoGloAT + ProCo-coreset (Bach et al., TMLR 2023) as an ltreg method plugin: ``ltreg train --method cogloat``.
+
+Everything but the loss is a core part: the ``moco`` memory (query / momentum key encoder + labelled queue), the
+``k-global`` sampler (k same-class images per query from the whole training set, encoded in one batched forward
+by the key encoder), the ``coreset`` prototypes (refreshed at every epoch start) and the ``crt`` stage 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+
+from ltreg_cogloat.loss import NEGATIVES, CoGloATLoss, adaptive_temperature, cogloat, proco
+
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True)
+class CoGloATHParams(HParams):
+    """Hyper-parameters; [P] stated in the paper, [D] a default where the paper gives none, [R] reconstructed."""
+
+    k: int = field(default=3, metadata={"min": 1, "help": "[P] global same-class positives per query"})
+    negatives: str = field(default="unsupervised", metadata={
+        "choices": NEGATIVES, "help": "[P] V_i: unsupervised (all others) | supervised (other classes) | [R] k-positive"})
+    temperature: float = field(default=0.07, metadata={
+        "min": 0, "min_exclusive": True, "help": "[D] base tau: CoGloAT without adaptive tau, and L_ProCo"})
+    gamma: float = field(default=0.07, metadata={
+        "min": 0, "min_exclusive": True, "max": 1, "help": "[D] minimum temperature of tau_i = gamma + (1-gamma) n_y/n_max"})
+    adaptive_temperature: bool = field(default=True, metadata={"help": "[P] class-adaptive tau_i in L_CoGloAT"})
+    proco_temperature: str = field(default="base", metadata={
+        "choices": ("base", "adaptive"), "help": "[D] tau of L_ProCo: the base tau or tau_i"})
+    alpha: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "[D] alpha L_CoGloAT + (1-alpha) L_ProCo"})
+    key_momentum: float = field(default=0.999, metadata={"min": 0, "max": 1, "help": "[D] momentum of the key encoder"})
+    queue_size: int = field(default=4096, metadata={"min": 1, "help": "[D] queue length (4,096 CIFAR, 65,536 ImageNet)"})
+    allow_self: bool = field(default=True, metadata={
+        "help": "[D] a class with ONE image uses the query itself (another augmentation) as its global positives"})
+    coreset_fraction: float = field(default=0.1, metadata={
+        "min": 0, "min_exclusive": True, "max": 1, "help": "[D] coreset size as a fraction of each class"})
+    coreset_min_per_class: int = field(default=5, metadata={"min": 1, "help": "[D] at least min(n_c, this) per class"})
+    coreset_selection: str = field(default="kcenter", metadata={
+        "choices": ("kcenter", "random"), "help": "[D] GLISTER stand-in: greedy k-center or uniform"})
+    stage2_epochs: int = field(default=100, metadata={"min": 0, "help": "[D] classifier epochs (frozen backbone)"})
+    stage2_loss: str = field(default="ce", metadata={
+        "choices": ("ce", "ldam"), "help": "[P] stage-2 loss, with 1/n_c re-weighting: ldam CIFAR-10-LT, ce otherwise"})
+
+
+PAPER = {
+    "cifar10-lt-if100": {"All": 81.6}, "cifar10-lt-if50": {"All": 85.5}, "cifar10-lt-if10": {"All": 89.4},
+    "cifar100-lt-if100": {"All": 46.0}, "cifar100-lt-if50": {"All": 50.4}, "cifar100-lt-if10": {"All": 60.8},
+    "imagenet-lt": {"All": 49.8, "Many": 59.0, "Medium": 49.5, "Few": 40.9},
+}
+
+# [P] batch 256, SGD 0.1 momentum 0.9, 1000 (CIFAR) / 200 (ImageNet) epochs; classifier lr 0.1, batch 256.
+# [D] cosine schedule without warm-up and weight decay 1e-4 (MoCo-v2 / TSC practice).
+_COMMON = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine",
+           "warmup_epochs": 0, "stage2_lr": 0.1, "stage2_batch_size": 256}
+
+
+def _recipes() -> dict[str, Recipe]:
+    """The paper's CIFAR-LT settings at IF 100 / 50 / 10 and its ImageNet-LT setting."""
+    out = {}
+    for ds, loss in (("cifar10-lt", "ldam"), ("cifar100-lt", "ce")):
+        for imb in (100, 50, 10):
+            name = f"{ds}-if{imb}"
+            out[name] = Recipe(
+                f"{ds} IF {imb}, ResNet-32, 1000 epochs, batch 256, SGD 0.1 cosine; stage 2 {loss.upper()} + reweight",
+                train={**_COMMON, "dataset": ds, "imbalance": float(imb), "backbone": "resnet32", "epochs": 1000},
+                hparams={"queue_size": 4096, "stage2_loss": loss, "stage2_epochs": 100}, paper=PAPER[name])
+    out["imagenet-lt"] = Recipe(
+        "ImageNet-LT, ResNet-50, 200 epochs, batch 256, SGD 0.1 cosine, queue 65,536; stage 2 100 epochs CE + reweight",
+        train={**_COMMON, "dataset": "imagenet-lt", "backbone": "resnet50", "epochs": 200},
+        hparams={"queue_size": 65536, "stage2_loss": "ce", "stage2_epochs": 100}, paper=PAPER["imagenet-lt"])
+    return out
+
+
+METHOD = MethodSpec(
+    name="cogloat",
+    summary="CoGloAT + ProCo: k-global positives, class-adaptive temperature, coreset prototypes (MoCo-v2), then cRT",
+    citation="Bach, Tong, Hy, Nguyen, Nguyen-Tang, Global Contrastive Learning for Long-Tailed Classification, TMLR 2023",
+    loss=PartRef("cogloat", temperature=hp("temperature"), gamma=hp("gamma"),
+                 adaptive_temperature=hp("adaptive_temperature"), negatives=hp("negatives"), alpha=hp("alpha"),
+                 proco_temperature=hp("proco_temperature")),
+    hparams=CoGloATHParams(),
+    sampler=PartRef("k-global", k=hp("k"), allow_self=hp("allow_self")),
+    prototypes=PartRef("coreset", fraction=hp("coreset_fraction"), min_per_class=hp("coreset_min_per_class"),
+                       views=("sim", "sim"), use_key=True, selection=hp("coreset_selection")),
+    memory=PartRef("moco", momentum=hp("key_momentum"), queue_size=hp("queue_size"), key_view=1, positive_view=0),
+    rebalance=PartRef("crt", epochs=hp("stage2_epochs"), loss=hp("stage2_loss"), reweight="inverse",
+                      sampler="instance"),
+    views=("sim", "sim"),
+    positive_views=("sim",),
+    model=ModelSpec(classifier="cosine", cosine_scale=30.0, proj_dim=128),
+    recipes=_recipes(),
+    reading=(
+        "MoCo-v2/TSC: anchors = query view 0; i+ = key of view 1; k global positives through the key encoder [D]; "
+        "V_i = gathered batch keys + queue [D], 'unsupervised' by default [P]; each positive alone with V_i [P]; "
+        "tau_i = gamma + (1-gamma) n_y/n_max, gamma 0.07 [D]; ProCo on both query-encoder views x both coreset "
+        "prototype sets, tau = base 0.07 [D]; alpha 0.5 [D]; coreset = class-stratified k-center (GLISTER stand-in) "
+        "of 10% / >= min(n_c, 5) per class [D], key encoder, refreshed each epoch; stage 2 = cRT on a frozen "
+        "backbone, instance sampling + 1/n_c weights, LDAM (CIFAR-10-LT) / CE, cosine classifier s=30 [D], 100 epochs [D]."
+    ),
+)
+
+__all__ = ["METHOD", "CoGloATHParams", "CoGloATLoss", "adaptive_temperature", "cogloat", "proco"]

@@ -1,0 +1,244 @@
+"""Reb-SupCon loss (methods.md §4.3): rebalanced MoCo SupCon + prototype-aware module + classifier.
+
+``L = L_reb + L_proto + cls_weight * L_cls`` with, for query anchors ``q_i`` (view 0) against the
+gathered keys and the labelled queue:
+
+* ``L_reb = sum_i omega(y_i) L_i / #{anchors with a positive}`` (global batch), ``L_i`` the SupCon
+  loss of the core :func:`~ltreg.losses.contrastive_loss` (positives = same-class keys + queue).
+  Normalised by the anchor count, not by ``sum omega``: the paper writes a plain sum over anchors.
+* ``omega(c) = 1 / (1 + alpha g_c omega_f(c))`` (``"printed"``) or ``1 + alpha g_c omega_f(c)``
+  (``"inverse"``, methods.md flags the contradiction [R]), ``omega_f(c) = beta / (f(c) + eps)``,
+  ``f(c) = n_c / N`` [D], ``g_c`` the mean over the global batch's class-c anchors of
+  ``||dL_i / dq_i||`` [D] (one ``autograd.grad`` on a detached copy; optional EMA across steps [D]);
+  omega is a constant in the backward.
+* ``L_proto = l1 * swapped prediction + l2 * aggregation + l3 * separation`` over the learnable
+  prototypes with Sinkhorn assignments (no gradient).
+* ``L_cls`` = Balanced Softmax of the linear classifier on the query view [D].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ltreg.losses import (
+    ContrastiveResult,
+    ContrastSet,
+    balanced_softmax,
+    global_mean,
+    paco,
+    state_contrast,
+    supcon,
+)
+from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState
+
+OmegaForm = Literal["printed", "inverse"]
+Positives = Literal["samples", "centres"]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def anchor_losses(
+    q: Tensor,
+    labels: Tensor,
+    contrast: ContrastSet,
+    *,
+    temperature: float,
+    positives: Positives = "samples",
+    logits: Tensor | None = None,
+    log_prior: Tensor | None = None,
+) -> ContrastiveResult:
+    """Per-anchor ``L_i`` ``[B]`` of queries ``q`` ``[B, D]`` against keys + queue.
+
+    ``"samples"`` [R, default]: SupCon, positives = same-class columns. ``"centres"`` [R]: the paper's
+    ``z_c`` read as PaCo class centres: the only positive is the centre logit ``u_iy + log pi_y``, in one
+    softmax with all centres and all sample columns (core ``paco`` with sample-positive weight 0).
+    """
+    z = q.unsqueeze(1)
+    if positives == "samples":
+        return supcon(z, labels, temperature, contrast=contrast, reduction="none")
+    if logits is None or log_prior is None:
+        raise ValueError("positives='centres' needs the classifier logits [B, C] and log_prior [C]")
+    return paco(z, labels, logits.unsqueeze(1), log_prior, alpha=0.0, temperature=temperature, contrast=contrast,
+                reduction="none")
+
+
+def anchor_grad_norms(q: Tensor, labels: Tensor, contrast: ContrastSet, **kwargs: Any) -> Tensor:
+    """``||dL_i/dq_i||`` ``[B]`` from one ``autograd.grad`` of ``sum_i L_i`` on a detached copy of ``q``.
+
+    Exact per sample because ``L_i`` depends on ``q_i`` only (keys, queue and logits are constants here).
+    """
+    kwargs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+    contrast = contrast._replace(z=contrast.z.detach())
+    with torch.enable_grad():
+        leaf = q.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(anchor_losses(leaf, labels, contrast, **kwargs).loss.sum(), leaf)
+    return grad.norm(dim=-1)
+
+
+def class_mean(values: Tensor, labels: Tensor, num_classes: int, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-class mean of ``values`` ``[N]`` over the entries in ``mask``, and which classes had one ``[C]``."""
+    w = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    counts = torch.zeros(num_classes, dtype=values.dtype, device=values.device).index_add_(0, labels, w)
+    sums = torch.zeros_like(counts).index_add_(0, labels, values * w)
+    return sums / counts.clamp_min(1), counts > 0
+
+
+def rebalance_factor(
+    grad_c: Tensor, prior: Tensor, *, alpha: float = 0.5, beta: float = 0.1, eps: float = 1e-5,
+    form: OmegaForm = "printed",
+) -> Tensor:
+    """``omega(c)`` ``[C]``: ``1 / (1 + alpha g_c beta / (f_c + eps))`` as printed, or its ``"inverse"`` reading."""
+    x = alpha * grad_c * (beta / (prior.to(grad_c.dtype) + eps))
+    if form == "printed":
+        return 1.0 / (1.0 + x)
+    if form == "inverse":
+        return 1.0 + x
+    raise ValueError(f"omega_form must be 'printed' or 'inverse', got {form!r}")
+
+
+class RebResult(NamedTuple):
+    """``loss`` ``[B]`` = ``omega(y_i) L_i`` (0 without a positive), ``num_pos`` ``[B]``, ``omega`` and ``grad_c`` ``[C]``."""
+
+    loss: Tensor
+    num_pos: Tensor
+    omega: Tensor
+    grad_c: Tensor
+
+
+def reb_supcon(
+    q: Tensor,
+    labels: Tensor,
+    contrast: ContrastSet,
+    prior: Tensor,
+    *,
+    temperature: float = 0.05,
+    alpha: float = 0.5,
+    beta: float = 0.1,
+    eps: float = 1e-5,
+    omega_form: OmegaForm = "printed",
+    positives: Positives = "samples",
+    logits: Tensor | None = None,
+    gather: Callable[[Tensor], Tensor] = _identity,
+    smooth: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> RebResult:
+    """Rebalanced per-anchor losses; ``g_c`` is averaged over ``gather``-ed anchors that have a positive
+    (the global batch), then optionally ``smooth``-ed (EMA); omega is detached."""
+    kw: dict[str, Any] = {"temperature": temperature, "positives": positives, "logits": logits,
+                          "log_prior": prior.log() if positives == "centres" else None}
+    norms = anchor_grad_norms(q, labels, contrast, **kw)
+    res = anchor_losses(q, labels, contrast, **kw)
+    has_pos = (res.num_pos > 0).to(norms.dtype)
+    grad_c, present = class_mean(gather(norms), gather(labels), prior.shape[0], gather(has_pos))
+    if smooth is not None:
+        grad_c = smooth(grad_c, present)
+    omega = rebalance_factor(grad_c, prior, alpha=alpha, beta=beta, eps=eps, form=omega_form).detach()
+    return RebResult(omega.to(res.loss.dtype)[labels] * res.loss, res.num_pos, omega, grad_c)
+
+
+def prototype_losses(
+    zq: Tensor, zk: Tensor, protos: Tensor, qq: Tensor, qk: Tensor, *, temperature: float, delta: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Swapped prediction L1 and aggregation L2 (means over the ``B`` local anchors), separation L3.
+
+    ``P = softmax(Z C^T / tau)``; ``L1 = 1/(2B) sum_i [H(Qk_i, Pq_i) + H(Qq_i, Pk_i)]``;
+    ``L2 = 1/B sum_i sum_k Qq_ik ||zq_i - c_k||^2``; ``L3 = sum_{k != k'} max(0, delta - ||c_k - c_k'||^2)``.
+    ``zk`` (keys) and the assignments ``qq``, ``qk`` ``[B, K]`` carry no gradient.
+    """
+    zk, qq, qk = zk.detach(), qq.detach(), qk.detach()
+    log_pq = F.log_softmax(zq @ protos.T / temperature, dim=1)
+    log_pk = F.log_softmax(zk @ protos.T / temperature, dim=1)
+    l1 = -0.5 * ((qk * log_pq).sum(1) + (qq * log_pk).sum(1)).mean()
+    c2 = protos.pow(2).sum(1)
+    # sum_k Q_ik ||z_i - c_k||^2 = ||z_i||^2 sum_k Q_ik - 2 z_i . (Q C)_i + sum_k Q_ik ||c_k||^2
+    l2 = (zq.pow(2).sum(1) * qq.sum(1) - 2 * (zq * (qq @ protos)).sum(1) + qq @ c2).mean()
+    sq = (c2.unsqueeze(1) + c2.unsqueeze(0) - 2 * protos @ protos.T).clamp_min(0)
+    off = ~torch.eye(protos.shape[0], dtype=torch.bool, device=protos.device)
+    l3 = ((delta - sq).clamp_min(0) * off).sum()
+    return l1, l2, l3
+
+
+class RebSupConLoss(nn.Module):
+    """Reb-SupCon total loss; needs the ``moco`` memory (``key_z``, queue) and ``learnable`` prototypes.
+
+    Buffers ``grad_ema`` / ``grad_seen`` ``[C]`` hold the EMA of ``g_c`` when ``grad_ema`` is on.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        temperature: float = 0.05,
+        alpha: float = 0.5,
+        beta: float = 0.1,
+        eps: float = 1e-5,
+        omega_form: OmegaForm = "printed",
+        positives: Positives = "samples",
+        grad_ema: bool = False,
+        grad_ema_momentum: float = 0.9,
+        lambda_swap: float = 0.5,
+        lambda_agg: float = 0.3,
+        lambda_sep: float = 0.2,
+        delta: float = 1.0,
+        cls_weight: float = 1.0,
+        query_view: int = 0,
+    ) -> None:
+        super().__init__()
+        if omega_form not in ("printed", "inverse"):
+            raise ValueError(f"omega_form must be 'printed' or 'inverse', got {omega_form!r}")
+        if positives not in ("samples", "centres"):
+            raise ValueError(f"positives must be 'samples' or 'centres', got {positives!r}")
+        self.temperature, self.alpha, self.beta, self.eps = temperature, alpha, beta, eps
+        self.omega_form, self.positives = omega_form, positives
+        self.use_ema, self.ema_momentum = grad_ema, grad_ema_momentum
+        self.lambdas, self.delta = (lambda_swap, lambda_agg, lambda_sep), delta
+        self.cls_weight, self.query_view = cls_weight, query_view
+        self.register_buffer("grad_ema", torch.zeros(num_classes))
+        self.register_buffer("grad_seen", torch.zeros(num_classes, dtype=torch.bool))
+
+    @classmethod
+    def from_context(cls, ctx: BuildContext, **kwargs: Any) -> RebSupConLoss:
+        """Take ``num_classes`` from the run."""
+        kwargs.setdefault("num_classes", ctx.num_classes)
+        return cls(**kwargs)
+
+    @torch.no_grad()
+    def smooth(self, grad_c: Tensor, present: Tensor) -> Tensor:
+        """EMA of ``g_c`` over steps for classes in the batch (first sighting: the batch value); identity when off."""
+        if not self.use_ema:
+            return grad_c
+        m = self.ema_momentum
+        ema = self.grad_ema.to(grad_c.dtype)
+        new = torch.where(self.grad_seen, m * ema + (1 - m) * grad_c, grad_c)
+        new = torch.where(present, new, ema)
+        self.grad_ema.copy_(new)
+        self.grad_seen |= present
+        return new
+
+    def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
+        if "key_z" not in outputs.extra or state.memory is None:
+            raise ValueError("Reb-SupCon needs the 'moco' memory part (key projections outputs.extra['key_z'] and a queue)")
+        if state.prototypes is None or not hasattr(state.prototypes, "assign"):
+            raise ValueError("Reb-SupCon needs the 'learnable' prototypes part (prototypes() and assign())")
+        zq, zk = outputs.z[:, self.query_view], outputs.extra["key_z"]
+        logits = outputs.logits[:, self.query_view]
+        cs = state_contrast(zq.unsqueeze(1), outputs, batch, state, include_views=False)
+        reb = reb_supcon(zq, batch.targets, cs, state.prior, temperature=self.temperature, alpha=self.alpha,
+                         beta=self.beta, eps=self.eps, omega_form=self.omega_form, positives=self.positives,
+                         logits=logits, gather=state.gather_nograd, smooth=self.smooth)
+        l_reb = global_mean(ContrastiveResult(reb.loss, reb.num_pos), state)
+        p = state.prototypes
+        l1, l2, l3 = prototype_losses(zq, zk, p.prototypes(), p.assign(zq), p.assign(zk),
+                                      temperature=self.temperature, delta=self.delta)
+        l_proto = self.lambdas[0] * l1 + self.lambdas[1] * l2 + self.lambdas[2] * l3
+        l_cls = balanced_softmax(logits, batch.targets, state.class_counts)
+        total = l_reb + l_proto + self.cls_weight * l_cls
+        parts = {"reb": l_reb, "swap": l1, "agg": l2, "sep": l3, "cls": l_cls,
+                 "omega": reb.omega[batch.targets].mean()}
+        return LossOutput(total, {k: v.detach() for k, v in parts.items()})

@@ -1,0 +1,241 @@
+"""Reb-SupCon plugin: the loss against naive float64 loops written from methods.md §4.3, its switches and
+edge cases, an emulated two-process split, and training through the registry (digits-LT, CPU)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ltreg_rebsupcon.loss import RebSupConLoss, prototype_losses, reb_supcon
+
+import ltreg
+from ltreg.losses import ContrastSet
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+TAU, ALPHA, BETA, EPS = 0.3, 0.5, 0.1, 1e-5
+C = 6  # classes 4 and 5 never appear in the batch
+
+
+def _inputs(seed: int = 0):
+    """Queries of classes 0,0,1,1,1,2,3; columns (keys + queue, -1 = empty slot): class 3 has no column
+    (no positive), class 2 exactly one (singleton)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 3])
+    q = F.normalize(torch.randn(len(y), 5, generator=g, dtype=torch.float64), dim=1)
+    col_y = torch.tensor([0, 1, 0, 1, 2, -1, 1, 0, -1, 4])
+    cols = F.normalize(torch.randn(len(col_y), 5, generator=g, dtype=torch.float64), dim=1)
+    logits = torch.randn(len(y), C, generator=g, dtype=torch.float64)
+    prior = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04], dtype=torch.float64)
+    empty = torch.empty(len(y), 0, dtype=torch.long)
+    return q, y, ContrastSet(cols, col_y, None, empty), logits, prior
+
+
+def naive_reb(q, y, cols, col_y, logits, prior, form, positives):
+    """Mean over anchors with a positive of omega(y_i) L_i, straight from the formulas, with Python loops.
+
+    The per-sample gradient dL_i/dq_i is the closed form of methods.md §3.1 (not autograd)."""
+    n, m = len(y), len(col_y)
+    losses, gnorm, has = [], [], []
+    for i in range(n):
+        valid = [j for j in range(m) if col_y[j] >= 0]
+        s = {j: sum(q[i, d] * cols[j, d] for d in range(q.shape[1])) / TAU for j in valid}
+        if positives == "samples":
+            pos = [j for j in valid if col_y[j] == y[i]]
+            if not pos:
+                losses.append(q[i, 0] * 0.0)
+                gnorm.append(0.0)
+                has.append(False)
+                continue
+            log_den = torch.log(sum(torch.exp(s[j]) for j in valid))
+            losses.append(-sum(s[p] - log_den for p in pos) / len(pos))
+            soft = {j: math.exp(float((s[j] - log_den).detach())) for j in valid}
+            grad = [(sum(soft[j] * float(cols[j, d]) for j in valid)
+                     - sum(float(cols[p, d]) for p in pos) / len(pos)) / TAU for d in range(q.shape[1])]
+        else:
+            centre = [logits[i, c] + math.log(prior[c]) for c in range(C)]
+            log_den = torch.log(sum(torch.exp(x) for x in centre) + sum(torch.exp(s[j]) for j in valid))
+            losses.append(-(centre[int(y[i])] - log_den))
+            soft = {j: math.exp(float((s[j] - log_den).detach())) for j in valid}
+            grad = [sum(soft[j] * float(cols[j, d]) for j in valid) / TAU for d in range(q.shape[1])]
+        gnorm.append(math.sqrt(sum(v * v for v in grad)))
+        has.append(True)
+    omega = []
+    for c in range(C):
+        members = [gnorm[i] for i in range(n) if int(y[i]) == c and has[i]]
+        g_c = sum(members) / len(members) if members else 0.0
+        x = ALPHA * g_c * BETA / (float(prior[c]) + EPS)
+        omega.append(1.0 / (1.0 + x) if form == "printed" else 1.0 + x)
+    total = sum(omega[int(y[i])] * losses[i] for i in range(n))
+    return total / sum(has), torch.tensor(omega, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("positives", ["samples", "centres"])
+@pytest.mark.parametrize("form", ["printed", "inverse"])
+def test_reb_supcon_matches_naive_values_and_gradients(form, positives):
+    q, y, cs, logits, prior = _inputs()
+    q1, l1 = q.clone().requires_grad_(), logits.clone().requires_grad_()
+    res = reb_supcon(q1, y, cs, prior, temperature=TAU, alpha=ALPHA, beta=BETA, eps=EPS, omega_form=form,
+                     positives=positives, logits=l1)
+    loss = res.loss.sum() / (res.num_pos > 0).sum()
+    loss.backward()
+    q2, l2 = q.clone().requires_grad_(), logits.clone().requires_grad_()
+    ref, ref_omega = naive_reb(q2, y, cs.z, cs.labels, l2, prior, form, positives)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(res.omega, ref_omega, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-8, atol=1e-10)
+    if positives == "centres":
+        torch.testing.assert_close(l1.grad, l2.grad, rtol=1e-8, atol=1e-10)
+    # classes 4, 5 are absent: g_c = 0, omega = 1 under both forms
+    assert torch.equal(res.grad_c[4:], torch.zeros(2, dtype=res.grad_c.dtype))
+    torch.testing.assert_close(res.omega[4:], torch.ones(2, dtype=torch.float64))
+
+
+def test_anchor_without_positive_contributes_zero():
+    q, y, cs, logits, prior = _inputs()
+    q = q.requires_grad_()
+    res = reb_supcon(q, y, cs, prior, temperature=TAU, alpha=ALPHA, beta=BETA, eps=EPS)
+    (res.loss.sum() / (res.num_pos > 0).sum()).backward()
+    assert torch.isfinite(res.loss).all() and torch.isfinite(q.grad).all()
+    assert res.num_pos[-1] == 0 and res.loss[-1] == 0 and torch.equal(q.grad[-1], torch.zeros(5, dtype=q.dtype))
+    assert res.grad_c[3] == 0 and res.omega[3] == 1  # class 3 has no positive: no gradient statistic
+    assert res.num_pos[5] == 1 and res.loss[5] > 0  # the singleton class still counts
+
+
+def test_weights_printed_damp_and_inverse_amplify():
+    q, y, cs, logits, prior = _inputs()
+    kw = dict(temperature=TAU, alpha=ALPHA, beta=BETA, eps=EPS)
+    printed = reb_supcon(q, y, cs, prior, omega_form="printed", **kw).omega[:3]
+    inverse = reb_supcon(q, y, cs, prior, omega_form="inverse", **kw).omega[:3]
+    assert (printed < 1).all() and (inverse > 1).all()
+    torch.testing.assert_close(printed * inverse, torch.ones(3, dtype=torch.float64))  # 1/(1+x) and 1+x
+
+
+def test_two_rank_split_equals_one_batch():
+    """Anchors 0-2 on rank 0 and 3-5 on rank 1 (class 1 on both), an emulated all-gather: the summed local
+    losses over the global anchor count, omega and the gradients equal the one-process global batch's."""
+    q, y, cs, logits, prior = _inputs()
+    q, y = q[:6], y[:6]
+    full = q.clone().requires_grad_()
+    one = reb_supcon(full, y, cs, prior, temperature=TAU)
+    (one.loss.sum() / (one.num_pos > 0).sum()).backward()
+    ranks = [slice(0, 3), slice(3, 6)]
+    sent: list[list[torch.Tensor]] = [[], []]
+    for r, sl in enumerate(ranks):  # what each rank hands to all_gather, call by call
+        reb_supcon(q[sl], y[sl], cs, prior, temperature=TAU, gather=lambda t, r=r: sent[r].append(t) or t)
+    total, leaves = 0.0, []
+    for r, sl in enumerate(ranks):
+        calls = iter(range(len(sent[r])))
+        leaves.append(q[sl].clone().requires_grad_())
+        res = reb_supcon(leaves[-1], y[sl], cs, prior, temperature=TAU,
+                         gather=lambda t, calls=calls: (lambda k: torch.cat([sent[0][k], sent[1][k]]))(next(calls)))
+        torch.testing.assert_close(res.omega, one.omega)
+        total = total + res.loss.sum()
+    local = reb_supcon(q[:3], y[:3], cs, prior, temperature=TAU).omega
+    assert not torch.isclose(local[1], one.omega[1])  # without the gather, rank 0 would weigh class 1 differently
+    (total / (one.num_pos > 0).sum()).backward()
+    torch.testing.assert_close(total / (one.num_pos > 0).sum(), one.loss.sum() / (one.num_pos > 0).sum())
+    torch.testing.assert_close(torch.cat([x.grad for x in leaves]), full.grad)
+
+
+def naive_proto(zq, zk, c, qq, qk, tau, delta):
+    b, k = qq.shape
+    l1 = l2 = 0.0
+    for i in range(b):
+        sq_ = [sum(zq[i, d] * c[j, d] for d in range(c.shape[1])) / tau for j in range(k)]
+        sk_ = [sum(zk[i, d] * c[j, d] for d in range(c.shape[1])) / tau for j in range(k)]
+        lse_q, lse_k = torch.logsumexp(torch.stack(sq_), 0), torch.logsumexp(torch.stack(sk_), 0)
+        for j in range(k):
+            l1 = l1 - (qk[i, j] * (sq_[j] - lse_q) + qq[i, j] * (sk_[j] - lse_k)) / (2 * b)
+            l2 = l2 + qq[i, j] * sum((zq[i, d] - c[j, d]) ** 2 for d in range(c.shape[1])) / b
+    l3 = 0.0
+    for j in range(k):
+        for j2 in range(k):
+            if j != j2:
+                l3 = l3 + torch.clamp(delta - sum((c[j, d] - c[j2, d]) ** 2 for d in range(c.shape[1])), min=0)
+    return l1, l2, l3
+
+
+def test_prototype_losses_match_naive_values_and_gradients():
+    g = torch.Generator().manual_seed(1)
+    zq = F.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=1)
+    zk = F.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=1)
+    c = F.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=1)
+    c[4] = F.normalize(c[0] + 0.3, dim=0)  # a close pair: the separation hinge is active
+    qq = torch.rand(4, 5, generator=g, dtype=torch.float64).softmax(1)
+    qk = torch.rand(4, 5, generator=g, dtype=torch.float64).softmax(1)
+    a = [zq.clone().requires_grad_(), c.clone().requires_grad_()]
+    got = prototype_losses(a[0], zk, a[1], qq, qk, temperature=0.2, delta=1.0)
+    sum(w * x for w, x in zip((0.5, 0.3, 0.2), got)).backward()
+    b = [zq.clone().requires_grad_(), c.clone().requires_grad_()]
+    ref = naive_proto(b[0], zk, b[1], qq, qk, 0.2, 1.0)
+    sum(w * x for w, x in zip((0.5, 0.3, 0.2), ref)).backward()
+    assert ref[2].detach() > 0
+    for x, r in zip(got, ref):
+        torch.testing.assert_close(x, r, rtol=1e-9, atol=1e-12)
+    for x, r in zip(a, b):
+        torch.testing.assert_close(x.grad, r.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_grad_ema_switch():
+    mod = RebSupConLoss(num_classes=3, grad_ema=True, grad_ema_momentum=0.9)
+    first = mod.smooth(torch.tensor([1.0, 2.0, 0.0]), torch.tensor([True, True, False]))
+    torch.testing.assert_close(first, torch.tensor([1.0, 2.0, 0.0]))  # first sighting: the batch value
+    second = mod.smooth(torch.tensor([3.0, 0.0, 5.0]), torch.tensor([True, False, True]))
+    torch.testing.assert_close(second, torch.tensor([0.9 + 0.3, 2.0, 5.0]))  # absent class 1 kept
+    off = RebSupConLoss(num_classes=3)
+    g = torch.tensor([3.0, 0.0, 5.0])
+    assert off.smooth(g, torch.ones(3, dtype=torch.bool)) is g
+
+
+def test_spec_parts_recipes_and_errors():
+    spec = ltreg.get_method("rebsupcon")
+    assert (spec.memory.name, spec.prototypes.name, spec.loss.name, spec.rebalance) == ("moco", "learnable", "rebsupcon", None)
+    assert spec.views == ("rand", "sim") and spec.memory.kwargs["key_view"] == 1
+    for ds in ("cifar10-lt", "cifar100-lt"):
+        for imb in (100, 50, 10):
+            assert spec.recipe(f"{ds}-if{imb}").train["epochs"] == 400
+    assert spec.recipe("cifar100-lt-if100").paper == {"All": 52.7}
+    assert spec.recipe("imagenet-lt").paper == {"All": 56.9, "Many": 64.9, "Medium": 54.2, "Few": 35.6}
+    with pytest.raises(ltreg.ConfigError, match="omega_form"):
+        spec.hparams.replace(omega_form="flipped")
+    with pytest.raises(ValueError, match="moco"):
+        RebSupConLoss(num_classes=3)(ltreg.Outputs(torch.zeros(2, 2, 4), torch.zeros(2, 2, 3), torch.zeros(2, 2, 4)),
+                                     ltreg.Batch(torch.zeros(2, 2, 1, 8, 8), torch.zeros(2, dtype=torch.long),
+                                                 torch.arange(2)), ltreg.StepState(torch.ones(3), 3))
+
+
+def _test_images(n: int = 16) -> torch.Tensor:
+    from ltreg.config import TrainConfig
+    from ltreg.data.views import ViewDataset, collate
+    from ltreg.trainer import build_data
+
+    test = build_data(TrainConfig(dataset="digits-lt")).test
+    vds = ViewDataset(test, ("none",))
+    return collate([vds[i] for i in range(n)]).images[:, 0]
+
+
+def test_trains_through_registry_and_reloads(tmp_path):
+    result = ltreg.train("rebsupcon", epochs=1, max_steps_per_epoch=3, batch_size=32, stage2_epochs=1,
+                         eval_batch_size=512, output_dir=str(tmp_path / "run"))
+    row = result.history[-1]
+    for key in ("loss", "reb", "swap", "agg", "sep", "cls"):
+        assert math.isfinite(row[key]), key
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "config.json").is_file()
+    images = _test_images()
+    model = result.model.eval()
+    reloaded = ltreg.LTModel.from_pretrained(tmp_path / "run").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.predict(images), model.predict(images), rtol=0, atol=0)
+
+
+def test_quick_recipe_runs(tmp_path):
+    result = ltreg.train("rebsupcon", recipe="cifar100-lt-if100", quick=True, dataset="digits-lt",
+                         batch_size=32, max_steps_per_epoch=1, eval_batch_size=512, output_dir=str(tmp_path / "quick"))
+    assert result.config.backbone == "resnet32" and result.config.lr == 0.02
+    assert all(math.isfinite(r["loss"]) for r in result.history) and len(result.history) == 2

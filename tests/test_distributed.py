@@ -1,0 +1,70 @@
+"""One process with global batch 2B and two real processes (gloo on CPU) with B each train alike.
+
+Parametrized over every registered method, third-party plugins included, plus an asymmetric case
+where the two processes see different classes (class-sorted batches).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ltreg
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "tests" / "dist" / "run_methods.py"
+METHODS = sorted(r["name"] for r in ltreg.list_methods() if not r["error"])
+LOSS_RTOL = 1e-4
+PARAM_ATOL = 2e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(procs: int, out, extra: list[str], env: dict) -> None:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--num_processes", str(procs), "--main_process_port", str(_free_port())]
+    if procs > 1:
+        cmd.append("--multi_gpu")
+    cmd += [str(SCRIPT), "--methods", ",".join(METHODS), "--out", str(out), *extra]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module", params=["shuffled", "asymmetric"])
+def runs(request, tmp_path_factory):
+    base = tmp_path_factory.mktemp(request.param)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    extra = ["--asymmetric"] if request.param == "asymmetric" else []
+    _run(1, base / "one", extra, env)
+    _run(2, base / "two", extra, env)
+    return base
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_process_equals_two(runs, method):
+    one, two = runs / "one" / method, runs / "two" / method
+    h1 = json.loads((one / "history.json").read_text())
+    h2 = json.loads((two / "history.json").read_text())
+    assert len(h1) == len(h2)
+    for r1, r2 in zip(h1, h2):
+        assert r1["loss"] == pytest.approx(r2["loss"], rel=LOSS_RTOL), (r1, r2)
+    s1 = load_file(str(one / "final_state.safetensors"))
+    s2 = load_file(str(two / "final_state.safetensors"))
+    assert s1.keys() == s2.keys()
+    for key in s1:
+        torch.testing.assert_close(s1[key], s2[key], rtol=1e-4, atol=PARAM_ATOL, msg=key)
+    init = load_file(str(one / "init_state.safetensors"))
+    keys = [k for k in s1 if k in init and init[k].shape == s1[k].shape]
+    assert any(not torch.equal(init[k], s1[k]) for k in keys), "training did not change the weights"

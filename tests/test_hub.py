@@ -1,0 +1,364 @@
+"""Hub artifacts: save -> push -> load round trips against the in-memory Hub, and local load errors.
+
+Client scenarios run in subprocesses pointed at the server (`huggingface_hub` reads `HF_ENDPOINT`
+when imported); each prints one JSON line last. Tensors travel through safetensors files in `tmp_path`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hubserver import HubServer, hub_env  # noqa: E402
+
+import ltreg  # noqa: E402
+from ltreg.config import TrainConfig  # noqa: E402
+from ltreg.hub import (  # noqa: E402
+    HEADS_FILE,
+    MODEL_FILES,
+    PLOT_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    MissingPluginWarning,
+    evaluate_pretrained,
+    from_pretrained,
+    save_pretrained,
+)
+from ltreg.models.ltmodel import LTModel, LTModelConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTS = [120, 50, 18, 7, 3]
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    with HubServer() as server:
+        yield server
+
+
+def run_client(server: HubServer, tmp_path: Path, script: str, **env: str) -> Any:
+    """Run `script` in a fresh interpreter pointed at `server`; return its last stdout line as JSON."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **hub_env(server, tmp_path), "WORK": str(tmp_path), **env}, timeout=120)
+    assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fake_meta(method: str = "ce") -> dict[str, Any]:
+    """What `Trainer.run_meta` records, for a 5-class toy run."""
+    return {
+        "method": method, "citation": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+        "hparams": {"tau": 1.0}, "train_config": TrainConfig(method="ce", imbalance=40.0, seed=3).to_dict(),
+        "dataset": {"name": "toy-lt", "info": {}, "class_counts": COUNTS, "many_thr": 30, "few_thr": 10,
+                    "class_names": list("abcde"), "test_name": "toy-test", "image_size": 32, "mean": [0.5] * 3,
+                    "std": [0.5] * 3},
+        "metrics": {"top1": 61.25, "balanced_acc": 60.0, "many": 91.5, "medium": 48.0, "few": 21.125,
+                    "num_many": 2, "num_medium": 1, "num_few": 2},
+        "per_class": [95.0, 88.0, 48.0, 30.0, 12.25],
+    }
+
+
+def toy_model(classifier: str = "linear", seed: int = 0) -> LTModel:
+    """A timm-native backbone (no ltreg registration needed to load it with timm)."""
+    torch.manual_seed(seed)
+    model = LTModel(LTModelConfig(backbone="test_resnet", num_classes=5, in_chans=3, proj_dim=16, classifier=classifier))
+    return model.eval()
+
+
+def toy_run(folder: Path, classifier: str = "linear", seed: int = 0, meta: dict | None = None) -> LTModel:
+    """A run folder as the trainer leaves it: model files plus metrics and checkpoints."""
+    model = toy_model(classifier, seed)
+    save_pretrained(model, folder, run_meta=meta or fake_meta())
+    (folder / "metrics.json").write_text(json.dumps(fake_meta()["metrics"]))
+    (folder / "checkpoints" / "stage1-epoch-1").mkdir(parents=True)
+    (folder / "checkpoints" / "stage1-epoch-1" / "model.safetensors").write_bytes(b"not for the Hub")
+    return model
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def model_files(folder: Path) -> dict[str, bytes]:
+    return {f: (folder / f).read_bytes() for f in MODEL_FILES if (folder / f).is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (tiny) `ce` run on digits-LT: the trainer's run_meta, metrics.json and checkpoints/."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    ltreg.train("ce", epochs=1, max_steps_per_epoch=2, batch_size=32, eval_batch_size=512, output_dir=str(out))
+    return out
+
+
+# -- 1. push a run, load it back from the Hub ------------------------------------------------
+def test_push_run_then_from_pretrained_into_empty_cache(hub: HubServer, tmp_path: Path, trained: Path) -> None:
+    model = from_pretrained(trained)
+    x = torch.randn(4, 1, 8, 8)
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    before = snapshot(trained)
+    out = run_client(hub, tmp_path, """
+        import json, os
+        from pathlib import Path
+        import torch
+        from safetensors.torch import load_file, save_file
+        import ltreg
+        from ltreg.hub import push_run
+        from ltreg.models.ltmodel import LTModel
+
+        cache = Path(os.environ["HF_HUB_CACHE"])
+        empty = not cache.exists() or not any(cache.rglob("*"))
+        url = push_run(os.environ["RUN"], "org/name")
+        model = LTModel.from_pretrained("org/name")
+        x = load_file(os.environ["WORK"] + "/x.safetensors")["x"]
+        with torch.no_grad():
+            out = {"logits": model.predict(x), "features": ltreg.load_backbone("org/name")(x)}
+        out.update({"sd." + k: v for k, v in model.state_dict().items()})
+        save_file(out, os.environ["WORK"] + "/out.safetensors")
+        other = model.push_to_hub("org/in-memory")
+        print(json.dumps({"empty": empty, "url": url, "other": other, "training": model.training}))
+    """, RUN=str(trained))
+    assert out["empty"] and not out["training"] and out["url"].endswith("/org/name")
+    got = load_file(str(tmp_path / "out.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(got["logits"], model.predict(x), atol=0, rtol=0)
+        torch.testing.assert_close(got["features"], model.forward_features(x), atol=0, rtol=0)
+    state = model.state_dict()
+    assert {k[3:] for k in got if k.startswith("sd.")} == set(state)
+    for k, v in state.items():
+        torch.testing.assert_close(got["sd." + k], v, atol=0, rtol=0)
+    assert snapshot(trained) == before  # a push only reads the run folder
+    repo = hub.repo("org/name")
+    assert len(repo.commits) == 2  # create_repo's .gitattributes commit, then one upload commit
+    files = hub.repos["org/name"]
+    assert set(files) == {".gitattributes", *MODEL_FILES}  # no checkpoints/, no metrics.csv
+    for name in (WEIGHTS_FILE, HEADS_FILE, "config.json", PLOT_FILE, "metrics.json"):
+        assert files[name] == before[name]
+    card = files["README.md"].decode()
+    assert 'ltreg.from_pretrained("org/name")' in card and "<repo_id>" not in card
+    assert hub.repos["org/in-memory"][WEIGHTS_FILE] == files[WEIGHTS_FILE]
+
+
+# -- 2. timm alone loads the pushed repo -----------------------------------------------------
+def test_timm_loads_repo_without_ltreg(hub: HubServer, tmp_path: Path) -> None:
+    x = torch.randn(6, 3, 32, 32)
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    expected = {}
+    for classifier in ("linear", "cosine"):
+        model = toy_run(tmp_path / classifier, classifier, seed=1)
+        hub.seed(f"org/{classifier}", model_files(tmp_path / classifier))
+        with torch.no_grad():
+            expected[classifier] = model.predict(x)
+    out = run_client(hub, tmp_path, """
+        import json, os, sys
+        import timm, torch
+        from safetensors.torch import load_file, save_file
+
+        x = load_file(os.environ["WORK"] + "/x.safetensors")["x"]
+        logits, cfg = {}, {}
+        for name in ("linear", "cosine"):
+            model = timm.create_model(f"hf-hub:org/{name}", pretrained=True).eval()
+            with torch.no_grad():
+                logits[name] = model(x)
+            cfg[name] = {"num_classes": model.num_classes, "label_names": list(model.pretrained_cfg["label_names"])}
+        save_file(logits, os.environ["WORK"] + "/timm.safetensors")
+        assert "ltreg" not in sys.modules
+        print(json.dumps(cfg))
+    """)
+    got = load_file(str(tmp_path / "timm.safetensors"))
+    torch.testing.assert_close(got["linear"], expected["linear"], atol=0, rtol=0)
+    assert torch.equal(got["cosine"].argmax(1), expected["cosine"].argmax(1))
+    assert out["linear"] == {"num_classes": 5, "label_names": list("abcde")}
+    assert "same predictions (argmax)" in (tmp_path / "cosine" / "README.md").read_text()
+
+
+# -- 3. the model card parses back ----------------------------------------------------------
+def test_model_card_round_trips(hub: HubServer, tmp_path: Path) -> None:
+    toy_run(tmp_path / "run")
+    hub.seed("org/card", model_files(tmp_path / "run"))
+    out = run_client(hub, tmp_path, """
+        import json
+        from huggingface_hub import ModelCard
+
+        card = ModelCard.load("org/card")
+        data = card.data.to_dict()
+        results = {r.metric_name: [r.metric_type, r.metric_value, r.dataset_name] for r in card.data.eval_results}
+        print(json.dumps({"results": results, "ltreg": data["ltreg"], "library": data["library_name"],
+                          "tags": data["tags"], "license": data["license"], "datasets": data["datasets"],
+                          "text": card.text}))
+    """)
+    meta = fake_meta()
+    assert out["results"] == {f"top-1 ({s})": ["accuracy", meta["metrics"][k], "toy-test"]
+                              for s, k in (("all", "top1"), ("many", "many"), ("medium", "medium"), ("few", "few"))}
+    assert out["ltreg"] == {
+        "method": "ce", "distribution": "ltreg", "hparams": {"tau": 1.0}, "dataset": "toy-lt",
+        "lt_profile": {"profile": "exp", "imbalance": 40.0, "seed": 3}, "class_counts": COUNTS,
+        "many_thr": 30, "few_thr": 10, "distributions": {"ltreg": ltreg.__version__},
+    }
+    assert out["library"] == "timm" and out["license"] == "apache-2.0" and out["datasets"] == ["toy-lt"]
+    assert {"ltreg", "long-tailed-recognition", "image-classification", "ce"} <= set(out["tags"])
+    text = out["text"]
+    assert "| Few | 2 | 21.12 |" in text and f"]({PLOT_FILE})" in text and "| weight_decay | 0.0005 |" in text
+    assert "| hparams.tau | 1 |" in text and "He et al., Deep Residual Learning" in text
+    assert 'timm.create_model("hf-hub:<repo_id>"' in text
+
+
+# -- 4. a failing push leaves everything as it was, then a retry works ----------------------
+def test_failed_push_keeps_run_and_hub_then_retry_succeeds(hub: HubServer, tmp_path: Path) -> None:
+    """Commit answered 500, connection dropped at the commit, server stopped: each a PushError."""
+    toy_run(tmp_path / "old", seed=1)
+    run = tmp_path / "new"
+    toy_run(run, seed=2)
+    head = hub.seed("org/retry", model_files(tmp_path / "old")).oid
+    before = snapshot(run)
+    hub.fail_next_commit = True  # 500 on the commit, after the LFS uploads
+    hub.fail_next("commit", "disconnect")  # then the server drops the connection mid-push
+    script = """
+        import json, os, sys
+        from ltreg.hub import PushError, push_run
+
+        errors = []
+        def attempt():
+            try:
+                push_run(os.environ["RUN"], "org/retry")
+            except PushError as exc:
+                errors.append(str(exc))
+        attempt(); attempt()
+        print("stop", flush=True); sys.stdin.readline()
+        attempt()
+        print("start", flush=True); sys.stdin.readline()
+        url = push_run(os.environ["RUN"], "org/retry")
+        print(json.dumps({"errors": errors, "url": url}), flush=True)
+    """
+    env = {**os.environ, **hub_env(hub, tmp_path), "RUN": str(run)}
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        for line, toggle in (("stop", hub.stop), ("start", hub.start)):
+            got = proc.stdout.readline().strip()
+            assert got == line, (tmp_path / "stderr.txt").read_text()[-3000:]
+            assert hub.repo("org/retry").branches["main"] == head  # main unchanged by the failures
+            toggle()
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert len(out["errors"]) == 3
+    assert "500" in out["errors"][0] and "Connection refused" in out["errors"][2]
+    for message in out["errors"]:
+        assert f"ltreg push {run} --repo org/retry" in message and f"intact at {run}" in message
+    assert snapshot(run) == before
+    files = hub.repos["org/retry"]
+    assert files[WEIGHTS_FILE] == before[WEIGHTS_FILE] and files[HEADS_FILE] == before[HEADS_FILE]
+
+
+# -- 5. local loading errors and safeguards --------------------------------------------------
+def edit_config(folder: Path, edit: Any) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+def test_missing_or_corrupt_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="neither a model folder nor a Hub repo id"):
+        from_pretrained(tmp_path / "nowhere")
+    toy_run(tmp_path)
+    for name in (WEIGHTS_FILE, HEADS_FILE):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(CheckpointError, match=rf"{name} of .* is corrupt or truncated"):
+            from_pretrained(tmp_path)
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / HEADS_FILE).unlink()
+    with pytest.raises(CheckpointError, match=HEADS_FILE):
+        from_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        from_pretrained(tmp_path)
+
+
+def test_config_that_does_not_match_the_weights(tmp_path: Path) -> None:
+    toy_run(tmp_path)
+    original = (tmp_path / "config.json").read_text()
+
+    def both(key: str, model_key: str, value: Any) -> Any:
+        return lambda c: (c.__setitem__(key, value), c["ltreg"]["model"].__setitem__(model_key, value))
+
+    cases = [
+        (both("num_classes", "num_classes", 7), r"num_classes=7 but .*\['classifier\.weight'\] has shape \(5, 96\)"),
+        (lambda c: c.__setitem__("num_classes", 7), r"contradicts itself: num_classes=7"),
+        (both("architecture", "backbone", "resnet8"), r"architecture 'resnet8'.* missing tensors"),
+        (lambda c: c["ltreg"]["model"].__setitem__("proj_dim", 8),
+         r"projector\.2\.weight'\] has shape \(16, 96\), the model expects \(8, 96\)"),
+    ]
+    for edit, message in cases:
+        edit_config(tmp_path, edit)
+        with pytest.raises(CheckpointError, match=message):
+            from_pretrained(tmp_path)
+        (tmp_path / "config.json").write_text(original)
+
+
+def test_pickle_only_folder_needs_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = toy_run(tmp_path)
+    (tmp_path / WEIGHTS_FILE).unlink()
+    (tmp_path / HEADS_FILE).unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\).*trust_remote_pickle=True"):
+        from_pretrained(tmp_path)
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or real_load(*a, **kw))
+    loaded = LTModel.from_pretrained(tmp_path, trust_remote_pickle=True)
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict(x), model.predict(x), atol=0, rtol=0)
+
+
+def test_missing_plugin_warns_and_still_loads(tmp_path: Path) -> None:
+    model = toy_run(tmp_path)
+
+    def plugin(c: dict) -> None:
+        c["ltreg"].update(method="iccl-nowhere", dist="ltreg-iccl", dist_version="0.3.0")
+
+    edit_config(tmp_path, plugin)
+    with pytest.warns(MissingPluginWarning, match=r"'iccl-nowhere'.*pip install ltreg-iccl==0\.3\.0"):
+        loaded = from_pretrained(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict(x), model.predict(x), atol=0, rtol=0)
+
+
+def test_bare_model_gets_a_minimal_card(tmp_path: Path) -> None:
+    model = toy_model("cosine")
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "library_name: timm" in card and "model-index" not in card and "## How to load" in card
+    assert not (tmp_path / PLOT_FILE).exists()
+    assert json.loads((tmp_path / "config.json").read_text())["ltreg"]["model"]["classifier"] == "cosine"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained(tmp_path).predict(x), model.predict(x), atol=0, rtol=0)
+
+
+def test_evaluate_pretrained_reproduces_the_run_metrics(trained: Path) -> None:
+    config = json.loads((trained / "config.json").read_text())
+    assert config["ltreg"]["dist"] == "ltreg" and (trained / PLOT_FILE).is_file()
+    run = json.loads((trained / "metrics.json").read_text())
+    metrics = evaluate_pretrained(str(trained))
+    for key in ("top1", "balanced_acc", "many", "medium", "few", "num_many", "num_medium", "num_few"):
+        assert metrics[key] == pytest.approx(run[key], abs=1e-9), key
+    assert metrics["per_class"] == run["per_class"]
