@@ -148,11 +148,11 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     merged["dataset"] = dataset
     merged["hparams"] = hparams
     merged["method"] = spec.name
+    _check_keys(merged, "the merged configuration")
     hints = typing.get_type_hints(TrainConfig)
     for key, value in list(merged.items()):
-        if isinstance(value, str) and hints.get(key) not in (str, str | None, typing.Optional[str]):
+        if isinstance(value, str) and hints[key] not in (str, str | None):
             merged[key] = _parse(value, hints[key], key)
-    _check_keys(merged, "the merged configuration")
     cfg = TrainConfig(**merged)
     if cfg.quick:
         cfg = quick(cfg)

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
-from torch import Tensor, nn
 from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ltreg import distributed as D
@@ -35,7 +35,6 @@ from ltreg.method import ConfigError, MethodSpec, PartRef, build_part, get_metho
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.registry import registry
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
-
 
 WEIGHTS = "ltreg_state.safetensors"
 
@@ -515,7 +514,7 @@ class Trainer:
         return int(state["epoch"])
 
     def _stage2(self) -> dict[str, Any]:
-        reb, cfg, acc = self.rebalancer, self.cfg, self.accelerator
+        reb, cfg = self.rebalancer, self.cfg
         model = self.model
         groups = reb.setup(model)
         epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else reb.epochs

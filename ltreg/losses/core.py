@@ -183,8 +183,8 @@ class _Bias(NamedTuple):
             mask = torch.empty(step, s.shape[1], dtype=s.dtype, device=s.device)
             for r in range(0, s.shape[0], step):  # row blocks, not samples: 4 iterations
                 rows = s[r : r + step]
-                torch.eq(self.own[r : r + step].unsqueeze(1), self.gid.unsqueeze(0), out=mask[: rows.shape[0]])
-                rows.addcmul_(mask[: rows.shape[0]], self.own_lw[r : r + step].unsqueeze(1))
+                blk = torch.eq(self.own[r : r + step].unsqueeze(1), self.gid.unsqueeze(0), out=mask[: rows.shape[0]])
+                rows.add_(blk.mul_(self.own_lw[r : r + step].unsqueeze(1)))
         return s
 
     def dense(self) -> Tensor:

@@ -71,7 +71,7 @@ def cogloat(
     pos_index = own_index if memory_positives is None else torch.cat([own_index, memory_positives], 1)
     extra = extra_pos = None
     if k:  # one logit per anchor and global positive, scaled by the anchor's own temperature
-        extra = (anchors.to(dtype).unsqueeze(1) * positives.to(dtype)).sum(-1) / 0.1
+        extra = (anchors.to(dtype).unsqueeze(1) * positives.to(dtype)).sum(-1) / tau.to(dtype).unsqueeze(1)
         extra_pos = torch.ones_like(extra)
     col_weight = None
     if negatives == "supervised":  # same-class columns leave the denominator (positives keep their own term)

@@ -52,8 +52,8 @@ def bc_ecl(
     ``"balanced"`` runs on the core with the views as class-averaged columns of weight 1/2 and the prototypes
     as extra columns (log-weight ``log 1/2`` for classes with other views, 0 otherwise); the prototype of the
     label is a positive worth as much as all sample positives together (``max(|P_s(i)|, 1)``). The core's
-    numerator of that extra column carries its log-weight, so ``1/2 * log 2`` is given back where ``P_s(i)``
-    is non-empty (a constant: no effect on gradients).
+    numerator of that extra column carries its log-weight (``log 1/2`` where ``P_s(i)`` is non-empty), which adds
+    ``1/2 * log 2`` to the loss; it is subtracted again (a constant: no effect on gradients).
     """
     cs = contrast if contrast is not None else contrast_set(z, labels)
     if contribution == "bcl":
