@@ -81,6 +81,7 @@ def floor_fn(n: int) -> Callable[[], None]:
 
 
 def timed(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call."""
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
@@ -141,13 +142,20 @@ def main() -> None:
         return
     sizes = (256, 1024) if args.quick else (256, 512, 1024, 2048)
     print(f"threads={torch.get_num_threads()} d={D} views=2 classes={C} (IF {IMBALANCE}); N = 2B columns")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes inflate medians)")
+    print(
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes inflate medians)"
+    )
+    print(
+        "memory: measured, peak RSS growth of one forward + backward in a fresh process, in N x N float32 buffers"
+    )
     names = list(losses(inputs(8)))
     if "pml SupConLoss" not in names:
         print("pytorch-metric-learning not installed: its SupConLoss is skipped")
-    print(f"{'B':>5} {'loss':<16} {'median ms':>10} {'x floor':>8} {'min x floor':>12} {'peak mem (x NxN fp32)':>22}")
+    print(
+        f"{'B':>5} {'loss':<16} {'median ms':>10} {'x floor':>8} {'min x floor':>12} {'peak mem (x NxN fp32)':>22}"
+    )
     for b in sizes:
-        times = bench(b, args.rounds or (15 if b <= 512 else 7))
+        times = bench(b, args.rounds or (21 if b <= 512 else 11))
         med = {name: statistics.median(t) for name, t in times.items()}
         low = {name: min(t) for name, t in times.items()}
         print(f"{b:>5} {'floor':<16} {med['floor'] * 1e3:>10.1f} {1.0:>8.2f} {1.0:>12.2f} {'':>22}")
@@ -158,6 +166,7 @@ def main() -> None:
             print(f"{b:>5} {name:<16} {med[name] * 1e3:>10.1f} {ratio:>8.2f} {low_ratio:>12.2f} {shown:>22}")
         sys.stdout.flush()
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
 
 if __name__ == "__main__":
     main()

@@ -170,7 +170,7 @@ class ModelSpec:
 
     classifier: str = "linear"  # "linear" | "cosine"
     cosine_scale: float = 30.0
-    proj_dim: int | None = 128  # None: no projection head
+    proj_dim: int | str | None = 128  # None: no projection head; "width": the backbone's feature width
     proj_hidden: int | None = None  # None: the backbone's feature width
     proj_bn: bool = False
 
@@ -191,6 +191,7 @@ class MethodSpec:
     rebalance: PartRef | None = None
     views: tuple[str, ...] = ("cls",)
     positive_views: tuple[str, ...] = ("sim",)  # views of k-global positives, when the sampler attaches them
+    query_views: tuple[int, ...] | None = None  # views the query model runs on (None: all); MoCo key views go to the memory only
     model: ModelSpec = field(default_factory=ModelSpec)
     recipes: Mapping[str, Recipe] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -245,7 +246,7 @@ class MethodSpec:
         lines = [f"{self.name}: {self.summary}", f"  paper: {self.citation}"]
         for role, ref in self.parts().items():
             lines.append(f"  {role:<10} {ref.describe() if ref else '-'}")
-        lines.append(f"  views      {', '.join(self.views)}")
+        lines.append(f"  views      {', '.join(self.views_for(self.hparams))}")
         m = self.model
         lines.append(f"  model      classifier={m.classifier} proj_dim={m.proj_dim}")
         lines.append("  hyper-parameters:")

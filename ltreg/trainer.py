@@ -158,6 +158,13 @@ class Trainer:
             embed=self._embed,
             features=self._features,
         )
+        self.rebalancer = (
+            build_part("rebalance", self.spec.rebalance, self.hparams, self.ctx) if self.spec.rebalance else None
+        )
+        if self.rebalancer is not None and getattr(self.rebalancer, "needs_holdout", False) and self.holdout is None:
+            # before any other part indexes the training set
+            self.train_set, self.holdout = carve_holdout(self.train_set, cfg.holdout_fraction, cfg.seed)
+            self.ctx.train_set, self.ctx.targets = self.train_set, self.train_set.targets
         self.parts: dict[str, Any] = {}
         for role in ("memory", "prototypes", "batch_transform"):
             ref = getattr(self.spec, role)
@@ -166,12 +173,6 @@ class Trainer:
                 if role == "memory":
                     self.ctx.memory = self.parts[role]
         self.loss = build_part("loss", self.spec.loss, self.hparams, self.ctx)
-        self.rebalancer = (
-            build_part("rebalance", self.spec.rebalance, self.hparams, self.ctx) if self.spec.rebalance else None
-        )
-        if self.rebalancer is not None and getattr(self.rebalancer, "needs_holdout", False) and self.holdout is None:
-            self.train_set, self.holdout = carve_holdout(self.train_set, cfg.holdout_fraction, cfg.seed)
-            self.ctx.train_set, self.ctx.targets = self.train_set, self.train_set.targets
         self.sampler = build_part("sampler", self.spec.sampler, self.hparams, self.ctx)
         self.state = StepState(
             class_counts=self.train_set.class_counts.float(),
@@ -316,6 +317,7 @@ class Trainer:
         hooks: list[Any],
         params: list[nn.Parameter],
         step_offset: int,
+        query_views: list[int] | None = None,
     ) -> dict[str, Any]:
         acc, state, cfg = self.accelerator, self.state, self.cfg
         state.epoch = epoch
@@ -340,7 +342,7 @@ class Trainer:
                 batch = h.transform_batch(batch, state)
             with acc.accumulate(self.model):
                 with acc.autocast():
-                    outputs = forward(batch.images)
+                    outputs = forward(batch.images if query_views is None else batch.images[:, query_views])
                     for h in hooks:
                         h.on_forward(outputs, batch, state)
                     out = loss_fn(outputs, batch, state)
@@ -474,11 +476,12 @@ class Trainer:
         if cfg.resume:
             start_epoch = self._resume()
         hooks = [p for p in self.parts.values() if isinstance(p, Part)]
+        query_views = list(self.spec.query_views) if self.spec.query_views is not None else None
         for h in hooks:
             h.on_train_start(self.state)
         for epoch in range(start_epoch, cfg.epochs):
             row = self._run_epoch(1, epoch, loader, self.model, self.loss, optimizer, scheduler, hooks,
-                                  params, epoch * steps_per_epoch)
+                                  params, epoch * steps_per_epoch, query_views)
             self.history.append(row)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 self._save_checkpoint(f"stage1-epoch-{epoch + 1}", {"stage": 1, "epoch": epoch + 1,

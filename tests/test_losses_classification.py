@@ -55,11 +55,17 @@ def naive(name, u, targets, *, weight=None, tau=1.0, gamma=2.0, s=30.0, max_marg
         if name == "ce":
             per.append(-log_softmax_at(u[i], y))
         elif name == "la":
-            per.append(-log_softmax_at(torch.stack([u[i, c] + tau * math.log(prior[c]) for c in range(C)]), y))
+            per.append(
+                -log_softmax_at(torch.stack([u[i, c] + tau * math.log(prior[c]) for c in range(C)]), y)
+            )
         elif name == "bs":
             per.append(-log_softmax_at(torch.stack([u[i, c] + math.log(COUNTS[c]) for c in range(C)]), y))
         elif name == "ldam":
-            per.append(-log_softmax_at(torch.stack([s * (u[i, c] - (margins[c] if c == y else 0.0)) for c in range(C)]), y))
+            per.append(
+                -log_softmax_at(
+                    torch.stack([s * (u[i, c] - (margins[c] if c == y else 0.0)) for c in range(C)]), y
+                )
+            )
         elif name == "focal":
             logp = log_softmax_at(u[i], y)
             per.append(-((1 - torch.exp(logp)) ** gamma) * logp)
@@ -71,7 +77,11 @@ def naive_mixup(u, ya, yb, lam, weight=None):
     for i in range(len(ya)):
         wa = 1.0 if weight is None else weight[int(ya[i])]
         wb = 1.0 if weight is None else weight[int(yb[i])]
-        num = num - lam[i] * wa * log_softmax_at(u[i], int(ya[i])) - (1 - lam[i]) * wb * log_softmax_at(u[i], int(yb[i]))
+        num = (
+            num
+            - lam[i] * wa * log_softmax_at(u[i], int(ya[i]))
+            - (1 - lam[i]) * wb * log_softmax_at(u[i], int(yb[i]))
+        )
         den = den + lam[i] * wa + (1 - lam[i]) * wb
     return num / den
 
@@ -80,7 +90,9 @@ def setup(epoch=0, extra=None, views=V, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(B, views, C, generator=g, dtype=torch.float64) * 0.7).requires_grad_()
     outputs = Outputs(z=torch.zeros(B, views, 2), logits=logits, features=torch.zeros(B, views, 2))
-    batch = Batch(images=torch.zeros(B, views, 1, 1, 1), targets=TARGETS, index=torch.arange(B), extra=extra or {})
+    batch = Batch(
+        images=torch.zeros(B, views, 1, 1, 1), targets=TARGETS, index=torch.arange(B), extra=extra or {}
+    )
     state = StepState(class_counts=torch.tensor(COUNTS, dtype=torch.float64), num_classes=C, epoch=epoch)
     return logits, outputs, batch, state
 
@@ -96,7 +108,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("reweight", [False, True], ids=["plain", "class_balanced"])
-@pytest.mark.parametrize(("name", "cls", "kw", "naive_kw"), CASES, ids=[f"{c[0]}{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("name", "cls", "kw", "naive_kw"), CASES, ids=[f"{c[0]}{i}" for i, c in enumerate(CASES)]
+)
 def test_loss_matches_naive(name, cls, kw, naive_kw, reweight):
     logits, outputs, batch, state = setup()
     extra = {"drw_start_epoch": 0, "reweight_beta": 0.99} if reweight else {}
@@ -105,19 +119,25 @@ def test_loss_matches_naive(name, cls, kw, naive_kw, reweight):
     u = logits.reshape(B * V, C)  # both views, sample-major
     want = naive(name, u, TARGETS.repeat_interleave(V), weight=weight, **naive_kw)
     torch.testing.assert_close(out.total, want, **TOL)
-    torch.testing.assert_close(torch.autograd.grad(out.total, logits)[0], torch.autograd.grad(want, logits)[0], **TOL)
+    torch.testing.assert_close(
+        torch.autograd.grad(out.total, logits)[0], torch.autograd.grad(want, logits)[0], **TOL
+    )
     assert list(out.parts.values())[0].requires_grad is False
 
 
 def test_default_view_is_the_first():
     logits, outputs, batch, state = setup()
-    torch.testing.assert_close(CrossEntropy()(outputs, batch, state).total, naive("ce", logits[:, 0], TARGETS), **TOL)
+    torch.testing.assert_close(
+        CrossEntropy()(outputs, batch, state).total, naive("ce", logits[:, 0], TARGETS), **TOL
+    )
 
 
 def test_balanced_softmax_equals_logit_adjustment_with_tau_one():
     _, outputs, batch, state = setup()
     torch.testing.assert_close(
-        BalancedSoftmax()(outputs, batch, state).total, LogitAdjustedCE(tau=1.0)(outputs, batch, state).total, **TOL
+        BalancedSoftmax()(outputs, batch, state).total,
+        LogitAdjustedCE(tau=1.0)(outputs, batch, state).total,
+        **TOL,
     )
 
 
@@ -136,7 +156,9 @@ def test_mixup_ce_matches_naive(reweight):
     out = MixupCE(**extra)(outputs, batch, state)
     want = naive_mixup(logits[:, 0], TARGETS, TARGETS_B, LAM, naive_cb(0.9) if reweight else None)
     torch.testing.assert_close(out.total, want, **TOL)
-    torch.testing.assert_close(torch.autograd.grad(out.total, logits)[0], torch.autograd.grad(want, logits)[0], **TOL)
+    torch.testing.assert_close(
+        torch.autograd.grad(out.total, logits)[0], torch.autograd.grad(want, logits)[0], **TOL
+    )
     with pytest.raises(ValueError, match="targets_b"):
         MixupCE()(outputs, Batch(batch.images, TARGETS, batch.index), state)
 
@@ -144,7 +166,9 @@ def test_mixup_ce_matches_naive(reweight):
 @pytest.mark.parametrize("beta", [0.0, 0.5, 0.999, 1.0])
 def test_class_balanced_weights_formula(beta):
     w = class_balanced_weights(torch.tensor(COUNTS), beta)
-    torch.testing.assert_close(w.double(), torch.tensor(naive_cb(beta), dtype=torch.float64), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        w.double(), torch.tensor(naive_cb(beta), dtype=torch.float64), rtol=1e-6, atol=1e-7
+    )
     assert math.isclose(w.sum().item(), C, rel_tol=1e-6)
     if beta == 0.0:
         assert torch.equal(w, torch.ones(C))
@@ -165,5 +189,7 @@ def test_bf16_logits_are_computed_in_float32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = cls()(half, batch, state).total
         assert out.dtype == torch.float32 and torch.isfinite(out)
-        ref = cls()(Outputs(z=outputs.z, logits=half.logits.double(), features=outputs.features), batch, state).total
+        ref = cls()(
+            Outputs(z=outputs.z, logits=half.logits.double(), features=outputs.features), batch, state
+        ).total
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)

@@ -88,7 +88,7 @@ def naive_paco(z, y, logits, log_prior, tau, alpha, beta, gamma, queue=None, que
     items = flat(z, y)
     cols = [(zi, yi) for zi, yi, _ in items]
     if queue is not None:
-        cols += [(q, int(l)) for q, l in zip(queue, queue_y) if l >= 0]
+        cols += [(q, int(lab)) for q, lab in zip(queue, queue_y) if lab >= 0]
     out = []
     for i, (zi, yi, _) in enumerate(items):
         u = logits[i // z.shape[1], i % z.shape[1]] + log_prior
@@ -105,7 +105,10 @@ def naive_paco(z, y, logits, log_prior, tau, alpha, beta, gamma, queue=None, que
 
 def check_grads(got, want, leaves):
     """Gradients of both losses w.r.t. every leaf (a leaf one of them does not use must get none from both)."""
-    for g, w in zip(torch.autograd.grad(got, leaves, allow_unused=True), torch.autograd.grad(want, leaves, allow_unused=True)):
+    for g, w in zip(
+        torch.autograd.grad(got, leaves, allow_unused=True),
+        torch.autograd.grad(want, leaves, allow_unused=True),
+    ):
         assert (g is None) == (w is None)
         if g is not None:
             torch.testing.assert_close(g, w, **TOL)
@@ -166,20 +169,35 @@ def test_sample_positives_draws_uniformly_without_replacement():
     labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, -1, 0])
     reps = 4000  # every anchor repeated: independent draws in one vectorised call
     anchors = torch.tensor([0, 1, 2, 3]).repeat(reps)
-    exclude = torch.tensor([[0, 5], [-1, -1], [9, 9], [-1, -1]]).repeat(reps, 1)  # anchor 2 lists a column twice
+    exclude = torch.tensor([[0, 5], [-1, -1], [9, 9], [-1, -1]]).repeat(
+        reps, 1
+    )  # anchor 2 lists a column twice
     drawn = sample_positives(anchors, labels, 3, exclude, torch.Generator().manual_seed(0))
     ok = drawn >= 0
     col = drawn.clamp_min(0)
     assert (labels[col][ok] == anchors.unsqueeze(1).expand_as(drawn)[ok]).all()  # same label only
-    assert not ((col.unsqueeze(2) == exclude.unsqueeze(1)) & ok.unsqueeze(2)).any()  # never an excluded column
+    assert not (
+        (col.unsqueeze(2) == exclude.unsqueeze(1)) & ok.unsqueeze(2)
+    ).any()  # never an excluded column
     dup = (col.unsqueeze(2) == col.unsqueeze(1)) & ok.unsqueeze(2) & ok.unsqueeze(1)
     assert (dup.sum((1, 2)) == ok.sum(1)).all()  # without replacement
-    counts = torch.zeros(4, 10).index_put_((anchors.unsqueeze(1).expand_as(drawn)[ok], col[ok]), torch.ones(()), accumulate=True)
-    assert ok.view(reps, 4, 3).sum((0, 2)).tolist() == [3 * reps, 2 * reps, 0, 0]  # class 1 has only 2 < k; 2, 3 none
-    freq = counts[0, [1, 2, 3, 4, 9]] / reps  # class 0 minus the excluded columns 0 and 5: each picked w.p. k/n
+    counts = torch.zeros(4, 10).index_put_(
+        (anchors.unsqueeze(1).expand_as(drawn)[ok], col[ok]), torch.ones(()), accumulate=True
+    )
+    assert ok.view(reps, 4, 3).sum((0, 2)).tolist() == [
+        3 * reps,
+        2 * reps,
+        0,
+        0,
+    ]  # class 1 has only 2 < k; 2, 3 none
+    freq = (
+        counts[0, [1, 2, 3, 4, 9]] / reps
+    )  # class 0 minus the excluded columns 0 and 5: each picked w.p. k/n
     torch.testing.assert_close(freq, torch.full((5,), 3 / 5), atol=0.03, rtol=0)
     same = sample_positives(anchors[:8], labels, 3, exclude[:8], torch.Generator().manual_seed(5))
-    assert torch.equal(same, sample_positives(anchors[:8], labels, 3, exclude[:8], torch.Generator().manual_seed(5)))
+    assert torch.equal(
+        same, sample_positives(anchors[:8], labels, 3, exclude[:8], torch.Generator().manual_seed(5))
+    )
 
 
 def test_bcl_matches_naive():
@@ -199,7 +217,9 @@ def test_paco_matches_naive(gamma):
     queue = F.normalize(torch.randn(3, D, dtype=torch.float64), dim=-1)
     qy = torch.tensor([2, -1, 0])
     cs = contrast_set(z, LABELS, queue=queue, queue_labels=qy)
-    got = paco(z, LABELS, logits, prior.log(), alpha=0.3, beta=1.2, gamma=gamma, temperature=0.5, contrast=cs).loss
+    got = paco(
+        z, LABELS, logits, prior.log(), alpha=0.3, beta=1.2, gamma=gamma, temperature=0.5, contrast=cs
+    ).loss
     want = naive_paco(z, LABELS, logits, prior.log(), 0.5, 0.3, 1.2, gamma, queue, qy)
     torch.testing.assert_close(got, want, **TOL)
     check_grads(got, want, [z, logits])
@@ -236,8 +256,10 @@ def test_kcl_module_uses_keys_and_queue_of_the_memory():
     z, keys = feats(v=1), feats(v=1, seed=2)[:, 0]
     outputs = Outputs(z=z, logits=torch.zeros(B, 1, C), features=z, extra={"key_z": keys})
     batch = Batch(images=torch.zeros(B, 1, 1, 1, 1), targets=LABELS, index=torch.arange(B))
-    memory = SimpleNamespace(queue_z=F.normalize(torch.randn(4, D, dtype=torch.float64), dim=-1),
-                             queue_labels=torch.tensor([1, -1, -1, 0]))
+    memory = SimpleNamespace(
+        queue_z=F.normalize(torch.randn(4, D, dtype=torch.float64), dim=-1),
+        queue_labels=torch.tensor([1, -1, -1, 0]),
+    )
     state = state_for(memory=memory)
     got = KCLLoss(temperature=0.2, k=0)(outputs, batch, state).total  # k = 0: own key only
     cols = [(j, c) for j, c in enumerate(torch.cat([keys, memory.queue_z])) if j < B or j in (B, B + 3)]
@@ -250,12 +272,18 @@ def test_two_process_simulation_is_exact(loss):
     """Two ranks with gather (summed backward) and DDP averaging reproduce the one-process loss and gradient,
     also when the ranks hold different numbers of anchors with positives."""
     z_all = feats(b=2 * B, seed=4)
-    rank1 = [3, 3, 1, 2, 0, 0] if loss != "supcon_one_view" else [3, 3, 1, 5, 6, 7]  # 3 anchors alone on rank 1
+    rank1 = (
+        [3, 3, 1, 2, 0, 0] if loss != "supcon_one_view" else [3, 3, 1, 5, 6, 7]
+    )  # 3 anchors alone on rank 1
     y_all = torch.cat([LABELS, torch.tensor(rank1)])
     logits_all = torch.randn(2 * B, V, C, dtype=torch.float64, requires_grad=True)
     protos = F.normalize(torch.randn(C, D, dtype=torch.float64), dim=-1).requires_grad_()
-    module = {"supcon": SupConLoss(temperature=0.4), "supcon_one_view": SupConLoss(temperature=0.4, views=(0,)),
-              "bcl": BCLLoss(temperature=0.4), "paco": PaCoLoss(temperature=0.4)}[loss]
+    module = {
+        "supcon": SupConLoss(temperature=0.4),
+        "supcon_one_view": SupConLoss(temperature=0.4, views=(0,)),
+        "bcl": BCLLoss(temperature=0.4),
+        "paco": PaCoLoss(temperature=0.4),
+    }[loss]
 
     def run(rank, world, z, y, logits, reduce_mean):
         b = z.shape[0] // world
@@ -263,10 +291,16 @@ def test_two_process_simulation_is_exact(loss):
 
         def gather(x):  # the other shards by shape: the leading views [b, V', D], or labels [b]
             full = z[:, : x.shape[1]] if x.dim() == 3 else y
-            return torch.cat([x if r == rank else full[r * b:(r + 1) * b] for r in range(world)])
+            return torch.cat([x if r == rank else full[r * b : (r + 1) * b] for r in range(world)])
 
-        state = state_for(world_size=world, rank=rank, gather=gather, gather_nograd=gather,
-                          all_reduce_mean=reduce_mean, prototypes=SimpleNamespace(prototypes=lambda: protos))
+        state = state_for(
+            world_size=world,
+            rank=rank,
+            gather=gather,
+            gather_nograd=gather,
+            all_reduce_mean=reduce_mean,
+            prototypes=SimpleNamespace(prototypes=lambda: protos),
+        )
         outputs = Outputs(z=z[sl], logits=logits[sl], features=z[sl])
         return module(outputs, Batch(torch.zeros(b, V, 1, 1, 1), y[sl], torch.arange(b)), state)
 
@@ -296,6 +330,9 @@ def test_no_nan_under_bf16_autocast_and_close_to_float32():
 def test_losses_are_finite_for_large_batches_of_one_class():
     z = F.normalize(torch.randn(64, 2, 8), dim=-1)
     y = torch.zeros(64, dtype=torch.long)
-    for fn in (lambda: supcon(z, y, 0.05), lambda: bcl(z, y, F.normalize(torch.randn(3, 8), dim=-1), temperature=0.05),
-               lambda: kcl(z, y, k=6, temperature=0.05)):
+    for fn in (
+        lambda: supcon(z, y, 0.05),
+        lambda: bcl(z, y, F.normalize(torch.randn(3, 8), dim=-1), temperature=0.05),
+        lambda: kcl(z, y, k=6, temperature=0.05),
+    ):
         assert math.isfinite(fn().loss.item())

@@ -17,8 +17,20 @@ F32 = {"rtol": 1e-5, "atol": 1e-5}  # float32 kernel vs float64 loop
 
 
 def naive(
-    a, c, ya, yc, *, tau, self_index=None, pos_sets=None, pos_weight=1.0, col_weight=None,
-    class_average=False, per_positive=False, extra=None, extra_w=None,
+    a,
+    c,
+    ya,
+    yc,
+    *,
+    tau,
+    self_index=None,
+    pos_sets=None,
+    pos_weight=1.0,
+    col_weight=None,
+    class_average=False,
+    per_positive=False,
+    extra=None,
+    extra_w=None,
 ):
     """Per-anchor loss and mean over anchors with positives; plain loops over anchors and columns."""
     n, m = a.shape[0], c.shape[0]
@@ -88,7 +100,12 @@ CASES = {
     "pos_index": {"pos_index": True},
     "pos_mask": {"pos_mask": True},
     "per_positive": {"per_positive": True},
-    "per_positive_weighted_extra": {"per_positive": True, "col_weight": "m", "extra": True, "pos_weight": 0.5},
+    "per_positive_weighted_extra": {
+        "per_positive": True,
+        "col_weight": "m",
+        "extra": True,
+        "pos_weight": 0.5,
+    },
     "per_positive_index_tau": {"per_positive": True, "pos_index": True, "tau": "tensor"},
     "per_positive_mask_class_average": {"per_positive": True, "pos_mask": True, "class_average": True},
 }
@@ -109,7 +126,9 @@ def build(case, a, q, ya, yq, in_contrast=True):
         cw[2] = 0.0  # a zero weight removes the column from the denominator
     elif cw == "nm":
         cw = torch.rand(n, m, generator=g, dtype=a.dtype) + 0.2
-    kw.update(col_weight=cw, class_average=case.get("class_average", False), pos_weight=case.get("pos_weight", 1.0))
+    kw.update(
+        col_weight=cw, class_average=case.get("class_average", False), pos_weight=case.get("pos_weight", 1.0)
+    )
     pos_sets = None
     if case.get("pos_index"):
         idx = torch.randint(0, m, (n, 3), generator=g)
@@ -146,17 +165,43 @@ def test_core_matches_naive_float64(name, in_contrast):
     c, yc, tau, kw, pos_sets, extra, extra_w = build(case, a, q, ya, yq, in_contrast)
     per_positive = case.get("per_positive", False)
     res = contrastive_loss(
-        a, c, ya, yc, temperature=tau, per_positive_denominator=per_positive, extra_logits=extra, extra_pos=extra_w, **kw
+        a,
+        c,
+        ya,
+        yc,
+        temperature=tau,
+        per_positive_denominator=per_positive,
+        extra_logits=extra,
+        extra_pos=extra_w,
+        **kw,
     )
     per, ref = naive(
-        a, c, ya, yc, tau=tau, self_index=kw["self_index"], pos_sets=pos_sets, pos_weight=kw["pos_weight"],
-        col_weight=kw["col_weight"], class_average=kw["class_average"], per_positive=per_positive,
-        extra=extra, extra_w=extra_w,
+        a,
+        c,
+        ya,
+        yc,
+        tau=tau,
+        self_index=kw["self_index"],
+        pos_sets=pos_sets,
+        pos_weight=kw["pos_weight"],
+        col_weight=kw["col_weight"],
+        class_average=kw["class_average"],
+        per_positive=per_positive,
+        extra=extra,
+        extra_w=extra_w,
     )
     torch.testing.assert_close(res.loss, ref, **F64)
     none = contrastive_loss(
-        a, c, ya, yc, temperature=tau, per_positive_denominator=per_positive, extra_logits=extra, extra_pos=extra_w,
-        reduction="none", **kw,
+        a,
+        c,
+        ya,
+        yc,
+        temperature=tau,
+        per_positive_denominator=per_positive,
+        extra_logits=extra,
+        extra_pos=extra_w,
+        reduction="none",
+        **kw,
     )
     torch.testing.assert_close(none.loss, per, **F64)
     leaves = [t for t in (a, q, extra) if t is not None]
@@ -218,8 +263,13 @@ def test_every_column_masked_is_finite():
     q = F.normalize(torch.randn(5, 4), dim=1)
     extra = torch.randn(3, 2, requires_grad=True)
     res = contrastive_loss(
-        a, q, torch.zeros(3, dtype=torch.long), torch.full((5,), -1), extra_logits=extra,
-        extra_pos=torch.tensor([[1.0, 0.0]] * 3), reduction="none",
+        a,
+        q,
+        torch.zeros(3, dtype=torch.long),
+        torch.full((5,), -1),
+        extra_logits=extra,
+        extra_pos=torch.tensor([[1.0, 0.0]] * 3),
+        reduction="none",
     )
     assert torch.isfinite(res.loss).all() and (res.num_pos == 1).all()
     # only the extra columns are left: the loss is their cross-entropy
@@ -232,7 +282,9 @@ def test_every_column_masked_is_finite():
 def test_a_batch_of_one_label(per_positive):
     a, _, _, _ = make()
     y = torch.zeros(12, dtype=torch.long)
-    res = contrastive_loss(a, a, y, y, temperature=0.5, self_index=torch.arange(12), per_positive_denominator=per_positive)
+    res = contrastive_loss(
+        a, a, y, y, temperature=0.5, self_index=torch.arange(12), per_positive_denominator=per_positive
+    )
     _, ref = naive(a, a, y, y, tau=0.5, self_index=torch.arange(12), per_positive=per_positive)
     torch.testing.assert_close(res.loss, ref, **F64)
     if per_positive:  # no negatives: every positive is certain, loss 0
@@ -251,18 +303,34 @@ def test_half_precision_under_autocast_is_float32_inside(dtype):
     grads = torch.autograd.grad(res.loss, [layer.weight, a])
     assert all(torch.isfinite(g).all() for g in grads)
     # identical to float32 on the rounded inputs, and within 2e-2 of float32 on the unrounded ones
-    exact = contrastive_loss(za.float(), zc.float(), ya, torch.cat([ya, yq]), temperature=0.05, self_index=torch.arange(12))
+    exact = contrastive_loss(
+        za.float(), zc.float(), ya, torch.cat([ya, yq]), temperature=0.05, self_index=torch.arange(12)
+    )
     torch.testing.assert_close(res.loss, exact.loss, rtol=1e-6, atol=1e-6)
     za32 = F.normalize(layer(a), dim=1)
-    ref = contrastive_loss(za32, torch.cat([za32, F.normalize(layer(q), dim=1)]), ya, torch.cat([ya, yq]),
-                           temperature=0.05, self_index=torch.arange(12))
+    ref = contrastive_loss(
+        za32,
+        torch.cat([za32, F.normalize(layer(q), dim=1)]),
+        ya,
+        torch.cat([ya, yq]),
+        temperature=0.05,
+        self_index=torch.arange(12),
+    )
     torch.testing.assert_close(res.loss, ref.loss, rtol=2e-2, atol=2e-2)
 
 
 def test_large_logits_do_not_overflow():
     a, q, ya, yq = make(dtype=torch.float32)
-    res = contrastive_loss(a * 30, torch.cat([a, q]) * 30, ya, torch.cat([ya, yq]), temperature=0.01,
-                           self_index=torch.arange(12), extra_logits=torch.full((12, 2), 5e4), extra_pos=torch.zeros(12, 2))
+    res = contrastive_loss(
+        a * 30,
+        torch.cat([a, q]) * 30,
+        ya,
+        torch.cat([ya, yq]),
+        temperature=0.01,
+        self_index=torch.arange(12),
+        extra_logits=torch.full((12, 2), 5e4),
+        extra_pos=torch.zeros(12, 2),
+    )
     assert torch.isfinite(res.loss)
     torch.autograd.grad(res.loss, a)
 
@@ -283,7 +351,14 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="labels"):
         contrastive_loss(a, a, y, y[:2])
     with pytest.raises(ValueError, match="at most one"):
-        contrastive_loss(a, a, y, y, pos_index=torch.zeros(3, 1, dtype=torch.long), pos_mask=torch.ones(3, 3, dtype=torch.bool))
+        contrastive_loss(
+            a,
+            a,
+            y,
+            y,
+            pos_index=torch.zeros(3, 1, dtype=torch.long),
+            pos_mask=torch.ones(3, 3, dtype=torch.bool),
+        )
     with pytest.raises(ValueError, match="temperature"):
         contrastive_loss(a, a, y, y, temperature=0.0)
     with pytest.raises(ValueError, match="extra_pos"):

@@ -22,7 +22,11 @@ def _f32(x: Tensor) -> Tensor:
 
 def _float_dtype(counts: Tensor) -> torch.dtype:
     """The dtype of per-class weights: that of ``counts`` when floating (at least float32), else the default."""
-    return torch.promote_types(counts.dtype, torch.float32) if counts.is_floating_point() else torch.get_default_dtype()
+    return (
+        torch.promote_types(counts.dtype, torch.float32)
+        if counts.is_floating_point()
+        else torch.get_default_dtype()
+    )
 
 
 def class_balanced_weights(counts: Tensor, beta: float) -> Tensor:
@@ -30,7 +34,11 @@ def class_balanced_weights(counts: Tensor, beta: float) -> Tensor:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"class-balanced beta must be in [0, 1], got {beta}")
     n = counts.to(torch.float64)
-    w = 1.0 / n if beta == 1.0 else (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    w = (
+        1.0 / n
+        if beta == 1.0
+        else (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    )
     return (w * (n.shape[0] / w.sum())).to(_float_dtype(counts))
 
 
@@ -74,7 +82,9 @@ def ldam_margins(counts: Tensor, max_margin: float = 0.5) -> Tensor:
     return (m * (max_margin / m.max())).to(_float_dtype(counts))
 
 
-def ldam(logits: Tensor, targets: Tensor, margins: Tensor, s: float = 30.0, weight: Tensor | None = None) -> Tensor:
+def ldam(
+    logits: Tensor, targets: Tensor, margins: Tensor, s: float = 30.0, weight: Tensor | None = None
+) -> Tensor:
     """LDAM: cross-entropy of ``s * (u - Delta_y e_y)`` on cosine logits ``u``."""
     u = _f32(logits)
     shifted = u - F.one_hot(targets, u.shape[1]).to(u.dtype) * margins.to(u.dtype).unsqueeze(0)
@@ -108,7 +118,11 @@ class _LogitLoss(nn.Module):
     part = "ce"
 
     def __init__(
-        self, *, views: tuple[int, ...] = (0,), drw_start_epoch: int | None = None, reweight_beta: float = 0.9999
+        self,
+        *,
+        views: tuple[int, ...] = (0,),
+        drw_start_epoch: int | None = None,
+        reweight_beta: float = 0.9999,
     ) -> None:
         super().__init__()
         self.views, self.drw_start_epoch, self.reweight_beta = views, drw_start_epoch, reweight_beta
@@ -119,10 +133,25 @@ class _LogitLoss(nn.Module):
         weight = None
         if self.drw_start_epoch is not None:
             weight = drw_weights(state.class_counts, state.epoch, self.drw_start_epoch, self.reweight_beta)
-        loss = self.loss(logits.reshape(-1, logits.shape[-1]), batch.targets.repeat_interleave(reps), weight, batch, state, reps)
+        loss = self.loss(
+            logits.reshape(-1, logits.shape[-1]),
+            batch.targets.repeat_interleave(reps),
+            weight,
+            batch,
+            state,
+            reps,
+        )
         return LossOutput(loss, {self.part: loss.detach()})
 
-    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+    def loss(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None,
+        batch: Batch,
+        state: StepState,
+        reps: int,
+    ) -> Tensor:
         """The loss on flattened logits ``[B * V, C]``."""
         return _ce(_f32(logits), targets, weight)
 
@@ -140,7 +169,15 @@ class LogitAdjustedCE(_LogitLoss):
         super().__init__(**kw)
         self.tau = tau
 
-    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+    def loss(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None,
+        batch: Batch,
+        state: StepState,
+        reps: int,
+    ) -> Tensor:
         return logit_adjusted_ce(logits, targets, state.prior.log(), self.tau, weight)
 
 
@@ -149,7 +186,15 @@ class BalancedSoftmax(_LogitLoss):
 
     part = "balanced_softmax"
 
-    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+    def loss(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None,
+        batch: Batch,
+        state: StepState,
+        reps: int,
+    ) -> Tensor:
         return balanced_softmax(logits, targets, state.class_counts, weight)
 
 
@@ -162,7 +207,15 @@ class LDAMLoss(_LogitLoss):
         super().__init__(**kw)
         self.max_margin, self.s = max_margin, s
 
-    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+    def loss(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None,
+        batch: Batch,
+        state: StepState,
+        reps: int,
+    ) -> Tensor:
         return ldam(logits, targets, ldam_margins(state.class_counts, self.max_margin), self.s, weight)
 
 
@@ -175,7 +228,15 @@ class FocalLoss(_LogitLoss):
         super().__init__(**kw)
         self.gamma = gamma
 
-    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+    def loss(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None,
+        batch: Batch,
+        state: StepState,
+        reps: int,
+    ) -> Tensor:
         return focal(logits, targets, self.gamma, weight)
 
 
@@ -184,8 +245,18 @@ class MixupCE(_LogitLoss):
 
     part = "mixup_ce"
 
-    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState, reps: int) -> Tensor:
+    def loss(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None,
+        batch: Batch,
+        state: StepState,
+        reps: int,
+    ) -> Tensor:
         if "targets_b" not in batch.extra or "lam" not in batch.extra:
-            raise ValueError("MixupCE needs batch.extra['targets_b'] and batch.extra['lam'] (a paired mixup transform)")
+            raise ValueError(
+                "MixupCE needs batch.extra['targets_b'] and batch.extra['lam'] (a paired mixup transform)"
+            )
         tb, lam = batch.extra["targets_b"].repeat_interleave(reps), batch.extra["lam"].repeat_interleave(reps)
         return mixup_ce(logits, targets, tb, lam, weight)

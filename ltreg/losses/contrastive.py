@@ -80,11 +80,16 @@ def contrast_set(
     if not cols:
         raise ValueError("the contrast set is empty: include the views or give keys / a queue")
     own_index = torch.cat(own, 1) if own else torch.empty(b * v, 0, dtype=torch.long, device=z.device)
-    return ContrastSet(torch.cat(cols), torch.cat(labs), self_index, own_index)
+    columns = cols[0] if len(cols) == 1 else torch.cat(cols)  # no copy of the common single-part set
+    return ContrastSet(columns, torch.cat(labs), self_index, own_index)
 
 
 def sample_positives(
-    anchor_labels: Tensor, contrast_labels: Tensor, k: int, exclude: Tensor, generator: torch.Generator | None = None
+    anchor_labels: Tensor,
+    contrast_labels: Tensor,
+    k: int,
+    exclude: Tensor,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """``[N, k]`` columns drawn uniformly without replacement among same-label columns not in ``exclude``.
 
@@ -124,12 +129,19 @@ def _anchors(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def supcon(
-    z: Tensor, labels: Tensor, temperature: float = 0.1, *, contrast: ContrastSet | None = None, reduction: Reduction = "mean"
+    z: Tensor,
+    labels: Tensor,
+    temperature: float = 0.1,
+    *,
+    contrast: ContrastSet | None = None,
+    reduction: Reduction = "mean",
 ) -> ContrastiveResult:
     """SupCon "all" mode (section 3.1): every view is an anchor, its positives are the other same-label columns."""
     cs = contrast if contrast is not None else contrast_set(z, labels)
     a, ya = _anchors(z, labels)
-    return contrastive_loss(a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, reduction=reduction)
+    return contrastive_loss(
+        a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, reduction=reduction
+    )
 
 
 def kcl(
@@ -146,10 +158,19 @@ def kcl(
     columns drawn uniformly without replacement; the denominator is every column."""
     cs = contrast if contrast is not None else contrast_set(z, labels)
     a, ya = _anchors(z, labels)
-    exclude = cs.own_index if cs.self_index is None else torch.cat([cs.self_index.unsqueeze(1), cs.own_index], 1)
+    exclude = (
+        cs.own_index if cs.self_index is None else torch.cat([cs.self_index.unsqueeze(1), cs.own_index], 1)
+    )
     pos = torch.cat([cs.own_index, sample_positives(ya, cs.labels, k, exclude, generator)], 1)
     return contrastive_loss(
-        a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, pos_index=pos, reduction=reduction
+        a,
+        cs.z,
+        ya,
+        cs.labels,
+        temperature=temperature,
+        self_index=cs.self_index,
+        pos_index=pos,
+        reduction=reduction,
     )
 
 
@@ -168,7 +189,14 @@ def bcl(
     )
     a, ya = _anchors(z, labels)
     return contrastive_loss(
-        a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, class_average=True, reduction=reduction
+        a,
+        cs.z,
+        ya,
+        cs.labels,
+        temperature=temperature,
+        self_index=cs.self_index,
+        class_average=True,
+        reduction=reduction,
     )
 
 
@@ -211,7 +239,9 @@ def _select(x: Tensor, views: tuple[int, ...] | None) -> Tensor:
     return x if views is None else x[:, list(views)]
 
 
-def state_contrast(z: Tensor, outputs: Outputs, batch: Batch, state: StepState, *, include_views: bool = True) -> ContrastSet:
+def state_contrast(
+    z: Tensor, outputs: Outputs, batch: Batch, state: StepState, *, include_views: bool = True
+) -> ContrastSet:
     """The step's global contrast set: gathered views (with gradient), gathered keys and the queue if present."""
     keys = outputs.extra.get("key_z")
     memory = state.memory
@@ -253,7 +283,9 @@ class KCLLoss(nn.Module):
     """KCL: MoCo-style (queries vs keys + queue) when ``key_z`` is present, else over the views; k-positive sampling
     seeded from ``(seed, epoch, step, rank)``."""
 
-    def __init__(self, *, temperature: float = 0.07, k: int = 6, views: tuple[int, ...] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, *, temperature: float = 0.07, k: int = 6, views: tuple[int, ...] | None = None, seed: int = 0
+    ) -> None:
         super().__init__()
         if k < 0:
             raise ValueError(f"KCL k must be >= 0, got {k}")
@@ -264,7 +296,15 @@ class KCLLoss(nn.Module):
         cs = state_contrast(z, outputs, batch, state, include_views=False)
         step = state.epoch * state.steps_per_epoch + state.step
         gen = torch.Generator(device=z.device).manual_seed((self.seed * 1_000_003 + step) * 4099 + state.rank)
-        res = kcl(z, batch.targets, k=self.k, temperature=self.temperature, generator=gen, contrast=cs, reduction="none")
+        res = kcl(
+            z,
+            batch.targets,
+            k=self.k,
+            temperature=self.temperature,
+            generator=gen,
+            contrast=cs,
+            reduction="none",
+        )
         loss = global_mean(res, state)
         return LossOutput(loss, {"kcl": loss.detach()})
 
@@ -282,18 +322,35 @@ class BCLLoss(nn.Module):
         cls_views: tuple[int, ...] = (0,),
     ) -> None:
         super().__init__()
-        self.temperature, self.alpha, self.beta, self.views, self.cls_views = temperature, alpha, beta, views, cls_views
+        self.temperature, self.alpha, self.beta, self.views, self.cls_views = (
+            temperature,
+            alpha,
+            beta,
+            views,
+            cls_views,
+        )
 
     def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
         if state.prototypes is None:
-            raise ValueError("BCLLoss needs a prototype part (e.g. 'classifier-derived') exposing .prototypes() -> [C, D]")
+            raise ValueError(
+                "BCLLoss needs a prototype part (e.g. 'classifier-derived') exposing .prototypes() -> [C, D]"
+            )
         z = _select(outputs.z, self.views)
         cs = state_contrast(z, outputs, batch, state)
-        res = bcl(z, batch.targets, state.prototypes.prototypes(), temperature=self.temperature, contrast=cs, reduction="none")
+        res = bcl(
+            z,
+            batch.targets,
+            state.prototypes.prototypes(),
+            temperature=self.temperature,
+            contrast=cs,
+            reduction="none",
+        )
         con = global_mean(res, state)
         logits = _select(outputs.logits, self.cls_views)
         ce = logit_adjusted_ce(
-            logits.reshape(-1, logits.shape[-1]), batch.targets.repeat_interleave(logits.shape[1]), state.prior.log()
+            logits.reshape(-1, logits.shape[-1]),
+            batch.targets.repeat_interleave(logits.shape[1]),
+            state.prior.log(),
         )
         total = self.alpha * ce + self.beta * con
         return LossOutput(total, {"ce": ce.detach(), "bcl": con.detach()})
@@ -312,7 +369,13 @@ class PaCoLoss(nn.Module):
         views: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
-        self.temperature, self.alpha, self.beta, self.gamma, self.views = temperature, alpha, beta, gamma, views
+        self.temperature, self.alpha, self.beta, self.gamma, self.views = (
+            temperature,
+            alpha,
+            beta,
+            gamma,
+            views,
+        )
 
     def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
         z = _select(outputs.z, self.views)

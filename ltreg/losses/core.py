@@ -26,12 +26,13 @@ Masked columns get the finite logit ``NEG`` (never ``-inf``), the row maximum is
 ``exp``, and half-precision inputs are computed in float32 with autocast off: no NaN or inf appears
 under fp16 / bf16 autocast, even for rows where every column is masked.
 
-The shared mode runs on a fused kernel (:class:`_FusedContrast`): one ``[N, M]`` buffer that holds
-the logits, then (in place) their exponentials, then the gradient; positive logits are summed per
-class in ``O((N + M) D)`` without an ``[N, M]`` mask, so the backward is two matmuls. ``pos_mask``
-costs two extra ``[N, M] x [M, D]`` matmuls; ``class_average`` and ``[N, M]`` column weights one
-extra ``[N, M]`` buffer during the forward; the per-positive mode runs on plain autograd over dense
-``[N, M]`` tensors (several buffers).
+The shared mode runs on a fused kernel (:class:`_FusedContrast`): one ``[N, M]`` buffer holds the
+logits, then (in place) their exponentials, then the gradient, so the backward is the two matmuls.
+Label positives are summed through per-class feature sums (``O((N + M) D)``, no ``[N, M]`` mask) and
+``pos_index`` positives are gathered (``O(N P)``); a dense ``pos_mask`` costs a float copy of the mask in
+each pass, ``[N, M]`` column weights their own buffer, and the class average's own-class term a mask
+built in four row blocks (1/4 buffer). The per-positive mode runs on plain autograd over dense
+``[N, M]`` tensors (several buffers; it serves the plugins, not the benchmarked baselines).
 """
 
 from __future__ import annotations
@@ -181,9 +182,13 @@ class _Bias(NamedTuple):
         if self.own_lw is not None:
             step = -(-s.shape[0] // 4)
             mask = torch.empty(step, s.shape[1], dtype=s.dtype, device=s.device)
+            gid, own = (
+                self.gid.to(s.dtype).unsqueeze(0),
+                self.own.to(s.dtype).unsqueeze(1),
+            )  # float ids: no int temp
             for r in range(0, s.shape[0], step):  # row blocks, not samples: 4 iterations
                 rows = s[r : r + step]
-                blk = torch.eq(self.own[r : r + step].unsqueeze(1), self.gid.unsqueeze(0), out=mask[: rows.shape[0]])
+                blk = torch.eq(own[r : r + step], gid, out=mask[: rows.shape[0]])
                 rows.add_(blk.mul_(self.own_lw[r : r + step].unsqueeze(1)))
         return s
 
@@ -194,23 +199,42 @@ class _Bias(NamedTuple):
         return self.cols + (self.gid.unsqueeze(0) == self.own.unsqueeze(1)) * self.own_lw.unsqueeze(1)
 
 
+class _Groups(NamedTuple):
+    """Label groups (:func:`group_ids`) of the columns and anchors, and each group's number of usable columns."""
+
+    gid_c: Tensor
+    gid_a: Tensor
+    count: Tensor
+
+
+def _groups(contrast_labels: Tensor, anchor_labels: Tensor, valid: Tensor, dtype: torch.dtype) -> _Groups:
+    """Group ids and per-group column counts (empty slots not counted)."""
+    gid_c, gid_a = group_ids(contrast_labels, anchor_labels)
+    count = torch.zeros(gid_c.shape[0], dtype=dtype, device=valid.device).index_add_(
+        0, gid_c, valid.to(dtype)
+    )
+    return _Groups(gid_c, gid_a, count)
+
+
 def _column_bias(
     valid: Tensor,
-    contrast_labels: Tensor,
     dtype: torch.dtype,
     col_weight: Tensor | float | None,
-    class_average: bool,
+    groups: _Groups | None,
     self_index: Tensor | None,
 ) -> _Bias:
-    """The denominator log-weights: ``log col_weight`` and the class-average ``-log |class of j in A(i)|``."""
+    """The denominator log-weights: ``log col_weight`` and, given ``groups``, the class average ``-log |class of j in A(i)|``."""
     bias = torch.zeros(valid.shape[0], dtype=dtype, device=valid.device).masked_fill(~valid, NEG)
     if col_weight is not None:
-        w = col_weight if isinstance(col_weight, Tensor) else torch.tensor(float(col_weight), device=valid.device, dtype=dtype)
+        w = (
+            col_weight
+            if isinstance(col_weight, Tensor)
+            else torch.tensor(float(col_weight), device=valid.device, dtype=dtype)
+        )
         bias = bias + _log_weight(w.to(dtype))
-    if not class_average:
+    if groups is None:
         return _Bias(bias)
-    gid, _ = group_ids(contrast_labels, contrast_labels[:0])
-    cnt = torch.zeros(gid.shape[0], dtype=dtype, device=valid.device).index_add_(0, gid, valid.to(dtype))
+    gid, cnt = groups.gid_c, groups.count
     bias = bias - cnt[gid].clamp_min(1).log()
     if self_index is None:
         return _Bias(bias)
@@ -222,8 +246,7 @@ def _column_bias(
 
 
 def _positives(
-    anchor_labels: Tensor,
-    contrast_labels: Tensor,
+    groups: _Groups | None,
     valid: Tensor,
     self_index: Tensor | None,
     pos_index: Tensor | None,
@@ -242,9 +265,8 @@ def _positives(
         if self_index is not None:
             mask = mask.scatter(1, self_index.unsqueeze(1), False)
         return _Positives(mask=mask), mask.sum(1).to(dtype)
-    gid_c, gid_a = group_ids(contrast_labels, anchor_labels)
-    cnt = torch.zeros(gid_c.shape[0], dtype=dtype, device=valid.device).index_add_(0, gid_c, valid.to(dtype))
-    count = cnt[gid_a.clamp_min(0)] * (gid_a >= 0)
+    gid_c, gid_a = groups.gid_c, groups.gid_a
+    count = groups.count[gid_a.clamp_min(0)] * (gid_a >= 0)
     if self_index is not None:
         count = count - (gid_c[self_index] == gid_a).to(dtype)
     return _Positives(gid_c=gid_c, gid_a=gid_a), count
@@ -266,7 +288,9 @@ def _dense_positives(
     elif pos_mask is not None:
         mask = pos_mask.clone()
     else:
-        mask = (anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)) & (anchor_labels >= 0).unsqueeze(1)
+        mask = (anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)) & (anchor_labels >= 0).unsqueeze(
+            1
+        )
     mask &= valid.unsqueeze(0)
     if self_index is not None:
         mask.scatter_(1, self_index.unsqueeze(1), False)
@@ -328,7 +352,7 @@ def contrastive_loss(
         temperature: a float or a per-anchor ``[N]`` tensor; divides the sample logits only.
         self_index: ``[N]`` column of each anchor inside ``contrast`` (excluded from ``A(i)``), or None.
         pos_index: ``[N, P]`` positive columns (``-1`` pads; no duplicates), replacing label equality.
-        pos_mask: ``[N, M]`` bool positives replacing label equality (dense; two extra matmuls).
+        pos_mask: ``[N, M]`` bool positives replacing label equality (dense; slower than ``pos_index``).
         pos_weight: weight of every sample positive (PaCo's alpha).
         col_weight: weight of each sample column in the denominator: a float, ``[M]`` or ``[N, M]``.
         class_average: divide each column by the number of columns of its class in ``A(i)`` (BCL / ECL).
@@ -339,9 +363,13 @@ def contrastive_loss(
     """
     n, m = anchors.shape[0], contrast.shape[0]
     if anchors.dim() != 2 or contrast.dim() != 2 or anchors.shape[1] != contrast.shape[1]:
-        raise ValueError(f"anchors [N, D] and contrast [M, D] must share D; got {tuple(anchors.shape)} and {tuple(contrast.shape)}")
+        raise ValueError(
+            f"anchors [N, D] and contrast [M, D] must share D; got {tuple(anchors.shape)} and {tuple(contrast.shape)}"
+        )
     if anchor_labels.shape != (n,) or contrast_labels.shape != (m,):
-        raise ValueError(f"labels must be [N]={n} and [M]={m}; got {tuple(anchor_labels.shape)} and {tuple(contrast_labels.shape)}")
+        raise ValueError(
+            f"labels must be [N]={n} and [M]={m}; got {tuple(anchor_labels.shape)} and {tuple(contrast_labels.shape)}"
+        )
     if pos_index is not None and pos_mask is not None:
         raise ValueError("give at most one of pos_index and pos_mask")
     if (extra_pos is not None) != (extra_logits is not None):
@@ -359,15 +387,19 @@ def contrastive_loss(
             scale = torch.full((n,), 1.0 / float(temperature), dtype=dtype, device=anchors.device)
         a, c = anchors.to(dtype), contrast.to(dtype)
         valid = contrast_labels >= 0
-        bias = _column_bias(valid, contrast_labels, dtype, col_weight, class_average, self_index)
+        by_label = pos_index is None and pos_mask is None and not per_positive_denominator
+        groups = _groups(contrast_labels, anchor_labels, valid, dtype) if class_average or by_label else None
+        bias = _column_bias(valid, dtype, col_weight, groups if class_average else None, self_index)
         extra = extra_logits.to(dtype) if extra_logits is not None else None
         extra_w = extra_pos.to(dtype) if extra_pos is not None else None
         if per_positive_denominator:
             pos = _dense_positives(anchor_labels, contrast_labels, valid, self_index, pos_index, pos_mask)
-            num, weight, count = _per_positive(a * scale.unsqueeze(1), c, bias, pos, self_index, pos_weight, extra, extra_w)
+            num, weight, count = _per_positive(
+                a * scale.unsqueeze(1), c, bias, pos, self_index, pos_weight, extra, extra_w
+            )
             per_anchor = num / weight.clamp_min(_TINY)
         else:
-            pos, count = _positives(anchor_labels, contrast_labels, valid, self_index, pos_index, pos_mask, dtype)
+            pos, count = _positives(groups, valid, self_index, pos_index, pos_mask, dtype)
             log_z, pos_sum = _FusedContrast.apply(a, c, extra, scale, bias, self_index, pos)
             num, weight = pos_weight * pos_sum, pos_weight * count
             if extra is not None:

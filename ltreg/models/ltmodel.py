@@ -35,7 +35,7 @@ class LTModelConfig:
     in_chans: int = 3
     classifier: str = "linear"  # "linear" | "cosine"
     cosine_scale: float = 30.0
-    proj_dim: int | None = 128
+    proj_dim: int | str | None = 128  # "width": as wide as the backbone features (ECL's CC-GE needs d = D)
     proj_hidden: int | None = None
     proj_bn: bool = False
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +82,10 @@ class LTModel(nn.Module):
         self.backbone = create_backbone(config.backbone, config.in_chans, **config.backbone_kwargs)
         width = self.backbone.num_features
         self.num_features = width
+        if config.proj_dim == "width":
+            config.proj_dim = width
+        elif isinstance(config.proj_dim, str):
+            raise ModelConfigError(f"proj_dim must be an int, None or 'width', got {config.proj_dim!r}")
         if config.proj_dim:
             hidden = config.proj_hidden or width
             layers: list[nn.Module] = [nn.Linear(width, hidden)]

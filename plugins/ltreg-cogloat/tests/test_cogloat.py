@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from ltreg_cogloat import METHOD, CoGloATLoss, adaptive_temperature, cogloat, proco
 
 import ltreg
 from ltreg.evaluate import geometry_metrics
 from ltreg.step import Batch, Outputs, StepState
-from ltreg_cogloat import METHOD, CoGloATLoss, adaptive_temperature, cogloat, proco
 
 D = 8
 

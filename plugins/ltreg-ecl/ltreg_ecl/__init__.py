@@ -74,16 +74,16 @@ METHOD = ECLSpec(
                  weight_lc=hp("weight_lc"), weight_con=hp("weight_con"), weight_align=hp("weight_align")),
     hparams=ECLHParams(),
     sampler=PartRef("instance"),
-    prototypes=PartRef("ecl", kind="linear"),
+    prototypes=PartRef("classifier-derived", kind="linear"),
     views=("rand", "sim", "sim"),
-    model=ModelSpec(classifier="cosine", cosine_scale=30.0, proj_dim=512, proj_bn=True),
+    model=ModelSpec(classifier="cosine", cosine_scale=30.0, proj_dim="width", proj_bn=True),
     recipes=_recipes(),
     reading="BC-ECL [R]: per class, 1/2 x class-average of the other views + 1/2 x prototype in the denominator "
             "(prototype alone for classes with no other view), loss = 1/2 x mean over same-class views + 1/2 x "
             "prototype term (switch contribution=bcl: BCL's prototype-as-one-sample). CC-GE = ProConDual's "
             "||W/||W||_F - P/||P||_F||_F [C-pred]. Weights 0.7/0.3/0.5 normalised by epoch-0 means [C-pred, D]. "
-            "Prototypes normalize(U w_c), U linear; projection width d = backbone width D (proj_dim=512 is resized "
-            "to the backbone's width when the run is built). CIFAR at 32 px, not the paper's 224 px.",
+            "Prototypes normalize(U w_c), U linear; projection width d = backbone width D "
+            "(proj_dim='width'). CIFAR at 32 px, not the paper's 224 px.",
 )
 
 __all__ = ["METHOD", "ECLHParams", "ECLSpec"]

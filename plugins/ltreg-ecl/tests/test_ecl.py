@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from ltreg_ecl import METHOD
 from ltreg_ecl.loss import ECLLoss, bc_ecl, cc_ge
-from ltreg_ecl.prototypes import ECLPrototypes
 from torch import nn
 
 import ltreg
 from ltreg.data.views import ViewDataset
-from ltreg.prototypes import ClassifierPrototypes, PrototypeError
+from ltreg.method import build_part
+from ltreg.prototypes import ClassifierPrototypes
 from ltreg.step import Batch, BuildContext, Outputs, StepState
 from ltreg.trainer import build_data
 
@@ -271,18 +271,15 @@ def test_two_process_simulation_is_exact():
     check_grads(total, single, [z_all, logits_all, protos.model.classifier.weight, protos.transform.weight])
 
 
-def test_prototype_part_widens_the_projection_head_to_the_backbone():
+def test_projection_is_as_wide_as_the_backbone():
     model = ltreg.LTModel(ltreg.LTModelConfig(backbone="resnet8", num_classes=C, in_chans=1, classifier="cosine",
-                                              proj_dim=512, proj_bn=True))
+                                              proj_dim=METHOD.model.proj_dim, proj_bn=True))
     ctx = BuildContext(targets=torch.tensor([0, 1, 2, 3]), num_classes=C, seed=0, model=model, train_set=None,
                        hparams=METHOD.hparams)
-    protos = ECLPrototypes.from_context(ctx, kind="linear")
+    protos = build_part("prototypes", METHOD.prototypes, METHOD.hparams, ctx)
     assert model.embed_dim == model.config.proj_dim == model.num_features == 64
     assert model(torch.randn(2, 3, 1, 8, 8)).z.shape == (2, 3, 64)
     assert protos.prototypes().shape == model.classifier.weight.shape == (C, 64)
-    model.config.proj_dim, model.projector = 32, nn.Identity()
-    with pytest.raises(PrototypeError, match="proj_dim=64"):
-        ECLPrototypes.from_context(ctx)
 
 
 def test_spec_views_erase_switch_and_recipes():

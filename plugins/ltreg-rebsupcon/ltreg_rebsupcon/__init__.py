@@ -91,6 +91,7 @@ METHOD = MethodSpec(
     memory=PartRef("moco", momentum=hp("key_momentum"), queue_size=hp("queue_size"), key_view=1),
     rebalance=None,
     views=("rand", "sim"),
+    query_views=(0,),  # the SimAugment key view goes through the momentum encoder only
     model=ModelSpec(classifier="linear", proj_dim=128, proj_hidden=256),
     recipes=_recipes(),
     reading="One stage. SupCon over keys + queue (positives = same-class keys) [R] weighted per anchor by "

@@ -1,0 +1,213 @@
+"""The long-tail table: every registered method on real long-tailed data, same backbone and budget.
+
+Fashion-MNIST (Debian ``dataset-fashion-mnist``) made long-tailed with the exponential profile at
+IF 100 / 50 / 10, evaluated on its balanced 10k test set; resnet8, batch 128, lr 0.05, cosine, each
+method's own views and hyper-parameters, several seeds. Writes ``lt_table.md`` (All / Many / Medium /
+Few top-1, mean ± std over seeds, stage-1 seconds per epoch relative to ``ce`` in the same run),
+``lt_table.json`` (every raw number and the environment) and ``per_class.png`` (per-class accuracy
+against training frequency at IF 100). ``--quick``: IF 100, 1 seed, 2 epochs of 5 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ltreg
+
+GROUPS = ("top1", "many", "medium", "few")
+LABELS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="IF 100, 1 seed, 2 epochs of 5 steps, 1 stage-2 epoch")
+    p.add_argument("--methods", help="comma-separated method names (default: every registered method)")
+    p.add_argument("--imbalance", help="comma-separated imbalance factors (default 100,50,10; --quick: 100)")
+    p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default 3; --quick: 1)")
+    p.add_argument("--epochs", type=int, help="stage-1 epochs (default 10; --quick: 2)")
+    p.add_argument("--steps", type=int, help="max steps per epoch (default: the whole epoch; --quick: 5)")
+    p.add_argument("--dataset", default="fashion-mnist-lt", help="fashion-mnist-lt, or digits-lt for a smoke test")
+    p.add_argument("--out", default="benchmarks/out", help="output folder (run folders go under runs/)")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.imbalance = [float(x) for x in (args.imbalance or ("100" if q else "100,50,10")).split(",")]
+    args.seeds = args.seeds or (1 if q else 3)
+    args.epochs = args.epochs or (2 if q else 10)
+    args.steps = args.steps or (5 if q else None)
+    return args
+
+
+def select_methods(wanted: str | None) -> tuple[list[str], list[str]]:
+    """Methods to run (``ce`` first, always: it is the reference) and notes on the rows skipped."""
+    rows = ltreg.list_methods()
+    broken = {r["name"]: r["error"] for r in rows if r["error"]}
+    notes = [f"skipped {n} ({dict((r['name'], r['dist']) for r in rows)[n]}): {e}" for n, e in broken.items()]
+    names = [r["name"] for r in rows if not r["error"]]
+    if wanted:
+        asked = [m.strip() for m in wanted.split(",") if m.strip()]
+        unknown = [m for m in asked if m not in names and m not in broken]
+        if unknown:
+            raise SystemExit(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(names)}")
+        names = [m for m in asked if m in names]
+    return ["ce"] + [m for m in names if m != "ce"], notes
+
+
+def environment(argv: list[str] | None) -> dict[str, Any]:
+    """Command line, date, ltreg and plugin distributions, torch, CPUs."""
+    dists = {"ltreg": metadata.version("ltreg")}
+    dists.update({r["dist"]: r["version"] for r in ltreg.list_methods() if r["dist"] not in ("ltreg", "<in-process>")})
+    cmd = [sys.executable, "benchmarks/lt_table.py", *(sys.argv[1:] if argv is None else argv)]
+    return {"command": shlex.join(cmd), "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "distributions": dict(sorted(dists.items())), "torch": torch.__version__,
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One training run; a failure is recorded (and printed), the others go on."""
+    cfg: dict[str, Any] = dict(
+        dataset=args.dataset, imbalance=imbalance, seed=seed, backbone="resnet8", epochs=args.epochs,
+        batch_size=128, lr=0.05, weight_decay=5e-4, schedule="cosine", warmup_epochs=0,
+        max_steps_per_epoch=args.steps, stage2_epochs=1 if args.quick else 3, eval_batch_size=1000,
+        checkpoint_every=max(1, args.epochs), log_every=10**6,
+        output_dir=str(out / "runs" / f"{method}-if{imbalance:g}-seed{seed}"))
+    start = time.perf_counter()
+    row: dict[str, Any] = {"method": method, "imbalance": imbalance, "seed": seed, "config": cfg}
+    try:
+        result = ltreg.train(method, **cfg)
+    except Exception as exc:  # noqa: BLE001 - one broken method must not sink the table
+        traceback.print_exc()
+        return {**row, "error": f"{type(exc).__name__}: {exc}", "wall_seconds": time.perf_counter() - start}
+    s1 = [h["seconds"] for h in result.history if h.get("stage") == 1]
+    return {**row, "error": "", "metrics": result.metrics, "history": result.history,
+            "stage1_epoch_seconds": statistics.fmean(s1) if s1 else float("nan"),
+            "wall_seconds": round(time.perf_counter() - start, 2)}
+
+
+def summarise(runs: list[dict[str, Any]], methods: list[str], imbalance: float) -> dict[str, dict[str, Any]]:
+    """Per method at one IF: mean and std over seeds of each group, the epoch-time ratio to ce, errors."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        ok = [r for r in runs if r["method"] == m and r["imbalance"] == imbalance and not r["error"]]
+        errs = [r["error"] for r in runs if r["method"] == m and r["imbalance"] == imbalance and r["error"]]
+        row: dict[str, Any] = {"seeds": len(ok), "errors": errs}
+        for g in GROUPS:
+            vals = [r["metrics"][g] for r in ok]
+            row[g] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None) if vals else None
+        row["epoch_seconds"] = statistics.fmean(r["stage1_epoch_seconds"] for r in ok) if ok else None
+        row["num"] = {g: ok[0]["metrics"][f"num_{g}"] for g in GROUPS[1:]} if ok else {}
+        out[m] = row
+    ce = out.get("ce", {}).get("epoch_seconds")
+    for row in out.values():
+        row["time_vs_ce"] = row["epoch_seconds"] / ce if ce and row["epoch_seconds"] else None
+    return out
+
+
+def cell(v: tuple[float, float | None] | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v[0]:.2f}" if v[1] is None else f"{v[0]:.2f} ± {v[1]:.2f}"
+
+
+def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
+             tables: dict[float, dict[str, dict[str, Any]]]) -> str:
+    lines = ["# Long-tail table", "", f"- command: `{env['command']}`", f"- date: {env['date']}",
+             f"- distributions: {', '.join(f'{k} {v}' for k, v in env['distributions'].items())}",
+             f"- torch {env['torch']}, Python {env['python']}, {env['cpu_count']} CPUs "
+             f"({env['cpus_usable']} usable, {env['torch_threads']} torch threads), "
+             f"load average at start {' '.join(map(str, env['load_average_start']))}",
+             f"- data: {args.dataset}, exponential profile, balanced test set; resnet8, batch 128, lr 0.05, cosine, "
+             f"{args.epochs} epoch(s) of {args.steps or 'all'} steps, {args.seeds} seed(s)", *[f"- {n}" for n in notes]]
+    for imb, summary in tables.items():
+        num = next((r["num"] for r in summary.values() if r["num"]), {})
+        heads = [LABELS[g] + (f" ({num[g]} cls)" if g in num else "") for g in GROUPS]
+        lines += ["", f"## IF {imb:g}  (top-1 %, mean ± std over {args.seeds} seed(s))", "",
+                  "| method | " + " | ".join(heads) + " | s/epoch vs ce |", "|---" * 6 + "|"]
+        for m, r in summary.items():
+            ratio = "–" if r["time_vs_ce"] is None else f"{r['time_vs_ce']:.2f}×"
+            err = f" (failed: {r['errors'][0][:80]})" if r["errors"] else ""
+            lines.append(f"| {m}{err} | " + " | ".join(cell(r[g]) for g in GROUPS) + f" | {ratio} |")
+        ce_few = summary.get("ce", {}).get("few")
+        if ce_few is not None:
+            behind = [m for m, r in summary.items() if m != "ce" and (r["few"] is None or r["few"][0] <= ce_few[0])]
+            lines += ["", f"Few-shot vs cross-entropy (IF {imb:g}): not above ce's Few ({ce_few[0]:.2f}): "
+                      + (", ".join(behind) if behind else "none — every method beats ce on Few here") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, Any]], methods: list[str], imbalance: float, path: Path) -> None:
+    """Per-class accuracy (mean over seeds) against training images per class, log x, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in methods:
+        ok = [r for r in runs if r["method"] == m and r["imbalance"] == imbalance and not r["error"]]
+        if not ok:
+            continue
+        counts = torch.tensor(ok[0]["metrics"]["train_counts"], dtype=torch.float64)
+        acc = torch.tensor([[v if v is not None else float("nan") for v in r["metrics"]["per_class"]] for r in ok],
+                           dtype=torch.float64).nanmean(0)
+        order = counts.argsort()
+        ax.plot(counts[order].numpy(), acc[order].numpy(), marker="o", ms=3, label=m, lw=2.0 if m == "ce" else 1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log)")
+    ax.set_ylabel("test top-1 of the class (%)")
+    ax.set_title(f"per-class accuracy, IF {imbalance:g} (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(argv)
+    methods, notes = select_methods(args.methods)
+    for n in notes:
+        print(n, file=sys.stderr)
+    runs: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for imb in args.imbalance:
+        for seed in range(args.seeds):
+            for m in methods:  # ce first, then the others: the same load conditions within a seed
+                print(f"== {m}  IF {imb:g}  seed {seed}  ({time.perf_counter() - t0:.0f}s so far)", flush=True)
+                runs.append(run_one(m, imb, seed, args, out))
+    env["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    tables = {imb: summarise(runs, methods, imb) for imb in args.imbalance}
+    text = markdown(env, args, notes, tables)
+    (out / "lt_table.md").write_text(text)
+    (out / "lt_table.json").write_text(json.dumps(
+        {"environment": env, "args": vars(args), "skipped": notes, "runs": runs,
+         "summary": {f"{k:g}": v for k, v in tables.items()}}, indent=1, default=str))
+    plot_if = 100.0 if 100.0 in args.imbalance else max(args.imbalance)
+    plot(runs, methods, plot_if, out / "per_class.png")
+    print(text)
+    print(f"wrote {out / 'lt_table.md'}, {out / 'lt_table.json'}, {out / 'per_class.png'} "
+          f"in {env['wall_seconds']:.0f}s")
+    return out
+
+
+if __name__ == "__main__":
+    main()
