@@ -5,7 +5,8 @@ IF 100 / 50 / 10, evaluated on its balanced 10k test set; resnet8, batch 128, lr
 method's own views and hyper-parameters, several seeds. Writes ``lt_table.md`` (All / Many / Medium /
 Few top-1, mean ± std over seeds, stage-1 seconds per epoch relative to ``ce`` in the same run),
 ``lt_table.json`` (every raw number and the environment) and ``per_class.png`` (per-class accuracy
-against training frequency at IF 100). ``--quick``: IF 100, 1 seed, 2 epochs of 5 steps.
+against training frequency at IF 100). ``--quick``: IF 100, 1 seed, 2 epochs of 5 steps, 300 test
+images per class (a balanced subsample: evaluation dominates a CPU run that short).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import ltreg
+from ltreg.data.lt import LTData
+from ltreg.registry import registry
 
 GROUPS = ("top1", "many", "medium", "few")
 LABELS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few"}
@@ -34,13 +38,14 @@ LABELS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few"}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="IF 100, 1 seed, 2 epochs of 5 steps, 1 stage-2 epoch")
+    p.add_argument("--quick", action="store_true", help="IF 100, 1 seed, 2 epochs of 5 steps, 300 test/class")
     p.add_argument("--methods", help="comma-separated method names (default: every registered method)")
     p.add_argument("--imbalance", help="comma-separated imbalance factors (default 100,50,10; --quick: 100)")
     p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default 3; --quick: 1)")
     p.add_argument("--epochs", type=int, help="stage-1 epochs (default 10; --quick: 2)")
     p.add_argument("--steps", type=int, help="max steps per epoch (default: the whole epoch; --quick: 5)")
-    p.add_argument("--dataset", default="fashion-mnist-lt", help="fashion-mnist-lt, or digits-lt for a smoke test")
+    p.add_argument("--test-per-class", type=int, help="balanced test subsample (default: all; --quick: 300)")
+    p.add_argument("--dataset", default="fashion-mnist-lt", help="or digits-lt, for a smoke test")
     p.add_argument("--out", default="benchmarks/out", help="output folder (run folders go under runs/)")
     args = p.parse_args(argv)
     q = args.quick
@@ -48,7 +53,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.seeds = args.seeds or (1 if q else 3)
     args.epochs = args.epochs or (2 if q else 10)
     args.steps = args.steps or (5 if q else None)
+    args.test_per_class = args.test_per_class or (300 if q else None)
     return args
+
+
+def dataset_name(name: str, per_class: int | None) -> str:
+    """``name``, or an in-process data set: its builder keeping ``per_class`` test images a class."""
+    if per_class is None:
+        return name
+    base, sub = registry("datasets").get(name), f"{name}+test{per_class}"
+
+    def build(**kwargs: Any) -> LTData:
+        data = base(**kwargs)
+        y = data.test.targets.numpy()
+        keep = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(data.test.num_classes)])
+        keep.sort()
+        return LTData(train=data.train, test=data.test.subset(keep), val=data.val)
+
+    registry("datasets").register(sub, build)
+    return sub
 
 
 def select_methods(wanted: str | None) -> tuple[list[str], list[str]]:
@@ -69,7 +92,7 @@ def select_methods(wanted: str | None) -> tuple[list[str], list[str]]:
 def environment(argv: list[str] | None) -> dict[str, Any]:
     """Command line, date, ltreg and plugin distributions, torch, CPUs."""
     dists = {"ltreg": metadata.version("ltreg")}
-    dists.update({r["dist"]: r["version"] for r in ltreg.list_methods() if r["dist"] not in ("ltreg", "<in-process>")})
+    dists.update({r["dist"]: r["version"] for r in ltreg.list_methods() if r["dist"] != "<in-process>"})
     cmd = [sys.executable, "benchmarks/lt_table.py", *(sys.argv[1:] if argv is None else argv)]
     return {"command": shlex.join(cmd), "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "distributions": dict(sorted(dists.items())), "torch": torch.__version__,
@@ -81,11 +104,10 @@ def environment(argv: list[str] | None) -> dict[str, Any]:
 def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """One training run; a failure is recorded (and printed), the others go on."""
     cfg: dict[str, Any] = dict(
-        dataset=args.dataset, imbalance=imbalance, seed=seed, backbone="resnet8", epochs=args.epochs,
-        batch_size=128, lr=0.05, weight_decay=5e-4, schedule="cosine", warmup_epochs=0,
-        max_steps_per_epoch=args.steps, stage2_epochs=1 if args.quick else 3, eval_batch_size=1000,
-        checkpoint_every=max(1, args.epochs), log_every=10**6,
-        output_dir=str(out / "runs" / f"{method}-if{imbalance:g}-seed{seed}"))
+        dataset=args.data_name, imbalance=imbalance, seed=seed, backbone="resnet8", batch_size=128, lr=0.05,
+        weight_decay=5e-4, schedule="cosine", warmup_epochs=0, epochs=args.epochs, max_steps_per_epoch=args.steps,
+        stage2_epochs=1 if args.quick else 3, eval_batch_size=1000, checkpoint_every=max(1, args.epochs),
+        log_every=10**6, output_dir=str(out / "runs" / f"{method}-if{imbalance:g}-seed{seed}"))
     start = time.perf_counter()
     row: dict[str, Any] = {"method": method, "imbalance": imbalance, "seed": seed, "config": cfg}
     try:
@@ -94,6 +116,7 @@ def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, 
         traceback.print_exc()
         return {**row, "error": f"{type(exc).__name__}: {exc}", "wall_seconds": time.perf_counter() - start}
     s1 = [h["seconds"] for h in result.history if h.get("stage") == 1]
+    s1 = s1[1:] if len(s1) > 1 else s1  # the first epoch carries one-off warm-up costs
     return {**row, "error": "", "metrics": result.metrics, "history": result.history,
             "stage1_epoch_seconds": statistics.fmean(s1) if s1 else float("nan"),
             "wall_seconds": round(time.perf_counter() - start, 2)}
@@ -108,7 +131,8 @@ def summarise(runs: list[dict[str, Any]], methods: list[str], imbalance: float) 
         row: dict[str, Any] = {"seeds": len(ok), "errors": errs}
         for g in GROUPS:
             vals = [r["metrics"][g] for r in ok]
-            row[g] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None) if vals else None
+            std = statistics.stdev(vals) if len(vals) > 1 else None
+            row[g] = (statistics.fmean(vals), std) if vals else None
         row["epoch_seconds"] = statistics.fmean(r["stage1_epoch_seconds"] for r in ok) if ok else None
         row["num"] = {g: ok[0]["metrics"][f"num_{g}"] for g in GROUPS[1:]} if ok else {}
         out[m] = row
@@ -131,8 +155,13 @@ def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
              f"- torch {env['torch']}, Python {env['python']}, {env['cpu_count']} CPUs "
              f"({env['cpus_usable']} usable, {env['torch_threads']} torch threads), "
              f"load average at start {' '.join(map(str, env['load_average_start']))}",
-             f"- data: {args.dataset}, exponential profile, balanced test set; resnet8, batch 128, lr 0.05, cosine, "
-             f"{args.epochs} epoch(s) of {args.steps or 'all'} steps, {args.seeds} seed(s)", *[f"- {n}" for n in notes]]
+             f"- data: {args.dataset}, exponential profile; balanced test set"
+             f"{f' ({args.test_per_class} images per class)' if args.test_per_class else ''}",
+             f"- budget: resnet8, batch 128, lr 0.05, cosine, {args.epochs} epoch(s) of "
+             f"{args.steps or 'all'} steps, {1 if args.quick else 3} stage-2 epoch(s), {args.seeds} seed(s); "
+             f"wall time {env['wall_seconds']:.0f} s",
+             "- s/epoch vs ce: mean stage-1 epoch seconds (the first left out when there are more) over ce's",
+             *[f"- {n}" for n in notes]]
     for imb, summary in tables.items():
         num = next((r["num"] for r in summary.values() if r["num"]), {})
         heads = [LABELS[g] + (f" ({num[g]} cls)" if g in num else "") for g in GROUPS]
@@ -144,7 +173,8 @@ def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
             lines.append(f"| {m}{err} | " + " | ".join(cell(r[g]) for g in GROUPS) + f" | {ratio} |")
         ce_few = summary.get("ce", {}).get("few")
         if ce_few is not None:
-            behind = [m for m, r in summary.items() if m != "ce" and (r["few"] is None or r["few"][0] <= ce_few[0])]
+            behind = [m for m, r in summary.items()
+                      if m != "ce" and (r["few"] is None or r["few"][0] <= ce_few[0])]
             lines += ["", f"Few-shot vs cross-entropy (IF {imb:g}): not above ce's Few ({ce_few[0]:.2f}): "
                       + (", ".join(behind) if behind else "none — every method beats ce on Few here") + "."]
     return "\n".join(lines) + "\n"
@@ -163,10 +193,11 @@ def plot(runs: list[dict[str, Any]], methods: list[str], imbalance: float, path:
         if not ok:
             continue
         counts = torch.tensor(ok[0]["metrics"]["train_counts"], dtype=torch.float64)
-        acc = torch.tensor([[v if v is not None else float("nan") for v in r["metrics"]["per_class"]] for r in ok],
-                           dtype=torch.float64).nanmean(0)
+        per_class = [[float("nan") if v is None else v for v in r["metrics"]["per_class"]] for r in ok]
+        acc = torch.tensor(per_class, dtype=torch.float64).nanmean(0)
         order = counts.argsort()
-        ax.plot(counts[order].numpy(), acc[order].numpy(), marker="o", ms=3, label=m, lw=2.0 if m == "ce" else 1.2)
+        ax.plot(counts[order].numpy(), acc[order].numpy(), marker="o", ms=3, label=m,
+                lw=2.0 if m == "ce" else 1.2)
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class (log)")
     ax.set_ylabel("test top-1 of the class (%)")
@@ -188,11 +219,15 @@ def main(argv: list[str] | None = None) -> Path:
         print(n, file=sys.stderr)
     runs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for imb in args.imbalance:
-        for seed in range(args.seeds):
-            for m in methods:  # ce first, then the others: the same load conditions within a seed
-                print(f"== {m}  IF {imb:g}  seed {seed}  ({time.perf_counter() - t0:.0f}s so far)", flush=True)
-                runs.append(run_one(m, imb, seed, args, out))
+    args.data_name = dataset_name(args.dataset, args.test_per_class)
+    try:
+        for imb in args.imbalance:
+            for seed in range(args.seeds):
+                for m in methods:  # ce first, then the others: the same load conditions within a seed
+                    print(f"== {m}  IF {imb:g}  seed {seed}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                    runs.append(run_one(m, imb, seed, args, out))
+    finally:
+        registry("datasets").unregister(args.data_name)  # a no-op for a registered name: only local ones go
     env["wall_seconds"] = round(time.perf_counter() - t0, 1)
     env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     tables = {imb: summarise(runs, methods, imb) for imb in args.imbalance}

@@ -283,3 +283,19 @@ def test_evaluate_pretrained_reproduces_the_run_metrics(trained: Path) -> None:
     for key in ("top1", "balanced_acc", "many", "medium", "few", "num_many", "num_medium", "num_few"):
         assert metrics[key] == pytest.approx(run[key], abs=1e-9), key
     assert metrics["per_class"] == run["per_class"]
+
+
+def test_cli_train_push_to_hub_and_failed_cli_push(hub: HubServer, tmp_path: Path) -> None:
+    """`ltreg train --push-to-hub` publishes; `ltreg push` to a failing Hub exits 1 with the retry command."""
+    env = {**os.environ, **hub_env(hub, tmp_path)}
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "ltreg", "train", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size",
+            "32", "--eval-batch-size", "512", "--output-dir", str(run), "--push-to-hub", "org/cli-run"]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "config.json" in hub.repos["org/cli-run"] and "model.safetensors" in hub.repos["org/cli-run"]
+    hub.fail_next_commit = True
+    proc = subprocess.run([sys.executable, "-m", "ltreg", "push", str(run), "--repo", "org/cli-run2"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"ltreg push {run.resolve()} --repo org/cli-run2" in proc.stderr

@@ -20,8 +20,9 @@ def _load_script():
 
 def test_lt_table_smoke(tmp_path: Path) -> None:
     lt_table = _load_script()
-    out = lt_table.main(["--dataset", "digits-lt", "--methods", "ce,balanced-softmax", "--quick", "--imbalance", "20",
-                         "--epochs", "1", "--steps", "2", "--out", str(tmp_path / "out")])
+    args = ["--dataset", "digits-lt", "--methods", "ce,balanced-softmax", "--quick", "--imbalance", "20",
+            "--epochs", "1", "--steps", "2", "--out", str(tmp_path / "out")]
+    out = lt_table.main(args)
     md = (out / "lt_table.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert [r.split("|")[1].strip() for r in rows] == ["ce", "balanced-softmax"]
