@@ -74,11 +74,10 @@ def dataset_name(name: str, per_class: int | None) -> str:
     return sub
 
 
-def select_methods(wanted: str | None) -> tuple[list[str], list[str]]:
+def select_methods(rows: list[dict[str, str]], wanted: str | None) -> tuple[list[str], list[str]]:
     """Methods to run (``ce`` first, always: it is the reference) and notes on the rows skipped."""
-    rows = ltreg.list_methods()
-    broken = {r["name"]: r["error"] for r in rows if r["error"]}
-    notes = [f"skipped {n} ({dict((r['name'], r['dist']) for r in rows)[n]}): {e}" for n, e in broken.items()]
+    broken = {r["name"] for r in rows if r["error"]}
+    notes = [f"skipped {r['name']} ({r['dist']} {r['version']}): {r['error']}" for r in rows if r["error"]]
     names = [r["name"] for r in rows if not r["error"]]
     if wanted:
         asked = [m.strip() for m in wanted.split(",") if m.strip()]
@@ -89,11 +88,11 @@ def select_methods(wanted: str | None) -> tuple[list[str], list[str]]:
     return ["ce"] + [m for m in names if m != "ce"], notes
 
 
-def environment(argv: list[str] | None) -> dict[str, Any]:
+def environment(rows: list[dict[str, str]], argv: list[str] | None) -> dict[str, Any]:
     """Command line, date, ltreg and plugin distributions, torch, CPUs."""
     dists = {"ltreg": metadata.version("ltreg")}
-    dists.update({r["dist"]: r["version"] for r in ltreg.list_methods() if r["dist"] != "<in-process>"})
-    cmd = [sys.executable, "benchmarks/lt_table.py", *(sys.argv[1:] if argv is None else argv)]
+    dists.update({r["dist"]: r["version"] for r in rows if r["dist"] != "<in-process>"})
+    cmd = [sys.executable, *sys.argv] if argv is None else [sys.executable, __file__, *argv]
     return {"command": shlex.join(cmd), "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "distributions": dict(sorted(dists.items())), "torch": torch.__version__,
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -105,7 +104,8 @@ def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, 
     """One training run; a failure is recorded (and printed), the others go on."""
     cfg: dict[str, Any] = dict(
         dataset=args.data_name, imbalance=imbalance, seed=seed, backbone="resnet8", batch_size=128, lr=0.05,
-        weight_decay=5e-4, schedule="cosine", warmup_epochs=0, epochs=args.epochs, max_steps_per_epoch=args.steps,
+        weight_decay=5e-4, schedule="cosine", warmup_epochs=0, epochs=args.epochs,
+        max_steps_per_epoch=args.steps,
         stage2_epochs=1 if args.quick else 3, eval_batch_size=1000, checkpoint_every=max(1, args.epochs),
         log_every=10**6, output_dir=str(out / "runs" / f"{method}-if{imbalance:g}-seed{seed}"))
     start = time.perf_counter()
@@ -175,8 +175,8 @@ def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
         if ce_few is not None:
             behind = [m for m, r in summary.items()
                       if m != "ce" and (r["few"] is None or r["few"][0] <= ce_few[0])]
-            lines += ["", f"Few-shot vs cross-entropy (IF {imb:g}): not above ce's Few ({ce_few[0]:.2f}): "
-                      + (", ".join(behind) if behind else "none — every method beats ce on Few here") + "."]
+            lines += ["", f"Few-shot vs cross-entropy (IF {imb:g}): methods that do not beat ce on Few "
+                      f"({ce_few[0]:.2f} %) here: " + (", ".join(behind) or "none") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -187,8 +187,8 @@ def plot(runs: list[dict[str, Any]], methods: list[str], imbalance: float, path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in methods:
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for i, m in enumerate(methods):
         ok = [r for r in runs if r["method"] == m and r["imbalance"] == imbalance and not r["error"]]
         if not ok:
             continue
@@ -197,13 +197,13 @@ def plot(runs: list[dict[str, Any]], methods: list[str], imbalance: float, path:
         acc = torch.tensor(per_class, dtype=torch.float64).nanmean(0)
         order = counts.argsort()
         ax.plot(counts[order].numpy(), acc[order].numpy(), marker="o", ms=3, label=m,
-                lw=2.0 if m == "ce" else 1.2)
+                ls=("-", "--", ":")[i // 10 % 3], lw=2.0 if m == "ce" else 1.2)
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class (log)")
     ax.set_ylabel("test top-1 of the class (%)")
     ax.set_title(f"per-class accuracy, IF {imbalance:g} (mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = environment(argv)
-    methods, notes = select_methods(args.methods)
+    rows = ltreg.list_methods()
+    env = environment(rows, argv)
+    methods, notes = select_methods(rows, args.methods)
     for n in notes:
         print(n, file=sys.stderr)
     runs: list[dict[str, Any]] = []

@@ -17,7 +17,7 @@ from typing import Any
 from ltreg.method import ConfigError
 from ltreg.registry import RegistryError
 
-_SKIP = {"hparams", "method"}
+_SKIP = {"hparams", "method", "dataset_kwargs"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -28,6 +28,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", dest="yaml", default=None, help="YAML run file (keys of TrainConfig, hparams: {...})")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="override a method hyper-parameter (repeatable)")
+    p.add_argument("--data-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra data set builder argument, e.g. split_dir=/data/splits (repeatable)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in _SKIP:
             continue
@@ -41,11 +43,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, default=None, help=f"default {f.default!r}" if f.default is not dataclasses.MISSING else None)
 
 
-def _hparams(pairs: list[str]) -> dict[str, str]:
+def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--hp expects NAME=VALUE, got {pair!r}")
+            raise ConfigError(f"{flag} expects NAME=VALUE, got {pair!r}")
         k, v = pair.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -83,10 +85,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ltreg.trainer import train
 
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items()
-                                 if k not in ("command", "func", "yaml", "hp", "method") and v is not None}
-    hps = _hparams(args.hp)
+                                 if k not in ("command", "func", "yaml", "hp", "method", "data_arg") and v is not None}
+    hps = _pairs(args.hp, "--hp")
     if hps:
         overrides["hparams"] = hps
+    data_args = _pairs(args.data_arg, "--data-arg")
+    if data_args:
+        overrides["dataset_kwargs"] = data_args
     result = train(args.method, yaml_path=args.yaml, **overrides)
     if result.config.push_to_hub:
         from ltreg.hub import push_run

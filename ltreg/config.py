@@ -41,7 +41,8 @@ class TrainConfig:
     dataset: str = DEFAULT_DATASET
     data_root: str | None = None
     imbalance: float | None = None  # None: the builder's default
-    profile: str = "exp"
+    profile: str | None = None  # "exp" | "step"; None: the builder's default (fixed benchmarks have none)
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # more builder arguments, e.g. split_dir
     backbone: str | None = None  # None: the data set's default
     epochs: int = 30
     batch_size: int = 64  # global batch, split over processes

@@ -108,7 +108,8 @@ def _check_type(owner: str, name: str, value: Any, tp: Any) -> None:
             return
     elif _type_ok(value, tp):
         return
-    raise ConfigError(f"hyper-parameter {name}={value!r} of {owner} must be of type {_tname(tp)}")
+    what = "setting" if owner == "TrainConfig" else "hyper-parameter"
+    raise ConfigError(f"{what} {name}={value!r} of {owner} must be of type {_tname(tp)}")
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -151,7 +152,7 @@ def _parse(text: str, tp: Any, name: str) -> Any:
                 pass
         elif option is str or typing.get_origin(option) is typing.Literal:
             return text
-    raise ConfigError(f"hyper-parameter {name}={text!r} cannot be read as {_tname(tp)}")
+    raise ConfigError(f"{name}={text!r} cannot be read as {_tname(tp)}")
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,9 @@ class RunResult:
 def build_data(cfg: TrainConfig) -> LTData:
     """The registered data set builder, called with the run's profile, imbalance and seed."""
     builder = registry("datasets").get(cfg.dataset)
-    kwargs: dict[str, Any] = {"profile": cfg.profile, "seed": cfg.seed}
+    kwargs: dict[str, Any] = {"seed": cfg.seed, **cfg.dataset_kwargs}
+    if cfg.profile is not None:
+        kwargs["profile"] = cfg.profile
     if cfg.data_root is not None:
         kwargs["root"] = cfg.data_root
     if cfg.imbalance is not None:

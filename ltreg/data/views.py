@@ -106,6 +106,7 @@ class ViewDataset(torch.utils.data.Dataset):
     ) -> None:
         self.data = data
         self.pipelines = [build_pipeline(v, data) for v in views]
+        self.random = any(v.split("+")[0] != "none" or "+" in v for v in (*views, *positive_views))
         self.positive_pipelines = [build_pipeline(v, data) for v in positive_views]
         self.role = role
         self.seed = seed
@@ -119,12 +120,11 @@ class ViewDataset(torch.utils.data.Dataset):
 
     def _views(self, i: int, pipelines: Sequence[Callable[[Tensor], Tensor]], slot: int) -> Tensor:
         img = self.data.source.load(i)
-        out = []
+        if not self.random:  # evaluation: nothing to seed
+            return torch.stack([p(img) for p in pipelines])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(self.seed, self.epoch, i, slot))
-            for p in pipelines:
-                out.append(p(img))
-        return torch.stack(out)
+            return torch.stack([p(img) for p in pipelines])
 
     def __getitem__(self, record: int | Sequence[int]) -> dict[str, Any]:
         if isinstance(record, (tuple, list)):

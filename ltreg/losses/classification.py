@@ -34,11 +34,7 @@ def class_balanced_weights(counts: Tensor, beta: float) -> Tensor:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"class-balanced beta must be in [0, 1], got {beta}")
     n = counts.to(torch.float64)
-    w = (
-        1.0 / n
-        if beta == 1.0
-        else (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
-    )
+    w = 1.0 / n if beta == 1.0 else (1.0 - beta) / (1.0 - beta**n)
     return (w * (n.shape[0] / w.sum())).to(_float_dtype(counts))
 
 

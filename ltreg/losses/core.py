@@ -22,12 +22,12 @@ negatives, ``Neg_i = Den_i`` restricted to non-positive columns:
     L_i = 1/W_i * [ pos_weight * sum_p log(1 + Neg_i / exp(l_ip)) + sum_k e_ik log(1 + Neg_i / exp(x_ik)) ]
 
 An anchor with ``W_i = 0`` (no positive) contributes exactly 0 and is excluded from the mean.
-Masked columns get the finite logit ``NEG`` (never ``-inf``), the row maximum is subtracted before
-``exp``, and half-precision inputs are computed in float32 with autocast off: no NaN or inf appears
+Masked columns get the finite logit ``NEG`` (never ``-inf``), every log-sum-exp subtracts its row
+maximum, and half-precision inputs are computed in float32 with autocast off: no NaN or inf appears
 under fp16 / bf16 autocast, even for rows where every column is masked.
 
-The shared mode runs on a fused kernel (:class:`_FusedContrast`): one ``[N, M]`` buffer holds the
-logits, then (in place) their exponentials, then the gradient, so the backward is the two matmuls.
+The shared mode runs on a fused kernel (:class:`_FusedContrast`): one ``[N, M + K]`` buffer holds the
+logits, then (in place) their softmax, then the gradient, so the backward is the two matmuls.
 Label positives are summed through per-class feature sums (``O((N + M) D)``, no ``[N, M]`` mask) and
 ``pos_index`` positives are gathered (``O(N P)``); a dense ``pos_mask`` costs a float copy of the mask in
 each pass, ``[N, M]`` column weights their own buffer, and the class average's own-class term a mask
@@ -68,9 +68,9 @@ class _Positives(NamedTuple):
 class _FusedContrast(torch.autograd.Function):
     """Per anchor, ``log(sum_j exp(l_ij + bias_ij) + sum_k exp(x_ik))`` and ``sum_{p in P(i)} l_ip``, ``l = scale * a c^T``.
 
-    One ``[N, M]`` buffer holds the logits, then (in place) their exponentials, then the gradient
-    ``softmax * g1 + positives * g2``; the backward is the two matmuls. Label positives are summed through
-    per-class feature sums, so neither pass needs an ``[N, M]`` mask.
+    One ``[N, M + K]`` buffer holds the logits (sample columns, then the extra ones), then (in place) their
+    softmax, then the gradient ``softmax * g1 + positives * g2``; the backward is the two matmuls. Label
+    positives are summed through per-class feature sums, so neither pass needs an ``[N, M]`` mask.
     """
 
     @staticmethod
@@ -79,70 +79,72 @@ class _FusedContrast(torch.autograd.Function):
         a: Tensor,
         c: Tensor,
         extra: Tensor | None,
-        scale: Tensor,
+        scale: Tensor | float,
         bias: _Bias,
         self_index: Tensor | None,
         pos: _Positives,
     ) -> tuple[Tensor, Tensor]:
-        s = torch.mm(a * scale.unsqueeze(1), c.T)
+        n, m = a.shape[0], c.shape[0]
+        buf = torch.empty(n, m + (0 if extra is None else extra.shape[1]), dtype=a.dtype, device=a.device)
+        s = buf[:, :m]
+        if isinstance(scale, Tensor):
+            torch.mm(a * scale.unsqueeze(1), c.T, out=s)
+        else:
+            torch.addmm(torch.zeros((), dtype=a.dtype, device=a.device), a, c.T, beta=0, alpha=scale, out=s)
         cg = same = None
         if pos.index is not None:
             pos_sum = (s.gather(1, pos.index.clamp_min(0)) * (pos.index >= 0)).sum(1)
         elif pos.mask is not None:
             pos_sum = torch.bmm(s.unsqueeze(1), pos.mask.to(s.dtype).unsqueeze(2)).view(-1)
         else:
-            found = pos.gid_a >= 0
             cg = torch.zeros_like(c).index_add_(0, pos.gid_c, c)[pos.gid_a.clamp_min(0)]
-            pos_sum = (a * cg).sum(1) * scale
+            pos_sum = torch.bmm(a.unsqueeze(1), cg.unsqueeze(2)).view(-1) * scale
             if self_index is not None:
                 same = pos.gid_c[self_index] == pos.gid_a
                 pos_sum = pos_sum - s.gather(1, self_index.unsqueeze(1)).squeeze(1) * same
-            pos_sum = pos_sum * found
+            pos_sum = pos_sum * (pos.gid_a >= 0)
         bias.add_to(s)
         if self_index is not None:
             s.scatter_(1, self_index.unsqueeze(1), NEG)
-        m = s.amax(1)
         if extra is not None:
-            m = torch.maximum(m, extra.amax(1))
-        s.sub_(m.unsqueeze(1)).exp_()
-        den = s.sum(1)
-        ex = None
-        if extra is not None:
-            ex = (extra - m.unsqueeze(1)).exp_()
-            den = den + ex.sum(1)
-        ctx.pos = pos
-        ctx.save_for_backward(a, c, s, den, ex, scale, self_index, cg, same)
-        return m + den.log(), pos_sum
+            buf[:, m:] = extra
+        top = buf.amax(1)
+        # softmax in place: the CPU and CUDA kernels read every element of a row before writing it
+        torch.ops.aten._softmax.out(buf, 1, False, out=buf)
+        ctx.pos, ctx.scale = pos, scale
+        ctx.save_for_backward(a, c, buf, self_index, cg, same, scale if isinstance(scale, Tensor) else None)
+        return top - buf.amax(1).log(), pos_sum  # the largest probability is exp(top - log Z) >= 1 / (M + K)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g1: Tensor, g2: Tensor) -> tuple[Tensor | None, ...]:
-        # The saved exponentials become the gradient in place; a second backward through the same graph
-        # is refused by autograd's version check ("modified by an inplace operation").
-        a, c, p, den, ex, scale, self_index, cg, same = ctx.saved_tensors
+        # The saved softmax becomes the gradient in place; a second backward through the same graph is
+        # refused by autograd's version check ("modified by an inplace operation").
+        a, c, p, self_index, cg, same, scale_t = ctx.saved_tensors
         pos: _Positives = ctx.pos
-        p.mul_((g1 * scale / den).unsqueeze(1))
-        h = g2 * scale
+        scale = ctx.scale if scale_t is None else scale_t.unsqueeze(1)
+        m = c.shape[0]
+        p.mul_(g1.unsqueeze(1) * scale)  # sample columns: d/dl = softmax * g1, times scale for d/da and d/dc
+        s, h = p[:, :m], (g2.unsqueeze(1) * scale).view(-1)
+        gx = p[:, m:] / scale if ctx.needs_input_grad[2] else None
         ga_in = gc_in = None
         if pos.index is not None:
-            p.scatter_add_(1, pos.index.clamp_min(0), h.unsqueeze(1) * (pos.index >= 0))
+            s.scatter_add_(1, pos.index.clamp_min(0), h.unsqueeze(1) * (pos.index >= 0))
         elif pos.mask is not None:
-            p.addcmul_(pos.mask.to(p.dtype), h.unsqueeze(1))
+            s.addcmul_(pos.mask.to(s.dtype), h.unsqueeze(1))
         else:
             h = h * (pos.gid_a >= 0)
             if self_index is not None:  # P(i) excludes the anchor's own column; its softmax entry is 0
-                p.scatter_(1, self_index.unsqueeze(1), (-h * same).unsqueeze(1))
+                s.scatter_(1, self_index.unsqueeze(1), (-h * same).unsqueeze(1))
             ga_in = h.unsqueeze(1) * cg
             gc_in = torch.zeros_like(c).index_add_(0, pos.gid_a.clamp_min(0), h.unsqueeze(1) * a)[pos.gid_c]
-        ga = gc = gs = gx = None
+        ga = gc = gs = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
-            ga = p @ c if ga_in is None else torch.addmm(ga_in, p, c)
+            ga = s @ c if ga_in is None else torch.addmm(ga_in, s, c)
             if ctx.needs_input_grad[3]:
-                gs = (ga * a).sum(1) / scale
+                gs = (ga * a).sum(1) / scale_t
         if ctx.needs_input_grad[1]:
-            gc = p.T @ a if gc_in is None else torch.addmm(gc_in, p.T, a)
-        if ex is not None and ctx.needs_input_grad[2]:
-            gx = ex * (g1 / den).unsqueeze(1)
+            gc = s.T @ a if gc_in is None else torch.addmm(gc_in, s.T, a)
         return ga, gc, gx, gs, None, None, None
 
 
@@ -382,9 +384,9 @@ def contrastive_loss(
     dtype = torch.promote_types(anchors.dtype, torch.float32)
     with torch.autocast(anchors.device.type, enabled=False):
         if isinstance(temperature, Tensor):
-            scale = 1.0 / temperature.to(dtype=dtype, device=anchors.device).expand(n)
+            scale: Tensor | float = 1.0 / temperature.to(dtype=dtype, device=anchors.device).expand(n)
         else:
-            scale = torch.full((n,), 1.0 / float(temperature), dtype=dtype, device=anchors.device)
+            scale = 1.0 / float(temperature)
         a, c = anchors.to(dtype), contrast.to(dtype)
         valid = contrast_labels >= 0
         by_label = pos_index is None and pos_mask is None and not per_positive_denominator
@@ -394,9 +396,8 @@ def contrastive_loss(
         extra_w = extra_pos.to(dtype) if extra_pos is not None else None
         if per_positive_denominator:
             pos = _dense_positives(anchor_labels, contrast_labels, valid, self_index, pos_index, pos_mask)
-            num, weight, count = _per_positive(
-                a * scale.unsqueeze(1), c, bias, pos, self_index, pos_weight, extra, extra_w
-            )
+            a_s = a * (scale.unsqueeze(1) if isinstance(scale, Tensor) else scale)
+            num, weight, count = _per_positive(a_s, c, bias, pos, self_index, pos_weight, extra, extra_w)
             per_anchor = num / weight.clamp_min(_TINY)
         else:
             pos, count = _positives(groups, valid, self_index, pos_index, pos_mask, dtype)
