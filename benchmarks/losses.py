@@ -155,7 +155,7 @@ def main() -> None:
         f"{'B':>5} {'loss':<16} {'median ms':>10} {'x floor':>8} {'min x floor':>12} {'peak mem (x NxN fp32)':>22}"
     )
     for b in sizes:
-        times = bench(b, args.rounds or (21 if b <= 512 else 11))
+        times = bench(b, args.rounds or {256: 31, 512: 31, 1024: 21}.get(b, 9))
         med = {name: statistics.median(t) for name, t in times.items()}
         low = {name: min(t) for name, t in times.items()}
         print(f"{b:>5} {'floor':<16} {med['floor'] * 1e3:>10.1f} {1.0:>8.2f} {1.0:>12.2f} {'':>22}")

@@ -70,7 +70,7 @@ def all_reduce_sum(x: Tensor) -> Tensor:
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm over the global batch on any device (torch's SyncBatchNorm is GPU-only).
 
-    Per-channel sums and sums of squares are concatenated over processes with
+    Per-channel sums, then sums of squared deviations, are concatenated over processes with
     :func:`gather_with_grad`, so statistics and their gradients equal one process's on the
     whole batch. Outside distributed training it is plain batch norm.
     """
@@ -85,16 +85,16 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         n = (x.numel() // x.shape[1]) * dist.get_world_size()
-        stats = gather_with_grad(torch.cat([x.sum(dims), (x * x).sum(dims)]).unsqueeze(0)).sum(0)
-        mean, sq = stats.chunk(2)
-        mean, var = mean / n, (sq / n - (mean / n) ** 2).clamp(min=0)
+        mean = gather_with_grad(x.sum(dims).unsqueeze(0)).sum(0) / n  # two passes: precise variance
+        centred = x - mean.view(shape)
+        var = gather_with_grad((centred * centred).sum(dims).unsqueeze(0)).sum(0) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
                 self.running_var.lerp_((var.detach() * n / max(1, n - 1)).to(self.running_var.dtype), m)
                 self.num_batches_tracked += 1
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y

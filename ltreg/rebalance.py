@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltreg.losses.classification import global_weight_factor
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
 
 
@@ -160,6 +161,8 @@ class CRT(Rebalancer):
             logits = logits - F.one_hot(y, logits.shape[-1]).to(logits.dtype) * margin[y, None]
         weight = inverse_frequency_weights(counts).to(logits.dtype) if self.reweight == "inverse" else None
         ce = F.cross_entropy(logits, y, weight=weight)
+        if weight is not None and state.world_size > 1:  # normalise by the global batch's weight sum
+            ce = ce * global_weight_factor(weight, y, state)
         return LossOutput(ce, {self.loss_type: ce.detach()})
 
 

@@ -409,6 +409,7 @@ class Trainer:
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)  # optimizer, scheduler, RNG states
+        acc.wait_for_everyone()  # every process has written its RNG state before the rename
         if acc.is_main_process:
             save_file(self._weights(), str(tmp / WEIGHTS))
             _write_atomic(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))

@@ -108,6 +108,13 @@ def mixup_ce(
     return (wa * ce_a + wb * ce_b).sum() / (wa + wb).sum()
 
 
+def global_weight_factor(weight: Tensor, targets: Tensor, state: StepState) -> Tensor:
+    """``S_local / mean_p S_p`` with ``S = sum_i w[y_i]``: turns a class-weighted mean normalised by this
+    process's weight sum into one normalised by the global batch's (exact across processes; 1 on one)."""
+    local = weight.to(torch.float32)[targets].sum()
+    return local / state.all_reduce_mean(local).clamp_min(1e-12)
+
+
 class _LogitLoss(nn.Module):
     """Shared plumbing: the chosen views of ``outputs.logits`` and the optional deferred class re-weighting."""
 
@@ -129,14 +136,10 @@ class _LogitLoss(nn.Module):
         weight = None
         if self.drw_start_epoch is not None:
             weight = drw_weights(state.class_counts, state.epoch, self.drw_start_epoch, self.reweight_beta)
-        loss = self.loss(
-            logits.reshape(-1, logits.shape[-1]),
-            batch.targets.repeat_interleave(reps),
-            weight,
-            batch,
-            state,
-            reps,
-        )
+        targets = batch.targets.repeat_interleave(reps)
+        loss = self.loss(logits.reshape(-1, logits.shape[-1]), targets, weight, batch, state, reps)
+        if weight is not None and state.world_size > 1:
+            loss = loss * global_weight_factor(weight, targets, state)
         return LossOutput(loss, {self.part: loss.detach()})
 
     def loss(

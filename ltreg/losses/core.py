@@ -65,10 +65,18 @@ class _Positives(NamedTuple):
     mask: Tensor | None = None
 
 
+def _sparse(rows: Tensor, cols: Tensor, shape: tuple[int, int], values: Tensor) -> Tensor:
+    """A sparse ``shape`` matrix with ``values`` at ``(rows, cols)``. Group sums and gathers run as products with
+    it: on CPU these are serial loops, where ``index_add_`` runs many short parallel regions that stall when
+    other processes share the cores."""
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=False)
+
+
 class _FusedContrast(torch.autograd.Function):
     """Per anchor, ``log(sum_j exp(l_ij + bias_ij) + sum_k exp(x_ik))`` and ``sum_{p in P(i)} l_ip``, ``l = scale * a c^T``.
 
-    One ``[N, M + K]`` buffer holds the logits (sample columns, then the extra ones), then (in place) their
+    One ``[N, M' + K']`` buffer holds the logits (sample columns, then the extra ones, each block padded to a
+    multiple of 16 with masked columns so the GEMM runs on whole 64-byte tiles), then (in place) their
     softmax, then the gradient ``softmax * g1 + positives * g2``; the backward is the two matmuls. Label
     positives are summed through per-class feature sums, so neither pass needs an ``[N, M]`` mask.
     """
@@ -85,34 +93,43 @@ class _FusedContrast(torch.autograd.Function):
         pos: _Positives,
     ) -> tuple[Tensor, Tensor]:
         n, m = a.shape[0], c.shape[0]
-        buf = torch.empty(n, m + (0 if extra is None else extra.shape[1]), dtype=a.dtype, device=a.device)
-        s = buf[:, :m]
+        k = 0 if extra is None else extra.shape[1]
+        m16, k16 = -(-m // 16) * 16, -(-k // 16) * 16
+        buf = torch.empty(n, m16 + k16, dtype=a.dtype, device=a.device)
+        cp = c if m16 == m else torch.cat([c, c.new_zeros(m16 - m, c.shape[1])])  # zero rows: padded columns
         if isinstance(scale, Tensor):
-            torch.mm(a * scale.unsqueeze(1), c.T, out=s)
+            torch.mm(a * scale.unsqueeze(1), cp.T, out=buf[:, :m16])
         else:
-            torch.addmm(torch.zeros((), dtype=a.dtype, device=a.device), a, c.T, beta=0, alpha=scale, out=s)
-        cg = same = None
+            zero = torch.zeros((), dtype=a.dtype, device=a.device)
+            torch.addmm(zero, a, cp.T, beta=0, alpha=scale, out=buf[:, :m16])
+        s = buf[:, :m]
+        csum = same = None
         if pos.index is not None:
             pos_sum = (s.gather(1, pos.index.clamp_min(0)) * (pos.index >= 0)).sum(1)
         elif pos.mask is not None:
             pos_sum = torch.bmm(s.unsqueeze(1), pos.mask.to(s.dtype).unsqueeze(2)).view(-1)
         else:
-            cg = torch.zeros_like(c).index_add_(0, pos.gid_c, c)[pos.gid_a.clamp_min(0)]
+            cols = torch.arange(m, device=c.device)
+            csum = torch.sparse.mm(_sparse(pos.gid_c, cols, (m, m), torch.ones_like(c[:, 0])), c)  # per group
+            found = (pos.gid_a >= 0).to(a.dtype)
+            rows = torch.arange(n, device=a.device)
+            cg = torch.sparse.mm(_sparse(rows, pos.gid_a.clamp_min(0), (n, m), found), csum)  # anchor's group
             pos_sum = torch.bmm(a.unsqueeze(1), cg.unsqueeze(2)).view(-1) * scale
             if self_index is not None:
                 same = pos.gid_c[self_index] == pos.gid_a
                 pos_sum = pos_sum - s.gather(1, self_index.unsqueeze(1)).squeeze(1) * same
-            pos_sum = pos_sum * (pos.gid_a >= 0)
         bias.add_to(s)
         if self_index is not None:
             s.scatter_(1, self_index.unsqueeze(1), NEG)
+        buf[:, m:m16] = NEG
         if extra is not None:
-            buf[:, m:] = extra
+            buf[:, m16 : m16 + k] = extra
+        buf[:, m16 + k :] = NEG
         top = buf.amax(1)
         # softmax in place: the CPU and CUDA kernels read every element of a row before writing it
         torch.ops.aten._softmax.out(buf, 1, False, out=buf)
-        ctx.pos, ctx.scale = pos, scale
-        ctx.save_for_backward(a, c, buf, self_index, cg, same, scale if isinstance(scale, Tensor) else None)
+        ctx.pos, ctx.scale, ctx.extra_cols = pos, scale, (m16, m16 + k)
+        ctx.save_for_backward(a, c, buf, self_index, csum, same, scale if isinstance(scale, Tensor) else None)
         return top - buf.amax(1).log(), pos_sum  # the largest probability is exp(top - log Z) >= 1 / (M + K)
 
     @staticmethod
@@ -120,13 +137,13 @@ class _FusedContrast(torch.autograd.Function):
     def backward(ctx, g1: Tensor, g2: Tensor) -> tuple[Tensor | None, ...]:
         # The saved softmax becomes the gradient in place; a second backward through the same graph is
         # refused by autograd's version check ("modified by an inplace operation").
-        a, c, p, self_index, cg, same, scale_t = ctx.saved_tensors
+        a, c, p, self_index, csum, same, scale_t = ctx.saved_tensors
         pos: _Positives = ctx.pos
         scale = ctx.scale if scale_t is None else scale_t.unsqueeze(1)
-        m = c.shape[0]
+        m, (lo, hi) = c.shape[0], ctx.extra_cols
         p.mul_(g1.unsqueeze(1) * scale)  # sample columns: d/dl = softmax * g1, times scale for d/da and d/dc
         s, h = p[:, :m], (g2.unsqueeze(1) * scale).view(-1)
-        gx = p[:, m:] / scale if ctx.needs_input_grad[2] else None
+        gx = p[:, lo:hi] / scale if ctx.needs_input_grad[2] else None
         ga_in = gc_in = None
         if pos.index is not None:
             s.scatter_add_(1, pos.index.clamp_min(0), h.unsqueeze(1) * (pos.index >= 0))
@@ -136,15 +153,18 @@ class _FusedContrast(torch.autograd.Function):
             h = h * (pos.gid_a >= 0)
             if self_index is not None:  # P(i) excludes the anchor's own column; its softmax entry is 0
                 s.scatter_(1, self_index.unsqueeze(1), (-h * same).unsqueeze(1))
-            ga_in = h.unsqueeze(1) * cg
-            gc_in = torch.zeros_like(c).index_add_(0, pos.gid_a.clamp_min(0), h.unsqueeze(1) * a)[pos.gid_c]
+            n, ga = a.shape[0], pos.gid_a.clamp_min(0)
+            rows, cols = torch.arange(n, device=a.device), torch.arange(m, device=c.device)
+            ga_in = torch.sparse.mm(_sparse(rows, ga, (n, m), h), csum)  # h_i * (sum of the anchor's group)
+            per_group = torch.sparse.mm(_sparse(ga, rows, (m, n), h), a)  # sum of h_i a_i per group
+            gc_in = torch.sparse.mm(_sparse(cols, pos.gid_c, (m, m), torch.ones_like(c[:, 0])), per_group)
         ga = gc = gs = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
-            ga = s @ c if ga_in is None else torch.addmm(ga_in, s, c)
+            ga = s @ c if ga_in is None else torch.addmm(ga_in, s, c, out=ga_in)
             if ctx.needs_input_grad[3]:
                 gs = (ga * a).sum(1) / scale_t
         if ctx.needs_input_grad[1]:
-            gc = s.T @ a if gc_in is None else torch.addmm(gc_in, s.T, a)
+            gc = s.T @ a if gc_in is None else torch.addmm(gc_in, s.T, a, out=gc_in)
         return ga, gc, gx, gs, None, None, None
 
 
