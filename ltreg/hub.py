@@ -207,7 +207,7 @@ def model_card(config: dict[str, Any], plot: bool = False) -> str:
     if method:
         dist, version = meta.get("dist", IN_PROCESS), meta.get("dist_version", "")
         block = {"method": method, "distribution": dist, "hparams": meta.get("hparams", {}), "dataset": name,
-                 "lt_profile": {"profile": tc.get("profile"),
+                 "lt_profile": {"profile": (dataset.get("info") or {}).get("profile", tc.get("profile")),
                                 "imbalance": tc.get("imbalance") or (max(counts) / min(counts) if counts else None),
                                 "seed": tc.get("seed")},
                  "class_counts": counts, "many_thr": dataset.get("many_thr"), "few_thr": dataset.get("few_thr"),
@@ -242,7 +242,7 @@ def model_card(config: dict[str, Any], plot: bool = False) -> str:
         rows = [("method", method), ("backbone", arch),
                 ("classifier", cfg.classifier + (f" (s = {cfg.cosine_scale:g})" if cfg.classifier == "cosine" else "")),
                 ("projection head", cfg.proj_dim or "none"),
-                ("data set", f"{name}, {tc.get('profile')} profile, imbalance {_fmt(block['lt_profile']['imbalance'])}, "
+                ("data set", f"{name}, {block['lt_profile']['profile']} profile, imbalance {_fmt(block['lt_profile']['imbalance'])}, "
                              f"{sum(counts)} training images")]
         rows += [(k, tc[k]) for k in RECIPE_KEYS
                  if tc.get(k) not in (None, []) and (k not in ("milestones", "lr_decay") or tc.get("schedule") == "step")]

@@ -58,7 +58,7 @@ def fake_meta(method: str = "ce") -> dict[str, Any]:
     return {
         "method": method, "citation": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
         "hparams": {"tau": 1.0}, "train_config": TrainConfig(method="ce", imbalance=40.0, seed=3).to_dict(),
-        "dataset": {"name": "toy-lt", "info": {}, "class_counts": COUNTS, "many_thr": 30, "few_thr": 10,
+        "dataset": {"name": "toy-lt", "info": {"profile": "exp"}, "class_counts": COUNTS, "many_thr": 30, "few_thr": 10,
                     "class_names": list("abcde"), "test_name": "toy-test", "image_size": 32, "mean": [0.5] * 3,
                     "std": [0.5] * 3},
         "metrics": {"top1": 61.25, "balanced_acc": 60.0, "many": 91.5, "medium": 48.0, "few": 21.125,
