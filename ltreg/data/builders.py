@@ -546,7 +546,7 @@ def _split_file_lt(
 
 OLTR_HINT = (
     "get them from the OLTR release (github.com/zhmiao/OpenLongTailRecognition-OLTR, data/{d}) or the "
-    "PaCo / BCL repositories, and pass split_dir= their folder"
+    "PaCo / BCL repositories, and pass their folder as --data-arg split_dir=DIR (split_dir= in Python)"
 )
 
 
@@ -608,7 +608,7 @@ def inat2018(
         split_dir,
         {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
         "get them from github.com/facebookresearch/classifier-balancing (data/iNaturalist18) or the PaCo / BCL "
-        "repositories, and pass split_dir= their folder",
+        "repositories, and pass their folder as --data-arg split_dir=DIR (split_dir= in Python)",
         INAT_MEAN,
         INAT_STD,
         imbalance,
