@@ -327,12 +327,12 @@ class Trainer:
             loader.set_epoch(epoch)
         loader.view_dataset.set_epoch(epoch)  # type: ignore[attr-defined]
         loader.ltreg_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        start = time.time()  # the epoch's time includes its start hooks (e.g. coreset prototypes)
         for h in hooks:
             h.on_epoch_start(state)
         names: list[str] | None = None
         sums: Tensor | None = None
         steps = 0
-        start = time.time()
         bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
         bad_mask: Tensor | None = None
         limit = cfg.max_steps_per_epoch or len(loader)

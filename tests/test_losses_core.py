@@ -225,6 +225,30 @@ def test_float32_against_float64_loop():
         torch.testing.assert_close(g_got.double(), g_want, **F32)
 
 
+@pytest.mark.parametrize("name", ["supcon", "pos_index", "extra_centres"])
+def test_detached_contrast_still_gives_anchor_gradients(name):
+    """MoCo keys / queues carry no gradient: only the anchors' (and centres') gradients are computed."""
+    a, q, ya, yq = make()
+    c, yc, tau, kw, _, extra, extra_w = build(CASES[name], a, q.detach(), ya, yq, in_contrast=False)
+    res = contrastive_loss(a, c, ya, yc, temperature=tau, extra_logits=extra, extra_pos=extra_w, **kw)
+    _, ref = naive(
+        a,
+        c,
+        ya,
+        yc,
+        tau=tau,
+        pos_sets=[[v for v in row.tolist() if v >= 0] for row in kw["pos_index"]]
+        if "pos_index" in kw
+        else None,
+        pos_weight=kw["pos_weight"],
+        extra=extra,
+        extra_w=extra_w,
+    )
+    leaves = [t for t in (a, extra) if t is not None]
+    for g, w in zip(torch.autograd.grad(res.loss, leaves), torch.autograd.grad(ref, leaves)):
+        torch.testing.assert_close(g, w, **F64)
+
+
 def test_temperature_gradient():
     a, q, ya, yq = make()
     tau = (torch.rand(12, dtype=torch.float64) * 0.5 + 0.3).requires_grad_()

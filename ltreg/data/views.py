@@ -122,8 +122,8 @@ class ViewDataset(torch.utils.data.Dataset):
         img = self.data.source.load(i)
         if not self.random:  # evaluation: nothing to seed
             return torch.stack([p(img) for p in pipelines])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(self.seed, self.epoch, i, slot))
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's is neither touched nor reseeded
+            torch.default_generator.manual_seed(_seed(self.seed, self.epoch, i, slot))
             return torch.stack([p(img) for p in pipelines])
 
     def __getitem__(self, record: int | Sequence[int]) -> dict[str, Any]:

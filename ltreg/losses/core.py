@@ -155,9 +155,11 @@ class _FusedContrast(torch.autograd.Function):
                 s.scatter_(1, self_index.unsqueeze(1), (-h * same).unsqueeze(1))
             n, ga = a.shape[0], pos.gid_a.clamp_min(0)
             rows, cols = torch.arange(n, device=a.device), torch.arange(m, device=c.device)
-            ga_in = torch.sparse.mm(_sparse(rows, ga, (n, m), h), csum)  # h_i * (sum of the anchor's group)
-            per_group = torch.sparse.mm(_sparse(ga, rows, (m, n), h), a)  # sum of h_i a_i per group
-            gc_in = torch.sparse.mm(_sparse(cols, pos.gid_c, (m, m), torch.ones_like(c[:, 0])), per_group)
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:  # h_i * (sum of the anchor's group)
+                ga_in = torch.sparse.mm(_sparse(rows, ga, (n, m), h), csum)
+            if ctx.needs_input_grad[1]:  # sum of h_i a_i over the anchors of each column's group
+                per_group = torch.sparse.mm(_sparse(ga, rows, (m, n), h), a)
+                gc_in = torch.sparse.mm(_sparse(cols, pos.gid_c, (m, m), torch.ones_like(c[:, 0])), per_group)
         ga = gc = gs = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
             ga = s @ c if ga_in is None else torch.addmm(ga_in, s, c, out=ga_in)
