@@ -142,15 +142,8 @@ class _LogitLoss(nn.Module):
             loss = loss * global_weight_factor(weight, targets, state)
         return LossOutput(loss, {self.part: loss.detach()})
 
-    def loss(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None,
-        batch: Batch,
-        state: StepState,
-        reps: int,
-    ) -> Tensor:
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
+             reps: int) -> Tensor:
         """The loss on flattened logits ``[B * V, C]``."""
         return _ce(_f32(logits), targets, weight)
 
@@ -168,15 +161,8 @@ class LogitAdjustedCE(_LogitLoss):
         super().__init__(**kw)
         self.tau = tau
 
-    def loss(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None,
-        batch: Batch,
-        state: StepState,
-        reps: int,
-    ) -> Tensor:
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
+             reps: int) -> Tensor:
         return logit_adjusted_ce(logits, targets, state.prior.log(), self.tau, weight)
 
 
@@ -185,15 +171,8 @@ class BalancedSoftmax(_LogitLoss):
 
     part = "balanced_softmax"
 
-    def loss(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None,
-        batch: Batch,
-        state: StepState,
-        reps: int,
-    ) -> Tensor:
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
+             reps: int) -> Tensor:
         return balanced_softmax(logits, targets, state.class_counts, weight)
 
 
@@ -206,15 +185,8 @@ class LDAMLoss(_LogitLoss):
         super().__init__(**kw)
         self.max_margin, self.s = max_margin, s
 
-    def loss(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None,
-        batch: Batch,
-        state: StepState,
-        reps: int,
-    ) -> Tensor:
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
+             reps: int) -> Tensor:
         return ldam(logits, targets, ldam_margins(state.class_counts, self.max_margin), self.s, weight)
 
 
@@ -227,15 +199,8 @@ class FocalLoss(_LogitLoss):
         super().__init__(**kw)
         self.gamma = gamma
 
-    def loss(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None,
-        batch: Batch,
-        state: StepState,
-        reps: int,
-    ) -> Tensor:
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
+             reps: int) -> Tensor:
         return focal(logits, targets, self.gamma, weight)
 
 
@@ -244,15 +209,8 @@ class MixupCE(_LogitLoss):
 
     part = "mixup_ce"
 
-    def loss(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None,
-        batch: Batch,
-        state: StepState,
-        reps: int,
-    ) -> Tensor:
+    def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
+             reps: int) -> Tensor:
         if "targets_b" not in batch.extra or "lam" not in batch.extra:
             raise ValueError(
                 "MixupCE needs batch.extra['targets_b'] and batch.extra['lam'] (a paired mixup transform)"
