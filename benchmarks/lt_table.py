@@ -6,17 +6,23 @@ method's own views and hyper-parameters, several seeds. Writes ``lt_table.md`` (
 Few top-1, mean ± std over seeds, stage-1 seconds per epoch relative to ``ce`` in the same run),
 ``lt_table.json`` (every raw number and the environment) and ``per_class.png`` (per-class accuracy
 against training frequency at IF 100). ``--quick``: IF 100, 1 seed, 2 epochs of 5 steps, 300 test
-images per class (a balanced subsample: evaluation dominates a CPU run that short).
+images per class (a balanced subsample: evaluation dominates a CPU run that short). ``--jobs N`` trains
+N runs at once with ``cpus // N`` threads each (small CPU models scale poorly over threads); every
+finished run is appended to ``runs.jsonl`` so ``--resume`` skips what a killed run already measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
+import math
+import multiprocessing
 import os
 import platform
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -30,9 +36,13 @@ import torch
 
 import ltreg
 from ltreg.data.lt import LTData
+from ltreg.method import get_method
 from ltreg.registry import registry
 
 GROUPS = ("top1", "many", "medium", "few")
+# Hyper-parameters counted in epochs of a paper's schedule, as the fraction of stage 1 they mark; scaled to
+# the table's budget (LDAM-DRW's re-weighting from epoch 160 of 200 would never start in a few epochs).
+EPOCH_FRACTIONS = {"drw_start_epoch": 0.8}
 LABELS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few"}
 
 
@@ -42,17 +52,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", help="comma-separated method names (default: every registered method)")
     p.add_argument("--imbalance", help="comma-separated imbalance factors (default 100,50,10; --quick: 100)")
     p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default 3; --quick: 1)")
-    p.add_argument("--epochs", type=int, help="stage-1 epochs (default 10; --quick: 2)")
-    p.add_argument("--steps", type=int, help="max steps per epoch (default: the whole epoch; --quick: 5)")
+    p.add_argument("--epochs", type=int, help="stage-1 epochs (default 5; --quick: 2)")
+    p.add_argument("--steps", type=int, help="max steps per epoch (default 40; --quick: 5; 0: the whole epoch)")
     p.add_argument("--test-per-class", type=int, help="balanced test subsample (default: all; --quick: 300)")
     p.add_argument("--dataset", default="fashion-mnist-lt", help="or digits-lt, for a smoke test")
     p.add_argument("--out", default="benchmarks/out", help="output folder (run folders go under runs/)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, cpus // jobs threads each")
+    p.add_argument("--resume", action="store_true", help="keep the runs in OUT/runs.jsonl made with this budget")
     args = p.parse_args(argv)
     q = args.quick
     args.imbalance = [float(x) for x in (args.imbalance or ("100" if q else "100,50,10")).split(",")]
     args.seeds = args.seeds or (1 if q else 3)
-    args.epochs = args.epochs or (2 if q else 10)
-    args.steps = args.steps or (5 if q else None)
+    args.epochs = args.epochs or (2 if q else 5)
+    args.steps = (5 if q else 40) if args.steps is None else (args.steps or None)
     args.test_per_class = args.test_per_class or (300 if q else None)
     return args
 
@@ -100,6 +112,38 @@ def environment(rows: list[dict[str, str]], argv: list[str] | None) -> dict[str,
             "load_average_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def init_worker(threads: int, dataset: str, per_class: int | None) -> None:
+    """A pool worker: its share of the CPUs, and the in-process test subsample registered again."""
+    torch.set_num_threads(threads)
+    dataset_name(dataset, per_class)
+
+
+def budget(args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two runs of one (method, IF, seed) comparable: only such rows are resumed."""
+    return {k: getattr(args, k) for k in ("dataset", "epochs", "steps", "test_per_class", "quick")}
+
+
+def load_done(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Finished runs in ``runs.jsonl`` with this budget (``--resume``); otherwise the file starts empty."""
+    if not args.resume or not path.exists():
+        path.write_text("")
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if not r["error"] and r.get("budget") == budget(args)]
+
+
+def run_task(task: tuple[str, float, int, argparse.Namespace, Path]) -> dict[str, Any]:
+    method, imbalance, seed, args, out = task
+    print(f"== {method}  IF {imbalance:g}  seed {seed}", flush=True)
+    return run_one(method, imbalance, seed, args, out)
+
+
+def scaled_hparams(method: str, epochs: int) -> dict[str, int]:
+    """The method's epoch-counted hyper-parameters (``EPOCH_FRACTIONS``) moved to the same fraction of ``epochs``."""
+    names = {f.name for f in dataclasses.fields(get_method(method).hparams)}
+    return {k: round(frac * epochs) for k, frac in EPOCH_FRACTIONS.items() if k in names}
+
+
 def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """One training run; a failure is recorded (and printed), the others go on."""
     cfg: dict[str, Any] = dict(
@@ -107,9 +151,11 @@ def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, 
         weight_decay=5e-4, schedule="cosine", warmup_epochs=0, epochs=args.epochs,
         max_steps_per_epoch=args.steps,
         stage2_epochs=1 if args.quick else 3, eval_batch_size=1000, checkpoint_every=max(1, args.epochs),
-        log_every=10**6, output_dir=str(out / "runs" / f"{method}-if{imbalance:g}-seed{seed}"))
+        log_every=10**6, output_dir=str(out / "runs" / f"{method}-if{imbalance:g}-seed{seed}"),
+        hparams=scaled_hparams(method, args.epochs))
     start = time.perf_counter()
-    row: dict[str, Any] = {"method": method, "imbalance": imbalance, "seed": seed, "config": cfg}
+    row: dict[str, Any] = {"method": method, "imbalance": imbalance, "seed": seed, "config": cfg,
+                           "budget": budget(args)}
     try:
         result = ltreg.train(method, **cfg)
     except Exception as exc:  # noqa: BLE001 - one broken method must not sink the table
@@ -130,7 +176,7 @@ def summarise(runs: list[dict[str, Any]], methods: list[str], imbalance: float) 
         errs = [r["error"] for r in runs if r["method"] == m and r["imbalance"] == imbalance and r["error"]]
         row: dict[str, Any] = {"seeds": len(ok), "errors": errs}
         for g in GROUPS:
-            vals = [r["metrics"][g] for r in ok]
+            vals = [r["metrics"][g] for r in ok if not math.isnan(r["metrics"][g])]  # NaN: the group has no class
             std = statistics.stdev(vals) if len(vals) > 1 else None
             row[g] = (statistics.fmean(vals), std) if vals else None
         row["epoch_seconds"] = statistics.fmean(r["stage1_epoch_seconds"] for r in ok) if ok else None
@@ -150,6 +196,7 @@ def cell(v: tuple[float, float | None] | None) -> str:
 
 def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
              tables: dict[float, dict[str, dict[str, Any]]]) -> str:
+    resumed = f" (plus {env['resumed']} runs kept from OUT/runs.jsonl by --resume)" if env.get("resumed") else ""
     lines = ["# Long-tail table", "", f"- command: `{env['command']}`", f"- date: {env['date']}",
              f"- distributions: {', '.join(f'{k} {v}' for k, v in env['distributions'].items())}",
              f"- torch {env['torch']}, Python {env['python']}, {env['cpu_count']} CPUs "
@@ -159,9 +206,19 @@ def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
              f"{f' ({args.test_per_class} images per class)' if args.test_per_class else ''}",
              f"- budget: resnet8, batch 128, lr 0.05, cosine, {args.epochs} epoch(s) of "
              f"{args.steps or 'all'} steps, {1 if args.quick else 3} stage-2 epoch(s), {args.seeds} seed(s); "
-             f"wall time {env['wall_seconds']:.0f} s",
+             f"{args.jobs} run(s) at a time; wall time {env['wall_seconds']:.0f} s{resumed}; "
+             f"{env['runs']} runs took {env['run_seconds']:.0f} s summed over runs",
              "- s/epoch vs ce: mean stage-1 epoch seconds (the first left out when there are more) over ce's",
+             "- epoch-counted hyper-parameters moved to the same fraction of the budget: "
+             + ", ".join(f"{k} = {v:g} × epochs" for k, v in EPOCH_FRACTIONS.items()),
              *[f"- {n}" for n in notes]]
+    if len(tables) > 1:
+        lines += ["", f"## Overview  (All / Few top-1 %, mean ± std over {args.seeds} seed(s))", "",
+                  "| method | " + " | ".join(f"IF {imb:g} {LABELS[g]}" for imb in tables for g in ("top1", "few"))
+                  + " |", "|---" * (1 + 2 * len(tables)) + "|"]
+        for m in next(iter(tables.values())):
+            lines.append(f"| {m} | " + " | ".join(cell(t[m][g]) for t in tables.values() for g in ("top1", "few"))
+                         + " |")
     for imb, summary in tables.items():
         num = next((r["num"] for r in summary.values() if r["num"]), {})
         heads = [LABELS[g] + (f" ({num[g]} cls)" if g in num else "") for g in GROUPS]
@@ -172,7 +229,10 @@ def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
             err = f" (failed: {r['errors'][0][:80]})" if r["errors"] else ""
             lines.append(f"| {m}{err} | " + " | ".join(cell(r[g]) for g in GROUPS) + f" | {ratio} |")
         ce_few = summary.get("ce", {}).get("few")
-        if ce_few is not None:
+        if ce_few is None and num.get("few") == 0:
+            lines += ["", f"No class has fewer than the few-shot threshold of training images at IF {imb:g}: "
+                      "no Few column."]
+        elif ce_few is not None:
             behind = [m for m, r in summary.items()
                       if m != "ce" and (r["few"] is None or r["few"][0] <= ce_few[0])]
             lines += ["", f"Few-shot vs cross-entropy (IF {imb:g}): methods that do not beat ce on Few "
@@ -218,18 +278,35 @@ def main(argv: list[str] | None = None) -> Path:
     methods, notes = select_methods(rows, args.methods)
     for n in notes:
         print(n, file=sys.stderr)
-    runs: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
     args.data_name = dataset_name(args.dataset, args.test_per_class)
+    log = out / "runs.jsonl"
+    # ce first within each (IF, seed), then the others: the same load conditions for the time ratio
+    order = [(m, imb, seed) for imb in args.imbalance for seed in range(args.seeds) for m in methods]
+    runs = [r for r in load_done(log, args) if (r["method"], r["imbalance"], r["seed"]) in order]
+    done = {(r["method"], r["imbalance"], r["seed"]) for r in runs}
+    env["resumed"] = len(runs)
+    tasks = [(m, imb, seed, args, out) for m, imb, seed in order if (m, imb, seed) not in done]
+    t0 = time.perf_counter()
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
+    pool = multiprocessing.get_context("spawn").Pool(
+        args.jobs, init_worker, (threads, args.dataset, args.test_per_class)) if args.jobs > 1 else None
+    # SIGTERM unwinds through ``finally`` so the pool's workers stop with the table instead of finishing their run
+    on_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) if pool else None
     try:
-        for imb in args.imbalance:
-            for seed in range(args.seeds):
-                for m in methods:  # ce first, then the others: the same load conditions within a seed
-                    print(f"== {m}  IF {imb:g}  seed {seed}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-                    runs.append(run_one(m, imb, seed, args, out))
+        for row in pool.imap_unordered(run_task, tasks) if pool else map(run_task, tasks):
+            runs.append(row)
+            with log.open("a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+            print(f"-- {row['method']}  IF {row['imbalance']:g}  seed {row['seed']}: {row['wall_seconds']:.0f} s "
+                  f"({len(runs)}/{len(order)} done, {time.perf_counter() - t0:.0f} s)", flush=True)
     finally:
+        if pool:
+            pool.terminate()
+            signal.signal(signal.SIGTERM, on_term)
         registry("datasets").unregister(args.data_name)  # a no-op for a registered name: only local ones go
+    runs.sort(key=lambda r: order.index((r["method"], r["imbalance"], r["seed"])))
     env["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    env["runs"], env["run_seconds"] = len(runs), round(sum(r["wall_seconds"] for r in runs), 1)
     env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     tables = {imb: summarise(runs, methods, imb) for imb in args.imbalance}
     text = markdown(env, args, notes, tables)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -40,3 +43,41 @@ def test_lt_table_smoke(tmp_path: Path) -> None:
     assert all(not r["error"] for r in data["runs"])
     assert data["environment"]["torch"] and data["environment"]["cpu_count"]
     assert "ltreg" in data["environment"]["distributions"]
+
+
+def test_lt_table_jobs_and_resume(tmp_path: Path) -> None:
+    """Two runs at once in spawned workers; ``--resume`` keeps the finished runs and trains only the new ones."""
+    out = tmp_path / "out"
+    base = [sys.executable, str(ROOT / "benchmarks" / "lt_table.py"), "--dataset", "digits-lt", "--methods",
+            "ce,balanced-softmax", "--quick", "--imbalance", "20", "--epochs", "1", "--steps", "2",
+            "--test-per-class", "20", "--jobs", "2", "--out", str(out)]
+    first = subprocess.run([*base, "--seeds", "1"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = {(r["method"], r["seed"]): r["wall_seconds"] for r in map(json.loads, (out / "runs.jsonl").open())}
+    assert set(kept) == {("ce", 0), ("balanced-softmax", 0)}
+
+    second = subprocess.run([*base, "--seeds", "2", "--resume"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    trained = re.findall(r"^== (\S+)  IF 20  seed (\d)", second.stdout, flags=re.M)
+    assert sorted(trained) == [("balanced-softmax", "1"), ("ce", "1")]
+    data = json.loads((out / "lt_table.json").read_text())
+    assert data["environment"]["resumed"] == 2
+    assert [(r["method"], r["seed"]) for r in data["runs"]] == [
+        ("ce", 0), ("balanced-softmax", 0), ("ce", 1), ("balanced-softmax", 1)]
+    assert all(r["wall_seconds"] == kept[(r["method"], 0)] for r in data["runs"] if r["seed"] == 0)
+    assert data["summary"]["20"]["ce"]["seeds"] == 2
+    assert "2 run(s) at a time" in (out / "lt_table.md").read_text()
+
+
+def test_lt_table_group_without_classes() -> None:
+    """At IF 10 on Fashion-MNIST-LT no class is few-shot: the metric is NaN, the cell is "–", not a crash."""
+    lt_table = _load_script()
+    metrics = {"top1": 70.0, "many": 66.0, "medium": 83.0, "few": float("nan"), "num_many": 7, "num_medium": 3,
+               "num_few": 0}
+    runs = [{"method": m, "imbalance": 10.0, "seed": s, "error": "", "stage1_epoch_seconds": 1.0 + s,
+             "metrics": {**metrics, "top1": 70.0 + s}} for m in ("ce", "supcon") for s in (0, 1)]
+    summary = lt_table.summarise(runs, ["ce", "supcon"], 10.0)
+    assert summary["ce"]["few"] is None and summary["ce"]["num"]["few"] == 0
+    assert summary["ce"]["top1"] == (70.5, statistics.stdev([70.0, 71.0]))
+    assert summary["supcon"]["time_vs_ce"] == 1.0
+    assert lt_table.cell(summary["ce"]["few"]) == "–"
