@@ -61,6 +61,11 @@ class LossOutput:
     parts: dict[str, Tensor] = field(default_factory=dict)
 
 
+def flatten_views(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-view ``[B, V, ...]`` rows as ``[B*V, ...]`` (sample-major, as the contrast set orders them) and their labels."""
+    return x.flatten(0, 1), labels.repeat_interleave(x.shape[1])
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 

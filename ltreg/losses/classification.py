@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.step import Batch, LossOutput, Outputs, StepState
+from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
 
 
 def _f32(x: Tensor) -> Tensor:
@@ -131,13 +131,12 @@ class _LogitLoss(nn.Module):
         self.views, self.drw_start_epoch, self.reweight_beta = views, drw_start_epoch, reweight_beta
 
     def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
-        logits = outputs.logits[:, list(self.views)]
-        reps = logits.shape[1]
+        reps = len(self.views)
         weight = None
         if self.drw_start_epoch is not None:
             weight = drw_weights(state.class_counts, state.epoch, self.drw_start_epoch, self.reweight_beta)
-        targets = batch.targets.repeat_interleave(reps)
-        loss = self.loss(logits.reshape(-1, logits.shape[-1]), targets, weight, batch, state, reps)
+        logits, targets = flatten_views(outputs.logits[:, list(self.views)], batch.targets)
+        loss = self.loss(logits, targets, weight, batch, state, reps)
         if weight is not None and state.world_size > 1:
             loss = loss * global_weight_factor(weight, targets, state)
         return LossOutput(loss, {self.part: loss.detach()})

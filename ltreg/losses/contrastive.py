@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ltreg.losses.classification import logit_adjusted_ce
 from ltreg.losses.core import ContrastiveResult, contrastive_loss
-from ltreg.step import Batch, LossOutput, Outputs, StepState
+from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
 
 Reduction = Literal["mean", "none"]
 
@@ -123,9 +123,10 @@ def sample_positives(
     return torch.where(chosen >= 0, cols, -1)
 
 
-def _anchors(z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Flatten ``[B, V, D]`` anchors sample-major, with their labels."""
-    return z.reshape(-1, z.shape[-1]), labels.repeat_interleave(z.shape[1])
+def centre_columns(logits: Tensor, log_prior: Tensor, anchor_labels: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """PaCo's extra columns: centre logits ``u + log pi`` ``[N, C]`` and the positive weight ``beta`` on the own class."""
+    centres = logits.reshape(anchor_labels.shape[0], -1) + log_prior
+    return centres, beta * F.one_hot(anchor_labels, centres.shape[1]).to(centres.dtype)
 
 
 def supcon(
@@ -138,7 +139,7 @@ def supcon(
 ) -> ContrastiveResult:
     """SupCon "all" mode (section 3.1): every view is an anchor, its positives are the other same-label columns."""
     cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = _anchors(z, labels)
+    a, ya = flatten_views(z, labels)
     return contrastive_loss(
         a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, reduction=reduction
     )
@@ -157,7 +158,7 @@ def kcl(
     """KCL (section 3.2): positives are the anchor's own image (other views / own key) plus ``k`` same-label
     columns drawn uniformly without replacement; the denominator is every column."""
     cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = _anchors(z, labels)
+    a, ya = flatten_views(z, labels)
     exclude = (
         cs.own_index if cs.self_index is None else torch.cat([cs.self_index.unsqueeze(1), cs.own_index], 1)
     )
@@ -187,7 +188,7 @@ def bcl(
     cs = (contrast if contrast is not None else contrast_set(z, labels)).append(
         prototypes, torch.arange(prototypes.shape[0], device=labels.device)
     )
-    a, ya = _anchors(z, labels)
+    a, ya = flatten_views(z, labels)
     return contrastive_loss(
         a,
         cs.z,
@@ -216,9 +217,8 @@ def paco(
     """PaCo / GPaCo (section 3.5): one softmax over the centre logits ``u + log pi`` (``logits`` ``[B, V, C]``)
     and the gamma-weighted sample logits; the centre of the label weighs beta, each sample positive alpha."""
     cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = _anchors(z, labels)
-    centres = logits.reshape(a.shape[0], -1) + log_prior
-    centre_pos = beta * F.one_hot(ya, centres.shape[1]).to(centres.dtype)
+    a, ya = flatten_views(z, labels)
+    centres, centre_pos = centre_columns(logits, log_prior, ya, beta)
     return contrastive_loss(
         a,
         cs.z,
@@ -346,12 +346,7 @@ class BCLLoss(nn.Module):
             reduction="none",
         )
         con = global_mean(res, state)
-        logits = _select(outputs.logits, self.cls_views)
-        ce = logit_adjusted_ce(
-            logits.reshape(-1, logits.shape[-1]),
-            batch.targets.repeat_interleave(logits.shape[1]),
-            state.prior.log(),
-        )
+        ce = logit_adjusted_ce(*flatten_views(_select(outputs.logits, self.cls_views), batch.targets), state.prior.log())
         total = self.alpha * ce + self.beta * con
         return LossOutput(total, {"ce": ce.detach(), "bcl": con.detach()})
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ltreg.losses.classification import logit_adjusted_ce
 from ltreg.losses.contrastive import ContrastSet, global_mean, state_contrast, supcon
-from ltreg.step import Batch, LossOutput, Outputs, StepState
+from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
 
 
 def supcon_la(
@@ -35,8 +35,7 @@ def supcon_la(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(total, la_ce, supcon)`` of one process's batch: ``z`` ``[B, V, D]``, ``logits`` ``[B, V, C]``, ``labels`` ``[B]``."""
     con = supcon(z, labels, temperature, contrast=contrast).loss
-    u = logits[:, list(ce_views)]
-    ce = logit_adjusted_ce(u.reshape(-1, u.shape[-1]), labels.repeat_interleave(u.shape[1]), log_prior, tau)
+    ce = logit_adjusted_ce(*flatten_views(logits[:, list(ce_views)], labels), log_prior, tau)
     return ce_weight * ce + con_weight * con, ce, con
 
 
@@ -61,8 +60,7 @@ class SupConLALoss(nn.Module):
         cs = state_contrast(outputs.z, outputs, batch, state)
         res = supcon(outputs.z, batch.targets, self.temperature, contrast=cs, reduction="none")
         con = global_mean(res, state)  # mean over the global batch's anchors that have a positive
-        u = outputs.logits[:, list(self.ce_views)]
-        targets = batch.targets.repeat_interleave(u.shape[1])
-        ce = logit_adjusted_ce(u.reshape(-1, u.shape[-1]), targets, state.prior.log(), self.tau)
+        u, targets = flatten_views(outputs.logits[:, list(self.ce_views)], batch.targets)
+        ce = logit_adjusted_ce(u, targets, state.prior.log(), self.tau)
         total = self.ce_weight * ce + self.con_weight * con
         return LossOutput(total, {"la_ce": ce.detach(), "supcon": con.detach()})

@@ -21,12 +21,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.losses.contrastive import ContrastSet, contrast_set, global_mean, state_contrast
+from ltreg.losses.contrastive import ContrastSet, centre_columns, contrast_set, global_mean, state_contrast
 from ltreg.losses.core import ContrastiveResult, contrastive_loss
-from ltreg.step import Batch, LossOutput, Outputs, StepState
+from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
 
 NegWeight = Literal["dataset", "batch", "none"]
 Positives = Literal["per-positive", "same-image"]
@@ -79,10 +78,8 @@ def acl(
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (the own class centre is always a positive), got {beta}")
     cs = contrast if contrast is not None else contrast_set(z, labels)
-    v = z.shape[1]
-    a, ya = z.reshape(-1, z.shape[-1]), labels.repeat_interleave(v)
-    centres = logits.reshape(a.shape[0], -1) + log_prior
-    centre_pos = beta * F.one_hot(ya, centres.shape[1]).to(centres.dtype)
+    a, ya = flatten_views(z, labels)
+    centres, centre_pos = centre_columns(logits, log_prior, ya, beta)
     col = None if omega is None else omega[cs.labels.clamp_min(0)]
     if positives == "same-image":
         neg = torch.ones_like(cs.labels, dtype=centres.dtype) if col is None else col.to(centres.dtype)

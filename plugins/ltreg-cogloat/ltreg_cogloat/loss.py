@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ltreg.losses.contrastive import contrast_set, global_mean, sample_positives
 from ltreg.losses.core import ContrastiveResult, contrastive_loss
-from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState
+from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState, flatten_views
 
 Negatives = Literal["unsupervised", "supervised", "k-positive"]
 NEGATIVES = ("unsupervised", "supervised", "k-positive")
@@ -163,10 +163,8 @@ class CoGloATLoss(nn.Module):
             if state.prototypes is None:
                 raise ValueError("the ProCo term (alpha < 1) needs the 'coreset' prototype part")
             protos = torch.stack([state.prototypes.prototypes(0), state.prototypes.prototypes(1)])
-            views = z.shape[1]
-            t = tau_i.repeat_interleave(views) if self.proco_temperature == "adaptive" else self.temperature
-            pro = global_mean(proco(z.reshape(-1, z.shape[-1]), y.repeat_interleave(views), protos, temperature=t,
-                                    reduction="none"), state)
+            t = tau_i.repeat_interleave(z.shape[1]) if self.proco_temperature == "adaptive" else self.temperature
+            pro = global_mean(proco(*flatten_views(z, y), protos, temperature=t, reduction="none"), state)
             total = total + (1.0 - self.alpha) * pro
             parts["proco"] = pro.detach()
         return LossOutput(total, parts)

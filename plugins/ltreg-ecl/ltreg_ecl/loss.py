@@ -31,7 +31,7 @@ from ltreg.losses import (
     logit_adjusted_ce,
     state_contrast,
 )
-from ltreg.step import Batch, LossOutput, Outputs, StepState
+from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
 
 Contribution = Literal["balanced", "bcl"]
 _LOG_HALF = math.log(0.5)
@@ -61,7 +61,7 @@ def bc_ecl(
     if contribution != "balanced":
         raise ValueError(f"BC-ECL contribution must be 'balanced' or 'bcl', got {contribution!r}")
     num_classes = prototypes.shape[0]
-    anchors, anchor_labels = z.reshape(-1, z.shape[-1]), labels.repeat_interleave(z.shape[1])
+    anchors, anchor_labels = flatten_views(z, labels)
     dtype = torch.promote_types(anchors.dtype, torch.float32)
     with torch.autocast(anchors.device.type, enabled=False):
         valid = (cs.labels >= 0).to(dtype)
