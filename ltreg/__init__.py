@@ -37,7 +37,7 @@ from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
 
 def __getattr__(name: str) -> Any:
     """Heavy objects (timm, accelerate) load on first use, so ``ltreg list`` stays fast."""
-    if name in ("LTModel", "LTModelConfig"):
+    if name in ("LTModel", "LTModelConfig", "load_backbone", "save_pretrained", "push_to_hub", "from_pretrained"):
         from ltreg.models import ltmodel
 
         return getattr(ltmodel, name)
@@ -45,10 +45,14 @@ def __getattr__(name: str) -> Any:
         from ltreg.trainer import train
 
         return train
-    if name in ("load_backbone", "save_pretrained", "push_to_hub", "from_pretrained", "evaluate_pretrained"):
-        from ltreg import hub
+    if name == "evaluate_pretrained":
+        from ltreg.evaluate import evaluate_pretrained
 
-        return getattr(hub, name)
+        return evaluate_pretrained
+    if name in ("RunCard", "DatasetRecord"):
+        from ltreg import card
+
+        return getattr(card, name)
     raise AttributeError(f"module 'ltreg' has no attribute {name!r}")
 
 

@@ -101,10 +101,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ltreg.hub import evaluate_pretrained
+    from ltreg.evaluate import evaluate_pretrained, format_table
 
-    metrics = evaluate_pretrained(args.model, dataset=args.dataset, data_root=args.data_root)
-    from ltreg.evaluate import format_table
+    metrics = evaluate_pretrained(args.model, dataset=args.dataset, data_root=args.data_root,
+                                  data_kwargs=_pairs(args.data_arg, "--data-arg"), split=args.split)
 
     print(format_table(metrics, title=f"{args.model} (top-1 %)"))
     if args.json:
@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a saved model folder or Hub repo on a data set")
     p.add_argument("model", help="run folder, model folder or Hub repo id")
     p.add_argument("--dataset", default=None, help="default: the data set it was trained on")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="default: the folder it was trained on")
+    p.add_argument("--data-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="change a recorded data set builder argument (repeatable)")
+    p.add_argument("--split", default="test", help="test (default) or val")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("push", help="push a run folder to the Hugging Face Hub")
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:
         from ltreg.hub import PushError
-        from ltreg.trainer import TrainingError
+        from ltreg.run import TrainingError
 
         if isinstance(exc, (TrainingError, PushError)):
             print(f"ltreg: error: {exc}", file=sys.stderr)

@@ -1,7 +1,10 @@
 """Run configuration: one validated dataclass, merged from defaults, data set, method, recipe, YAML, flags.
 
 Precedence (later wins): ``TrainConfig`` defaults < the data set's defaults < the method's
-``train_defaults`` < the named recipe < a YAML file < command-line flags / keyword arguments.
+``train_defaults`` < the named recipe < a YAML file < command-line flags / keyword arguments <
+``--quick`` (which caps the budget of whatever the layers below chose). The data set is picked
+first, from the highest layer that names one, because its defaults are the lowest layer.
+:func:`resolve_config` returns the config with the method's validated hyper-parameters.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ltreg.method import ConfigError, MethodSpec, _check_type, _parse
+from ltreg.data.build import DataArgs
+from ltreg.method import ConfigError, HParams, MethodSpec, _check_type, _parse
 
 DEFAULT_METHOD = "balanced-softmax"
 DEFAULT_DATASET = "digits-lt"
@@ -44,36 +48,38 @@ class TrainConfig:
     profile: str | None = None  # "exp" | "step"; None: the builder's default (fixed benchmarks have none)
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # more builder arguments, e.g. split_dir
     backbone: str | None = None  # None: the data set's default
-    epochs: int = 30
-    batch_size: int = 64  # global batch, split over processes
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"  # cosine | step | constant
-    warmup_epochs: int = 0
-    milestones: list[int] = field(default_factory=list)  # for schedule=step
-    lr_decay: float = 0.1
-    stage2_epochs: int | None = None  # None: the rebalancer's default
-    stage2_lr: float | None = None
-    stage2_batch_size: int | None = None
-    holdout_fraction: float = 0.1  # for rebalancers that tune on held-out training data
+    epochs: int = field(default=30, metadata={"recipe": True})
+    batch_size: int = field(default=64, metadata={"recipe": True})  # global batch, split over processes
+    lr: float = field(default=0.05, metadata={"recipe": True})
+    momentum: float = field(default=0.9, metadata={"recipe": True})
+    weight_decay: float = field(default=5e-4, metadata={"recipe": True})
+    nesterov: bool = field(default=False, metadata={"recipe": True})
+    schedule: str = field(default="cosine", metadata={"recipe": True})  # cosine | step | constant
+    warmup_epochs: int = field(default=0, metadata={"recipe": True})
+    milestones: list[int] = field(default_factory=list, metadata={"recipe": True})  # for schedule=step
+    lr_decay: float = field(default=0.1, metadata={"recipe": True})
+    stage2_epochs: int | None = field(default=None, metadata={"recipe": True})  # None: the rebalancer's default
+    stage2_lr: float | None = field(default=None, metadata={"recipe": True})
+    stage2_batch_size: int | None = field(default=None, metadata={"recipe": True})
+    holdout_fraction: float = field(default=0.1, metadata={"recipe": True})  # for rebalancers that tune on held-out training data
     min_free_mb: int = 200  # free disk space the run folder needs before training starts
-    seed: int = 0
+    seed: int = field(default=0, metadata={"recipe": True})
     output_dir: str | None = None  # None: runs/<method>-<dataset>
     recipe: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    grad_accum: int = 1
+    mixed_precision: str = field(default="no", metadata={"recipe": True})  # no | fp16 | bf16
+    grad_accum: int = field(default=1, metadata={"recipe": True})
     checkpoint_every: int = 1  # epochs
     resume: bool = False
+    overwrite: bool = False  # start over in a folder that holds a run (deletes its checkpoints and model files)
     log_every: int = 20  # steps
     log_with: str | None = None  # an Accelerate tracker: tensorboard, wandb, mlflow, ... (metrics.csv always)
-    max_steps_per_epoch: int | None = None
+    max_steps_per_epoch: int | None = field(default=None, metadata={"recipe": True})
     eval_batch_size: int = 256
     push_to_hub: str | None = None
     cpu: bool = False
+    license: str | None = None  # the model card's license; none unless given
     quick: bool = False
 
     def __post_init__(self) -> None:
@@ -103,6 +109,23 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def data_args(self) -> DataArgs:
+        """The data set builder's name and arguments for this run."""
+        return DataArgs(dataset=self.dataset, root=self.data_root, imbalance=self.imbalance, profile=self.profile,
+                        seed=self.seed, kwargs=dict(self.dataset_kwargs))
+
+    def recipe_items(self) -> dict[str, Any]:
+        """The settings that change the result, as run (the model card's recipe table); one value each."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("recipe")}
+        if self.schedule != "step":
+            out.pop("milestones"), out.pop("lr_decay")
+        return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes what a run computes: a resume must match it exactly."""
+        keys = ("method", "dataset", "imbalance", "profile", "dataset_kwargs", "backbone", "hparams")
+        return {**{k: getattr(self, k) for k in keys}, **self.recipe_items()}
+
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -127,8 +150,17 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dict[str, Any] | None = None) -> TrainConfig:
-    """Merge the layers for ``spec`` into a validated :class:`TrainConfig`."""
+@dataclass(frozen=True)
+class RunConfig:
+    """A resolved run: the method, its validated hyper-parameters and the training configuration."""
+
+    spec: MethodSpec
+    cfg: TrainConfig
+    hparams: HParams
+
+
+def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dict[str, Any] | None = None) -> RunConfig:
+    """Merge the layers for ``spec`` into a validated :class:`TrainConfig` and hyper-parameters."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     _check_keys(overrides, "the command line / keyword arguments")
     yaml_values = dict(yaml_values or {})
@@ -157,7 +189,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     cfg = TrainConfig(**merged)
     if cfg.quick:
         cfg = quick(cfg)
-    return cfg
+    return RunConfig(spec, cfg, spec.hparams.replace(**cfg.hparams))
 
 
 def quick(cfg: TrainConfig) -> TrainConfig:

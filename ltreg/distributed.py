@@ -8,9 +8,18 @@ gradient of the loss over the global batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+
+def unwrap(model: Any) -> Any:
+    """The module inside a DDP / FSDP / Accelerate wrapper (the model itself when unwrapped)."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
 
 
 def _active() -> bool:

@@ -1,15 +1,174 @@
-"""Evaluation: top-1, balanced accuracy, many / medium / few, per-class accuracy, feature geometry.
+"""Every pass over data that is not training, and the metrics computed from it.
 
+:class:`DataPasses` owns the no-grad passes a run makes (test evaluation, the features post-hoc
+rebalancers read, the embeddings prototype modules ask for): always in eval mode, so what an image
+gives never depends on which other images share its batch or in which order they come.
+:func:`evaluate_pretrained` evaluates a saved model folder or Hub repo on the data it was trained on.
 The geometry metrics are the CoGloAT paper's (methods.md §5) on the normalised contrastive
-embedding of the test split (or the normalised backbone features for a model without projector).
+embedding of the test split.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ltreg.data.build import DataArgs, build_data
+from ltreg.data.lt import LTData, LTDataset
+from ltreg.data.views import ViewDataset, collate
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+    """Put modules in eval mode for the block and restore each submodule's own mode afterwards."""
+    saved = [(m, m.training) for mod in modules if mod is not None for m in mod.modules()]
+    for mod in modules:
+        if mod is not None:
+            mod.eval()
+    try:
+        yield
+    finally:
+        for m, was in saved:
+            m.training = was
+
+
+@dataclass
+class Extracted:
+    """One centre view per image: classifier logits, normalised embedding, backbone features, labels (CPU)."""
+
+    logits: Tensor
+    z: Tensor
+    features: Tensor
+    targets: Tensor
+
+
+class DataPasses:
+    """The no-grad passes over data of one run (or one loaded model), batched, eval mode, on ``device``.
+
+    ``accelerator`` (optional) splits ``extract`` over processes and gathers with ``gather_for_metrics``;
+    ``memory`` (optional) is a momentum key encoder that ``embed(use_key=True)`` uses.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, batch_size: int = 256, seed: int = 0,
+                 accelerator: Any = None, num_workers: int = 0) -> None:
+        self.model, self.device, self.batch_size, self.seed = model, device, batch_size, seed
+        self.accelerator, self.num_workers = accelerator, num_workers
+        self.memory: Any = None
+        self.epoch = 0  # seeds the augmentation of embedding passes (the loop sets it)
+
+    def _loader(self, ds: torch.utils.data.Dataset) -> DataLoader:
+        loader = DataLoader(ds, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers,
+                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        if self.accelerator is not None:
+            loader = self.accelerator.prepare_data_loader(loader, device_placement=True)
+        return loader
+
+    @torch.no_grad()
+    def extract(self, dataset: LTDataset) -> Extracted:
+        """Logits, embeddings, features and targets of ``dataset`` under the deterministic ``none`` view."""
+        model = self.model
+        outs: list[tuple[Tensor, ...]] = []
+        with eval_mode(model):
+            for batch in self._loader(ViewDataset(dataset, ("none",))):
+                images, targets = batch.images.to(self.device), batch.targets.to(self.device)
+                ctx = self.accelerator.autocast() if self.accelerator is not None else _null()
+                with ctx:
+                    o = model(images)
+                got = (o.logits[:, 0].float(), o.z[:, 0].float(), o.features[:, 0].float(), targets)
+                if self.accelerator is not None:
+                    got = self.accelerator.gather_for_metrics(got)
+                outs.append(tuple(t.cpu() for t in got))
+        cols = list(zip(*outs)) if outs else [[torch.empty(0)]] * 4
+        return Extracted(*(torch.cat(c) for c in cols))
+
+    @torch.no_grad()
+    def embed(self, dataset: LTDataset, indices: Tensor, pipeline: str = "none", use_key: bool = True,
+              slot: int = 0) -> Tensor:
+        """Normalised projections ``[n, D]`` of ``dataset[indices]`` under one view pipeline (eval mode).
+
+        Augmentation is seeded by (seed, epoch, image, ``slot``), so two calls with different slots see
+        different views of each image and the result is identical on every process.
+        """
+        vds = ViewDataset(dataset, (pipeline,), seed=self.seed + 1)
+        vds.set_epoch(self.epoch)
+        use_key = use_key and self.memory is not None
+        encoder = self.memory if use_key else self.model
+        out = []
+        with eval_mode(encoder):
+            for chunk in torch.split(torch.as_tensor(indices), self.batch_size):
+                images = torch.stack([vds.view(int(i), slot) for i in chunk]).to(self.device)
+                if use_key:
+                    out.append(self.memory.key_encode(images))
+                else:
+                    out.append(self.model.project(self.model.forward_features(images)))
+        return torch.cat(out) if out else torch.empty(0, self.model.embed_dim, device=self.device)
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+def evaluate(passes: DataPasses, test: LTDataset, train: LTDataset) -> dict[str, Any]:
+    """Test metrics: top-1, balanced, many / medium / few (by training counts), per class, embedding geometry."""
+    out = passes.extract(test)
+    metrics = lt_metrics(out.logits, out.targets, train.class_counts, train.many_thr, train.few_thr)
+    metrics["geometry"] = geometry_metrics(out.z, out.targets, train.num_classes)
+    metrics["train_counts"] = train.class_counts.tolist()
+    return metrics
+
+
+def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None = None,
+                        data_kwargs: dict[str, Any] | None = None, split: str = "test", dataset: str | None = None,
+                        revision: str | None = None, batch_size: int = 256) -> dict[str, Any]:
+    """Evaluate a model folder or Hub repo on the data it was trained on, rebuilt from its recorded arguments.
+
+    ``data_root`` / ``data_kwargs`` / ``dataset`` point elsewhere; ``split`` is ``test`` or ``val``
+    (the data set's validation split). Split thresholds come from the rebuilt training set.
+    """
+    from ltreg.checkpoint import CheckpointError
+    from ltreg.models.ltmodel import LTModel
+    from ltreg.models.pretrained import load_pretrained
+
+    model, card = load_pretrained(LTModel, repo_or_dir, revision)
+    recorded = card.dataset.builder_args if card.dataset is not None else {}
+    if dataset is None and not recorded:
+        raise CheckpointError(f"{repo_or_dir} does not record the data set it was trained on; pass --dataset")
+    if dataset is not None and dataset != recorded.get("dataset"):
+        args = DataArgs(dataset=dataset, root=data_root, kwargs=dict(data_kwargs or {}))
+    else:
+        args = DataArgs(**{**recorded, "kwargs": {**recorded.get("kwargs", {}), **(data_kwargs or {})}})
+        if data_root is not None:
+            args.root = data_root
+    data = build_data(args)
+    target = _split(data, split, repo_or_dir)
+    if (target.num_classes, target.channels) != (model.num_classes, model.config.in_chans):
+        raise CheckpointError(
+            f"{repo_or_dir} has {model.num_classes} classes and {model.config.in_chans} input channels; the data set "
+            f"{args.dataset} has {target.num_classes} and {target.channels}: evaluate it on a matching data set"
+        )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    passes = DataPasses(model.to(device), device, batch_size=batch_size)
+    return evaluate(passes, target, data.train)
+
+
+def _split(data: LTData, split: str, label: Any) -> LTDataset:
+    from ltreg.checkpoint import CheckpointError
+
+    if split == "test":
+        return data.test
+    if split in ("val", "validation"):
+        if data.val is None:
+            raise CheckpointError(f"the data set of {label} has no validation split; use --split test")
+        return data.val
+    raise CheckpointError(f"--split must be test or val, got {split!r}")
 
 
 def lt_metrics(logits: Tensor, targets: Tensor, train_counts: Tensor, many_thr: int, few_thr: int) -> dict[str, Any]:

@@ -13,12 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.step import Batch, BuildContext, Outputs, Part, StepState
-
-
-def _unwrap(model: Any) -> Any:
-    """The module inside a DDP / Accelerate wrapper."""
-    return getattr(model, "module", model)
+from ltreg.distributed import unwrap as _unwrap
+from ltreg.step import Batch, BuildContext, Extra, Outputs, Part, StepState
 
 
 class MomentumQueue(nn.Module, Part):
@@ -74,14 +70,14 @@ class MomentumQueue(nn.Module, Part):
             raise ValueError(f"MomentumQueue key_view={self.key_view} needs images [B, V > {self.key_view}, C, H, W]; "
                              f"got {tuple(batch.images.shape)}: declare enough views in the method spec")
         keys = batch.images[:, self.key_view]
-        pos = batch.extra.get("positives")
+        pos = batch.extra.get(Extra.POSITIVES)
         if pos is None:
-            outputs.extra["key_z"] = self.key_encode(keys)
+            outputs.extra[Extra.KEY_Z] = self.key_encode(keys)
             return
         b, k = pos.shape[:2]
         z = self.key_encode(torch.cat([keys, pos[:, :, self.positive_view].flatten(0, 1)]))  # one forward
-        outputs.extra["key_z"] = z[:b]
-        outputs.extra["positives_z"] = z[b:].view(b, k, -1)
+        outputs.extra[Extra.KEY_Z] = z[:b]
+        outputs.extra[Extra.POSITIVES_Z] = z[b:].view(b, k, -1)
 
     @torch.no_grad()
     def momentum_update(self, model: nn.Module) -> None:
@@ -114,5 +110,5 @@ class MomentumQueue(nn.Module, Part):
     def on_step_end(self, outputs: Outputs, batch: Batch, state: StepState) -> None:
         """Momentum update from ``state.model``, then enqueue the gathered keys with their labels."""
         self.momentum_update(state.model if state.model is not None else self._source[0])
-        if "key_z" in outputs.extra:
-            self.enqueue(state.gather_nograd(outputs.extra["key_z"]), state.gather_nograd(batch.targets))
+        if Extra.KEY_Z in outputs.extra:
+            self.enqueue(state.gather_nograd(outputs.extra[Extra.KEY_Z]), state.gather_nograd(batch.targets))

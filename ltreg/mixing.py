@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ltreg.step import Batch, Part, StepState
+from ltreg.step import Batch, Extra, Part, StepState
 
 _TAG = 0x1CC1  # separates this stream of random numbers from others keyed on (seed, epoch, step)
 
@@ -36,15 +36,15 @@ class PairMixup(Part):
 
     def lambdas(self, batch_size: int, state: StepState) -> Tensor:
         """This process's slice ``[B]`` of the global batch's lambdas."""
-        lam = global_lambdas(self.alpha, batch_size * state.world_size, state.scratch.get("seed", 0),
+        lam = global_lambdas(self.alpha, batch_size * state.world_size, state.seed,
                              state.epoch, state.step)
         return lam[state.rank * batch_size:(state.rank + 1) * batch_size]
 
     def transform_batch(self, batch: Batch, state: StepState) -> Batch:
-        if "pair_images" not in batch.extra or "targets_b" not in batch.extra:
+        if Extra.PAIR_IMAGES not in batch.extra or Extra.TARGETS_B not in batch.extra:
             raise KeyError("pair-mixup needs extra['pair_images'] and extra['targets_b']: "
                            "use the 'paired' sampler (ViewDataset role='pair') with this transform")
-        xa, xb = batch.images, batch.extra["pair_images"]
+        xa, xb = batch.images, batch.extra[Extra.PAIR_IMAGES]
         if xa.shape != xb.shape:
             raise ValueError(f"pair-mixup: images {tuple(xa.shape)} and pair_images {tuple(xb.shape)} differ")
         if not xa.is_floating_point():
@@ -52,6 +52,6 @@ class PairMixup(Part):
         lam = self.lambdas(xa.shape[0], state).to(xa.device, non_blocking=True)
         w = lam.to(xa.dtype).view(-1, *([1] * (xa.dim() - 1)))
         mixed = torch.lerp(xb, xa, w)  # = lam * xa + (1 - lam) * xb
-        extra = {k: v for k, v in batch.extra.items() if k != "pair_images"}
-        extra["lam"] = lam
+        extra = {k: v for k, v in batch.extra.items() if k != Extra.PAIR_IMAGES}
+        extra[Extra.LAM] = lam
         return dataclasses.replace(batch, images=torch.cat([xa, mixed], dim=1), extra=extra)

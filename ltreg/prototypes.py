@@ -186,10 +186,10 @@ class CoresetPrototypes(nn.Module, Part):
             kwargs.setdefault(key, value)
         return cls(**kwargs)
 
-    def _embed(self, idx: Tensor, pipeline: str) -> Tensor:
+    def _embed(self, idx: Tensor, pipeline: str, slot: int = 0) -> Tensor:
         if self.embed is None:
             raise PrototypeError("CoresetPrototypes has no embed function; build it with from_context")
-        return self.embed(idx, pipeline, self.use_key)
+        return self.embed(idx, pipeline, self.use_key, slot)
 
     @torch.no_grad()
     def select(self) -> Tensor:
@@ -206,12 +206,16 @@ class CoresetPrototypes(nn.Module, Part):
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Re-embed the coreset under both view pipelines and store normalised class means."""
+        """Re-embed the coreset under both view pipelines and store normalised class means.
+
+        Each set gets its own augmentation draw (``slot`` q): the paper's two prototype sets come from
+        two augmented views of the coreset, so they differ even when both pipelines have one name.
+        """
         idx = self.indices.cpu()
         y = self.targets[idx].to(self.protos.device)  # idx and targets both on CPU
         counts = torch.bincount(y, minlength=self.num_classes).clamp_min(1)[:, None].to(self.protos.dtype)
         for q, pipeline in enumerate(self.views):
-            e = self._embed(idx, pipeline).to(self.protos.device, self.protos.dtype)
+            e = self._embed(idx, pipeline, slot=q).to(self.protos.device, self.protos.dtype)
             means = torch.zeros_like(self.protos[q]).index_add_(0, y, e) / counts
             self.protos[q] = F.normalize(means, dim=-1)
 

@@ -20,22 +20,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltreg.distributed import unwrap as _unwrap
 from ltreg.losses.classification import global_weight_factor
-from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
+from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState
 
 
 class RebalanceError(ValueError):
     """A rebalancer that cannot apply to this model or data."""
-
-
-def _unwrap(model: Any) -> Any:
-    return getattr(model, "module", model)
 
 
 def _keep_eval(module: nn.Module, args: Any) -> None:
@@ -81,21 +78,24 @@ def _reset_classifier(cls: nn.Module) -> None:
         raise RebalanceError(f"cannot re-initialise classifier {type(cls).__name__}: no reset_parameters / weight")
 
 
-class Rebalancer(nn.Module, Part):
-    """Base of stage-2 rebalancers: attributes the trainer reads, and the setup / loss / finalize hooks.
+class Rebalancer(nn.Module):
+    """Base of stage-2 rebalancers: attributes the loop reads, and the setup / loss / finalize hooks.
 
     The base ``setup`` freezes the whole model and trains nothing (post-hoc rebalancers);
-    the base ``loss`` is CE on the first view's logits.
+    the base ``loss`` is CE on the first view's logits. A rebalancer that tunes on data held out of
+    the training set says so with the class attribute ``needs_holdout``: the run builder carves that
+    split before any part sees the training set.
     """
 
+    needs_holdout: ClassVar[bool] = False
+
     def __init__(self, epochs: int = 0, sampler: str = "class-balanced", sampler_kwargs: dict[str, Any] | None = None,
-                 lr: float | None = None, views: Sequence[str] = ("cls",), freeze_backbone: bool = True,
-                 needs_holdout: bool = False) -> None:
+                 lr: float | None = None, views: Sequence[str] = ("cls",), freeze_backbone: bool = True) -> None:
         super().__init__()
         if epochs < 0:
             raise RebalanceError(f"{type(self).__name__}: epochs must be >= 0, got {epochs}")
         self.epochs, self.sampler, self.sampler_kwargs = int(epochs), sampler, dict(sampler_kwargs or {})
-        self.lr, self.views, self.freeze_backbone, self.needs_holdout = lr, tuple(views), freeze_backbone, needs_holdout
+        self.lr, self.views, self.freeze_backbone = lr, tuple(views), freeze_backbone
         self._hooks: list[Any] = []
 
     def _freeze(self, module: nn.Module) -> None:
@@ -240,8 +240,10 @@ class TauNorm(Rebalancer):
     Never selects on test data: it reads ``ctx.features("holdout")``.
     """
 
+    needs_holdout = True
+
     def __init__(self, grid: Sequence[float] | None = None, split: str = "holdout") -> None:
-        super().__init__(epochs=0, needs_holdout=True)
+        super().__init__(epochs=0)
         self.grid = tuple(grid) if grid is not None else tuple(round(0.1 * i, 1) for i in range(21))
         self.split = split
 

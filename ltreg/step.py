@@ -15,13 +15,26 @@ import torch
 from torch import Tensor
 
 
+class Extra:
+    """Names of the tensors that samplers, batch transforms and parts attach to ``Batch.extra`` /
+    ``Outputs.extra``: one constant per key instead of a bare string in each producer and consumer."""
+
+    PAIR_IMAGES = "pair_images"  # Batch: the paired sampler's second image, [B, V, C, H, W]
+    PAIR_INDEX = "pair_index"  # Batch: its index, [B]
+    TARGETS_B = "targets_b"  # Batch: its label, [B]
+    LAM = "lam"  # Batch: pair-mixup weights of the first image, [B]
+    POSITIVES = "positives"  # Batch: k-global positives, [B, k, V', C, H, W]
+    POSITIVE_INDEX = "positive_index"  # Batch: their indices, [B, k]
+    KEY_Z = "key_z"  # Outputs: momentum-encoder key projections, [B, D]
+    POSITIVES_Z = "positives_z"  # Outputs: key projections of the k-global positives, [B, k, D]
+
+
 @dataclass
 class Batch:
     """One local mini-batch.
 
     ``images`` is ``[B, V, C, H, W]`` (V views per image, per the method's view pipelines);
-    ``extra`` carries what a sampler or batch transform attached, e.g. ``"positives"``
-    (``[B, k, V', C, H, W]`` k-global positives), ``"targets_b"`` and ``"lam"`` (paired mixup).
+    ``extra`` carries what a sampler or batch transform attached, under the names of :class:`Extra`.
     """
 
     images: Tensor
@@ -76,11 +89,13 @@ class StepState:
 
     ``gather`` concatenates a tensor over processes along dim 0 *with* gradient (identity on one
     process); ``gather_nograd`` does the same without it (queues, statistics);
-    ``all_reduce_mean`` averages a tensor over processes.
+    ``all_reduce_mean`` averages a tensor over processes. ``seed`` is the run's one seed (parts
+    that draw random numbers derive their generators from it and ``global_step``).
     """
 
     class_counts: Tensor
     num_classes: int
+    seed: int = 0
     epoch: int = 0
     step: int = 0
     num_epochs: int = 1
@@ -93,7 +108,11 @@ class StepState:
     gather: Callable[[Tensor], Tensor] = _identity
     gather_nograd: Callable[[Tensor], Tensor] = _identity
     all_reduce_mean: Callable[[Tensor], Tensor] = _identity
-    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def global_step(self) -> int:
+        """Steps of the current stage done before this one: ``epoch * steps_per_epoch + step``."""
+        return self.epoch * self.steps_per_epoch + self.step
 
     @property
     def prior(self) -> Tensor:
@@ -104,7 +123,7 @@ class StepState:
     def progress(self) -> float:
         """Fraction of stage-1 training done, in [0, 1]."""
         total = max(1, self.num_epochs * self.steps_per_epoch)
-        return min(1.0, (self.epoch * self.steps_per_epoch + self.step) / total)
+        return min(1.0, self.global_step / total)
 
 
 class Part:
@@ -135,9 +154,10 @@ class Part:
 class BuildContext:
     """What a part's ``from_context(ctx, **kwargs)`` may use when a run builds it.
 
-    ``embed(indices, pipeline, use_key)`` returns normalised projections ``[n, D]`` of training
-    images under one view pipeline, without gradient (key encoder when ``use_key`` and a memory
-    exists), batched and identical on every process. ``features(split)`` returns backbone features
+    ``embed(indices, pipeline, use_key, slot)`` returns normalised projections ``[n, D]`` of training
+    images under one view pipeline, without gradient and in eval mode (key encoder when ``use_key``
+    and a memory exists), batched, independent of the order and grouping of ``indices`` and identical
+    on every process; ``slot`` picks the augmentation draw (two slots: two different views). ``features(split)`` returns backbone features
     and labels of ``"train"`` or ``"holdout"`` (a split held out of the training data, or the
     data set's own validation split) for post-hoc rebalancers.
     """

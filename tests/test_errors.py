@@ -69,8 +69,7 @@ def test_batch_larger_than_epoch_is_named(tmp_path):
 
 def test_hparam_types_from_strings():
     spec = ltreg.get_method("supcon")
-    cfg = resolve_config(spec, {"hparams": {"temperature": "0.2", "stage2_epochs": "3"}})
-    hp = spec.hparams.replace(**cfg.hparams)
+    hp = resolve_config(spec, {"hparams": {"temperature": "0.2", "stage2_epochs": "3"}}).hparams
     assert hp.temperature == 0.2 and hp.stage2_epochs == 3
     with pytest.raises(ConfigError, match="stage2_epochs"):
         spec.hparams.replace(stage2_epochs="2.5")

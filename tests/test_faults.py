@@ -70,7 +70,7 @@ def test_nan_loss_stops_names_step_and_part_and_keeps_last_good_checkpoint(tmp_p
                                 hparams=ltreg.HParams(), model=ltreg.ModelSpec(proj_dim=None))
         cfg = resolve_config(spec, {**tiny, "epochs": 3, "max_steps_per_epoch": 6, "output_dir": str(tmp_path)})
         with pytest.raises(NonFiniteLossError) as err:
-            Trainer(cfg, spec).fit()
+            Trainer(cfg).fit()
     finally:
         registry("losses").unregister("nan-at-step-test")
     msg = str(err.value)

@@ -23,17 +23,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer, hub_env  # noqa: E402
 
 import ltreg  # noqa: E402
+from ltreg.card import PLOT_FILE, RunCard  # noqa: E402
 from ltreg.config import TrainConfig  # noqa: E402
-from ltreg.hub import (  # noqa: E402
-    HEADS_FILE,
-    MODEL_FILES,
-    PLOT_FILE,
-    WEIGHTS_FILE,
-    evaluate_pretrained,
-    from_pretrained,
-    save_pretrained,
-)
-from ltreg.models.ltmodel import LTModel, LTModelConfig  # noqa: E402
+from ltreg.evaluate import evaluate_pretrained  # noqa: E402
+from ltreg.hub import HEADS_FILE, MODEL_FILES, WEIGHTS_FILE  # noqa: E402
+from ltreg.models.ltmodel import LTModel, LTModelConfig, from_pretrained, save_pretrained  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = [120, 50, 18, 7, 3]
@@ -54,11 +48,13 @@ def run_client(server: HubServer, tmp_path: Path, script: str, **env: str) -> An
 
 
 def fake_meta(method: str = "ce") -> dict[str, Any]:
-    """What `Trainer.run_meta` records, for a 5-class toy run."""
+    """What a run's `RunCard` records (as a dict), for a 5-class toy run."""
     return {
         "method": method, "citation": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
-        "hparams": {"tau": 1.0}, "train_config": TrainConfig(method="ce", imbalance=40.0, seed=3).to_dict(),
-        "dataset": {"name": "toy-lt", "info": {"profile": "exp"}, "class_counts": COUNTS, "many_thr": 30, "few_thr": 10,
+        "hparams": {"tau": 1.0}, "recipe": TrainConfig(method="ce", imbalance=40.0, seed=3).recipe_items(),
+        "license": "apache-2.0",
+        "dataset": {"name": "toy-lt", "info": {"profile": "exp", "imbalance": 40.0}, "class_counts": COUNTS,
+                    "many_thr": 30, "few_thr": 10, "hub_id": "org/toy-lt",
                     "class_names": list("abcde"), "test_name": "toy-test", "image_size": 32, "mean": [0.5] * 3,
                     "std": [0.5] * 3},
         "metrics": {"top1": 61.25, "balanced_acc": 60.0, "many": 91.5, "medium": 48.0, "few": 21.125,
@@ -77,7 +73,7 @@ def toy_model(classifier: str = "linear", seed: int = 0) -> LTModel:
 def toy_run(folder: Path, classifier: str = "linear", seed: int = 0, meta: dict | None = None) -> LTModel:
     """A run folder as the trainer leaves it: model files plus metrics and checkpoints."""
     model = toy_model(classifier, seed)
-    save_pretrained(model, folder, run_meta=meta or fake_meta())
+    save_pretrained(model, folder, RunCard.from_dict(meta or fake_meta()))
     (folder / "metrics.json").write_text(json.dumps(fake_meta()["metrics"]))
     (folder / "checkpoints" / "stage1-epoch-1").mkdir(parents=True)
     (folder / "checkpoints" / "stage1-epoch-1" / "model.safetensors").write_bytes(b"not for the Hub")
@@ -204,7 +200,7 @@ def test_model_card_round_trips(hub: HubServer, tmp_path: Path) -> None:
         "lt_profile": {"profile": "exp", "imbalance": 40.0, "seed": 3}, "class_counts": COUNTS,
         "many_thr": 30, "few_thr": 10, "distributions": {"ltreg": ltreg.__version__},
     }
-    assert out["library"] == "timm" and out["license"] == "apache-2.0" and out["datasets"] == ["toy-lt"]
+    assert out["library"] == "timm" and out["license"] == "apache-2.0" and out["datasets"] == ["org/toy-lt"]
     assert {"ltreg", "long-tailed-recognition", "image-classification", "ce"} <= set(out["tags"])
     text = out["text"]
     assert "| Few | 2 | 21.12 |" in text and f"]({PLOT_FILE})" in text and "| weight_decay | 0.0005 |" in text

@@ -49,8 +49,10 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, tiny):
     part = resolve_config(ltreg.get_method("ce"), {**base, "output_dir": str(tmp_path / "part")})
     from ltreg.trainer import Trainer
 
+    from ltreg import loop as loop_module
+
     trainer = Trainer(part)
-    original = trainer._run_epoch
+    original = loop_module.run_epoch
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -59,9 +61,12 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, tiny):
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    trainer._run_epoch = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    loop_module.run_epoch = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    finally:
+        loop_module.run_epoch = original
     assert (tmp_path / "part" / "checkpoints" / "latest").read_text() == "stage1-epoch-2"
     resumed = ltreg.train("ce", output_dir=str(tmp_path / "part"), resume=True, **base)
     a, b = full.model.state_dict(), resumed.model.state_dict()
@@ -72,7 +77,7 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, tiny):
 
 def test_config_layers_and_errors():
     spec = ltreg.get_method("ce")
-    cfg = resolve_config(spec, {"recipe": "cifar100-lt-if50", "epochs": "3"})
+    cfg = resolve_config(spec, {"recipe": "cifar100-lt-if50", "epochs": "3"}).cfg
     assert (cfg.dataset, cfg.imbalance, cfg.backbone, cfg.epochs) == ("cifar100-lt", 50.0, "resnet32", 3)
     assert cfg.milestones == [160, 180]
     with pytest.raises(ConfigError, match="unknown key 'epoch'.*epochs"):

@@ -10,16 +10,19 @@ from typing import Any
 import pytest
 import torch
 
-from ltreg.hub import HEADS_FILE, WEIGHTS_FILE, CheckpointError, MissingPluginWarning, from_pretrained
-from ltreg.models.ltmodel import LTModel
+from ltreg.hub import HEADS_FILE, WEIGHTS_FILE, CheckpointError
+from ltreg.models.ltmodel import LTModel, from_pretrained
+from ltreg.models.pretrained import MissingPluginWarning
 from tests.test_hub import toy_run
 
 
 def edit_config(folder: Path, edit: Any) -> None:
+    """Hand-edit config.json; the edited folder no longer matches its manifest, which goes (a folder from elsewhere)."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
     edit(config)
     path.write_text(json.dumps(config))
+    (folder / "manifest.json").unlink(missing_ok=True)
 
 
 def test_missing_or_corrupt_files_are_named(tmp_path: Path) -> None:
@@ -29,9 +32,14 @@ def test_missing_or_corrupt_files_are_named(tmp_path: Path) -> None:
     for name in (WEIGHTS_FILE, HEADS_FILE):
         data = (tmp_path / name).read_bytes()
         (tmp_path / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(CheckpointError, match=rf"{name} does not match its SHA-256 in manifest.json"):
+            from_pretrained(tmp_path)  # the manifest catches it first
+        manifest = (tmp_path / "manifest.json").read_bytes()
+        (tmp_path / "manifest.json").unlink()
         with pytest.raises(CheckpointError, match=rf"{name} of .* is corrupt or truncated"):
-            from_pretrained(tmp_path)
+            from_pretrained(tmp_path)  # without a manifest, safetensors' own check
         (tmp_path / name).write_bytes(data)
+        (tmp_path / "manifest.json").write_bytes(manifest)
     (tmp_path / HEADS_FILE).unlink()
     with pytest.raises(CheckpointError, match=HEADS_FILE):
         from_pretrained(tmp_path)

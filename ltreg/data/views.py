@@ -16,7 +16,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from ltreg.data.lt import LTDataset
-from ltreg.step import Batch
+from ltreg.step import Batch, Extra
 
 PIPELINES = ("none", "cls", "crop", "sim", "rand", "cifar")
 MODIFIERS = ("erase",)
@@ -126,6 +126,10 @@ class ViewDataset(torch.utils.data.Dataset):
             torch.default_generator.manual_seed(_seed(self.seed, self.epoch, i, slot))
             return torch.stack([p(img) for p in pipelines])
 
+    def view(self, i: int, slot: int = 0) -> Tensor:
+        """Image ``i`` under the first pipeline, augmentation seeded by (seed, epoch, i, ``slot``)."""
+        return self._views(i, self.pipelines[:1], slot)[0]
+
     def __getitem__(self, record: int | Sequence[int]) -> dict[str, Any]:
         if isinstance(record, (tuple, list)):
             i, rest = int(record[0]), [int(r) for r in record[1:]]
@@ -134,12 +138,12 @@ class ViewDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"images": self._views(i, self.pipelines, 0), "target": int(self.data.targets[i]), "index": i}
         if self.role == "pair":
             (j,) = rest
-            item["pair_images"] = self._views(j, self.pipelines, 1)
-            item["targets_b"] = int(self.data.targets[j])
-            item["pair_index"] = j
+            item[Extra.PAIR_IMAGES] = self._views(j, self.pipelines, 1)
+            item[Extra.TARGETS_B] = int(self.data.targets[j])
+            item[Extra.PAIR_INDEX] = j
         elif self.role == "positives":
-            item["positives"] = torch.stack([self._views(j, self.positive_pipelines, 2 + n) for n, j in enumerate(rest)])
-            item["positive_index"] = torch.tensor(rest)
+            item[Extra.POSITIVES] = torch.stack([self._views(j, self.positive_pipelines, 2 + n) for n, j in enumerate(rest)])
+            item[Extra.POSITIVE_INDEX] = torch.tensor(rest)
         return item
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
+from ltreg.step import Batch, Extra, LossOutput, Outputs, StepState, flatten_views
 
 
 def _f32(x: Tensor) -> Tensor:
@@ -204,15 +204,15 @@ class FocalLoss(_LogitLoss):
 
 
 class MixupCE(_LogitLoss):
-    """Mixup CE for paired batches: reads ``batch.extra["targets_b"]`` and ``batch.extra["lam"]`` ``[B]``."""
+    """Mixup CE for paired batches: reads ``batch.extra[Extra.TARGETS_B]`` and ``batch.extra[Extra.LAM]`` ``[B]``."""
 
     part = "mixup_ce"
 
     def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
              reps: int) -> Tensor:
-        if "targets_b" not in batch.extra or "lam" not in batch.extra:
+        if Extra.TARGETS_B not in batch.extra or Extra.LAM not in batch.extra:
             raise ValueError(
                 "MixupCE needs batch.extra['targets_b'] and batch.extra['lam'] (a paired mixup transform)"
             )
-        tb, lam = batch.extra["targets_b"].repeat_interleave(reps), batch.extra["lam"].repeat_interleave(reps)
+        tb, lam = batch.extra[Extra.TARGETS_B].repeat_interleave(reps), batch.extra[Extra.LAM].repeat_interleave(reps)
         return mixup_ce(logits, targets, tb, lam, weight)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ltreg.losses.classification import logit_adjusted_ce
 from ltreg.losses.core import ContrastiveResult, contrastive_loss
-from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
+from ltreg.step import Batch, Extra, LossOutput, Outputs, StepState, flatten_views
 
 Reduction = Literal["mean", "none"]
 
@@ -243,7 +243,7 @@ def state_contrast(
     z: Tensor, outputs: Outputs, batch: Batch, state: StepState, *, include_views: bool = True
 ) -> ContrastSet:
     """The step's global contrast set: gathered views (with gradient), gathered keys and the queue if present."""
-    keys = outputs.extra.get("key_z")
+    keys = outputs.extra.get(Extra.KEY_Z)
     memory = state.memory
     return contrast_set(
         z,
@@ -284,18 +284,18 @@ class KCLLoss(nn.Module):
     seeded from ``(seed, epoch, step, rank)``."""
 
     def __init__(
-        self, *, temperature: float = 0.07, k: int = 6, views: tuple[int, ...] | None = None, seed: int = 0
+        self, *, temperature: float = 0.07, k: int = 6, views: tuple[int, ...] | None = None
     ) -> None:
         super().__init__()
         if k < 0:
             raise ValueError(f"KCL k must be >= 0, got {k}")
-        self.temperature, self.k, self.views, self.seed = temperature, k, views, seed
+        self.temperature, self.k, self.views = temperature, k, views
 
     def forward(self, outputs: Outputs, batch: Batch, state: StepState) -> LossOutput:
         z = _select(outputs.z, self.views)
         cs = state_contrast(z, outputs, batch, state, include_views=False)
-        step = state.epoch * state.steps_per_epoch + state.step
-        gen = torch.Generator(device=z.device).manual_seed((self.seed * 1_000_003 + step) * 4099 + state.rank)
+        seed = (state.seed * 1_000_003 + state.global_step) * 4099 + state.rank  # the run's --seed
+        gen = torch.Generator(device=z.device).manual_seed(seed)
         res = kcl(
             z,
             batch.targets,

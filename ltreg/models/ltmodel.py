@@ -7,53 +7,26 @@ method's loss picks the views and heads it needs. The backbone is timm's with ``
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass, field
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ltreg.models.cifar_resnet  # noqa: F401 - registers resnet8/20/32/... into timm
+from ltreg.card import RunCard
+from ltreg.hub import push_run
+from ltreg.models import pretrained
+from ltreg.models.config import LTModelConfig, ModelConfigError
+from ltreg.models.heads import CosineLinear, projector
 from ltreg.step import Outputs
 
-
-class ModelConfigError(ValueError):
-    """An unknown backbone or an inconsistent head configuration."""
-
-
-@dataclass
-class LTModelConfig:
-    """Everything needed to rebuild an :class:`LTModel` (saved as part of ``config.json``)."""
-
-    backbone: str = "resnet8"
-    num_classes: int = 10
-    in_chans: int = 3
-    classifier: str = "linear"  # "linear" | "cosine"
-    cosine_scale: float = 30.0
-    proj_dim: int | str | None = 128  # "width": as wide as the backbone features (ECL's CC-GE needs d = D)
-    proj_hidden: int | None = None
-    proj_bn: bool = False
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class CosineLinear(nn.Module):
-    """u_c = s * cos(h, w_c): the NormedLinear classifier of BCL / ECL (s = 30)."""
-
-    def __init__(self, in_features: int, out_features: int, scale: float = 30.0) -> None:
-        super().__init__()
-        self.scale = scale
-        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1) / math.sqrt(in_features))
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.scale * F.normalize(h, dim=-1) @ F.normalize(self.weight, dim=-1).t()
+__all__ = ["LTModel", "LTModelConfig", "ModelConfigError", "CosineLinear", "create_backbone", "from_pretrained",
+           "load_backbone", "save_pretrained", "push_to_hub"]
 
 
 def create_backbone(name: str, in_chans: int, **kwargs: Any) -> nn.Module:
@@ -86,15 +59,7 @@ class LTModel(nn.Module):
             config.proj_dim = width
         elif isinstance(config.proj_dim, str):
             raise ModelConfigError(f"proj_dim must be an int, None or 'width', got {config.proj_dim!r}")
-        if config.proj_dim:
-            hidden = config.proj_hidden or width
-            layers: list[nn.Module] = [nn.Linear(width, hidden)]
-            if config.proj_bn:
-                layers.append(nn.BatchNorm1d(hidden))
-            layers += [nn.ReLU(inplace=True), nn.Linear(hidden, config.proj_dim)]
-            self.projector: nn.Module = nn.Sequential(*layers)
-        else:
-            self.projector = nn.Identity()
+        self.projector = projector(width, config.proj_hidden, config.proj_dim, config.proj_bn)
         if config.classifier == "cosine":
             self.classifier: nn.Module = CosineLinear(width, config.num_classes, config.cosine_scale)
         else:
@@ -133,20 +98,39 @@ class LTModel(nn.Module):
     @classmethod
     def from_pretrained(cls, repo_or_dir: str | os.PathLike, *, revision: str | None = None,
                         trust_remote_pickle: bool = False) -> LTModel:
-        """A model folder or Hub repo id written by :meth:`save_pretrained` (see :func:`ltreg.hub.from_pretrained`)."""
-        from ltreg.hub import from_pretrained
+        """A model folder or Hub repo id written by :meth:`save_pretrained`, in eval mode."""
+        return pretrained.load_pretrained(cls, repo_or_dir, revision, trust_remote_pickle)[0]
 
-        return from_pretrained(repo_or_dir, revision=revision, trust_remote_pickle=trust_remote_pickle)
-
-    def save_pretrained(self, directory: str | os.PathLike, run_meta: dict[str, Any] | None = None) -> Path:
-        """Config, safetensors weights and model card in ``directory`` (see :func:`ltreg.hub.save_pretrained`)."""
-        from ltreg.hub import save_pretrained
-
-        return save_pretrained(self, directory, run_meta=run_meta)
+    def save_pretrained(self, directory: str | os.PathLike, card: RunCard | None = None) -> Path:
+        """Config, safetensors weights, heads, model card and manifest in ``directory``."""
+        return pretrained.save_pretrained(self, directory, card)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, revision: str | None = None,
-                    token: str | None = None, run_meta: dict[str, Any] | None = None) -> str:
-        """Save to a temporary folder and push it in one commit (see :func:`ltreg.hub.push_to_hub`)."""
-        from ltreg.hub import push_to_hub
+                    token: str | None = None, card: RunCard | None = None) -> str:
+        """Save to a temporary folder and push it in one commit; the folder is kept if the push fails."""
+        folder = Path(tempfile.mkdtemp(prefix="ltreg-push-"))
+        self.save_pretrained(folder, card)
+        url = push_run(folder, repo_id, private=private, revision=revision, token=token)
+        shutil.rmtree(folder)
+        return url
 
-        return push_to_hub(self, repo_id, private=private, revision=revision, token=token, run_meta=run_meta)
+
+def from_pretrained(repo_or_dir: str | os.PathLike, *, revision: str | None = None,
+                    trust_remote_pickle: bool = False) -> LTModel:
+    """An :class:`LTModel` (eval mode) from a folder written by :func:`save_pretrained` or a Hub repo id."""
+    return LTModel.from_pretrained(repo_or_dir, revision=revision, trust_remote_pickle=trust_remote_pickle)
+
+
+def load_backbone(repo_or_dir: str | os.PathLike, **kwargs: Any) -> nn.Module:
+    """The timm backbone alone (``model(x)`` gives pooled features), eval mode."""
+    return from_pretrained(repo_or_dir, **kwargs).backbone.eval()
+
+
+def save_pretrained(model: LTModel, directory: str | os.PathLike, card: RunCard | None = None) -> Path:
+    """See :meth:`LTModel.save_pretrained`."""
+    return model.save_pretrained(directory, card)
+
+
+def push_to_hub(model: LTModel, repo_id: str, **kwargs: Any) -> str:
+    """See :meth:`LTModel.push_to_hub`."""
+    return model.push_to_hub(repo_id, **kwargs)

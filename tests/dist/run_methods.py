@@ -65,15 +65,15 @@ def main() -> None:
             "output_dir": str(out / name), "log_every": 1, "lr": 0.01, "checkpoint_every": 5,
             "hparams": {}, "eval_batch_size": 512, "dataset": "digits-lt",
         })
-        trainer = Trainer(cfg, spec)
-        init = {k: v.detach().float().clone() for k, v in trainer.model.state_dict().items()}
+        trainer = Trainer(cfg)
+        init = {k: v.detach().float().clone() for k, v in trainer.run.model.state_dict().items()}
         result = trainer.fit()
-        if trainer.accelerator.is_main_process:
+        if trainer.run.accelerator.is_main_process:
             save_file(init, str(out / name / "init_state.safetensors"))
             state = {k: v.detach().float().contiguous() for k, v in result.model.state_dict().items()}
             save_file(state, str(out / name / "final_state.safetensors"))
             (out / name / "history.json").write_text(json.dumps(result.history))
-        trainer.accelerator.wait_for_everyone()
+        trainer.run.accelerator.wait_for_everyone()
     print("done", file=sys.stderr)
 
 

@@ -17,7 +17,7 @@ from ltreg.data.views import ViewDataset
 from ltreg.method import build_part
 from ltreg.prototypes import ClassifierPrototypes
 from ltreg.step import Batch, BuildContext, Outputs, StepState
-from ltreg.trainer import build_data
+from ltreg.data.build import build_data
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
 B, V, D, C = 6, 2, 5, 4
@@ -301,7 +301,7 @@ def test_trains_through_the_registry_and_reloads(tmp_path):
     assert (result.run_dir / "model.safetensors").is_file() and (result.run_dir / "config.json").is_file()
     loaded = ltreg.LTModel.from_pretrained(result.run_dir)
     assert loaded.config.proj_dim == loaded.num_features
-    test = build_data(result.config).test
+    test = build_data(result.config.data_args()).test
     views = ViewDataset(test, ("none",))
     x = torch.stack([views[i]["images"][0] for i in range(16)])
     result.model.eval()

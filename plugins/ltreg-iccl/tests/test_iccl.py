@@ -105,7 +105,7 @@ def test_stage2_switch_reaches_kd_rebalance(finetune: bool) -> None:
 
 
 def test_recipes_carry_paper_numbers_and_cifar_switches() -> None:
-    cfg = resolve_config(ICCL, {"recipe": "cifar100-lt-if100"})
+    cfg = resolve_config(ICCL, {"recipe": "cifar100-lt-if100"}).cfg
     assert (cfg.dataset, cfg.imbalance, cfg.backbone, cfg.epochs) == ("cifar100-lt", 100.0, "resnet32", 200)
     assert cfg.hparams == {"uniform_weight_after_warmup": 0.0, "stage2_finetune_backbone": True}
     assert ICCL.recipe("cifar100-lt-if100").paper == {"All": 46.6}
@@ -113,7 +113,7 @@ def test_recipes_carry_paper_numbers_and_cifar_switches() -> None:
     assert [ICCL.recipe(f"cifar100-lt-if{i}").paper["All"] for i in (100, 50, 10)] == [46.6, 51.6, 62.1]
     assert ICCL.recipe("imagenet-lt-x50").paper == {"All": 54.0, "Many": 60.7, "Medium": 52.9, "Few": 39.0}
     assert ICCL.recipe("inat2018-r50").paper["All"] == 70.5
-    big = resolve_config(ICCL, {"recipe": "imagenet-lt-x50"})
+    big = resolve_config(ICCL, {"recipe": "imagenet-lt-x50"}).cfg
     assert big.backbone == "resnext50_32x4d" and big.hparams == {}
     with pytest.raises(ConfigError, match="warmup_fraction"):
         ICCL.hparams.replace(warmup_fraction="1.5")
@@ -237,7 +237,7 @@ def test_trains_both_phases_and_kd_stage_on_digits(tmp_path) -> None:
 
     cfg = resolve_config(ICCL, {**TINY, "output_dir": str(tmp_path / "run"), "stage2_epochs": 1,
                                 "hparams": {"stage2_finetune_backbone": True}})
-    trainer = Trainer(cfg, ICCL)
+    trainer = Trainer(cfg)
     result = trainer.fit()
     s1 = [r for r in result.history if r["stage"] == 1]
     assert "cc" in s1[0] and "icc" not in s1[0]  # epoch 1 of 2 is the warm-up
@@ -246,7 +246,7 @@ def test_trains_both_phases_and_kd_stage_on_digits(tmp_path) -> None:
     assert len(s2) == 1 and "kd" in s2[0]
     for row in result.history:
         assert all(math.isfinite(v) for k, v in row.items() if isinstance(v, float))
-    ema = trainer.parts["prototypes"]
+    ema = trainer.run.parts.prototypes
     assert bool(ema.initialized.all())
     torch.testing.assert_close(ema.centers.norm(dim=1), torch.ones(ema.centers.shape[0]))
     assert 0 <= result.metrics["top1"] <= 100 and (tmp_path / "run" / "model.safetensors").is_file()

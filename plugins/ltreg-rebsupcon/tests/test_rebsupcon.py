@@ -213,9 +213,9 @@ def test_spec_parts_recipes_and_errors():
 def _test_images(n: int = 16) -> torch.Tensor:
     from ltreg.config import TrainConfig
     from ltreg.data.views import ViewDataset, collate
-    from ltreg.trainer import build_data
+    from ltreg.data.build import build_data
 
-    test = build_data(TrainConfig(dataset="digits-lt")).test
+    test = build_data(TrainConfig(dataset="digits-lt").data_args()).test
     vds = ViewDataset(test, ("none",))
     return collate([vds[i] for i in range(n)]).images[:, 0]
 

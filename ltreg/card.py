@@ -1,0 +1,204 @@
+"""The run's record (:class:`RunCard`) and the model card and plot written from it.
+
+A finished run hands one typed :class:`RunCard` to ``save_pretrained``; it is stored in
+``config.json`` (the ``ltreg`` block) and rendered as ``README.md`` (YAML metadata with
+``model-index`` results, then the body for people) and ``per_class_accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import timm
+from huggingface_hub import EvalResult, ModelCardData
+
+import ltreg
+from ltreg.registry import IN_PROCESS
+
+PLOT_FILE = "per_class_accuracy.png"
+#: Stands for the repo id in the card's snippets; a push writes the real id into the uploaded copy.
+REPO_PLACEHOLDER = "<repo_id>"
+SPLITS = (("top1", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"))
+
+
+@dataclass
+class DatasetRecord:
+    """The training data of a run as the card and ``ltreg eval`` need it (``builder_args`` rebuild it)."""
+
+    name: str
+    test_name: str = ""
+    class_counts: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    many_thr: int = 100
+    few_thr: int = 20
+    image_size: int = 32
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    builder_args: dict[str, Any] = field(default_factory=dict)
+    hub_id: str | None = None  # the Hub data set id, when the data came from the Hub
+
+
+@dataclass
+class RunCard:
+    """What a run records about itself for ``config.json``, the model card and ``metrics.json``.
+
+    ``recipe`` holds the training settings that change the result (one value per setting, as run);
+    ``metrics`` the test metrics without the per-class list, which is ``per_class``.
+    """
+
+    method: str | None = None
+    citation: str = ""
+    hparams: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    dataset: DatasetRecord | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    per_class: list[float | None] | None = None
+    license: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunCard:
+        """The card from a ``config.json`` ltreg block; unknown keys are ignored (data, not instructions)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        ds = values.get("dataset")
+        if isinstance(ds, dict):
+            ds_known = {f.name for f in fields(DatasetRecord)}
+            values["dataset"] = DatasetRecord(**{k: v for k, v in ds.items() if k in ds_known}) if "name" in ds else None
+        elif ds is not None:
+            values["dataset"] = None
+        return cls(**values)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plot_per_class(card: RunCard, path: Path) -> bool:
+    """Per-class test accuracy against training count (log x), coloured by split; False if no data."""
+    ds = card.dataset
+    if ds is None or not ds.class_counts or not card.per_class:
+        return False
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # matplotlib is the optional "plot" extra
+        return False
+    many, few = ds.many_thr, ds.few_thr
+    fig = Figure(figsize=(6, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, color, keep in (("many", "tab:blue", lambda n: n > many), ("medium", "tab:orange", lambda n: few <= n <= many),
+                               ("few", "tab:red", lambda n: n < few)):  # fmt: skip
+        pts = [(n, a) for n, a in zip(ds.class_counts, card.per_class) if a is not None and keep(n)]
+        if pts:
+            ax.scatter(*zip(*pts), s=14, color=color, label=f"{label} ({len(pts)})")
+    for thr in (many, few):
+        ax.axvline(thr, color="grey", lw=0.8, ls="--")
+    ax.set(xscale="log", xlabel="training images of the class (log)", ylabel="test top-1 %", ylim=(-3, 103),
+           title="per-class test accuracy against training frequency")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return True
+
+
+def _results(card: RunCard) -> list[EvalResult]:
+    ds, m = card.dataset, card.metrics
+    if ds is None:
+        return []
+    return [EvalResult(task_type="image-classification", dataset_type=ds.name, dataset_name=ds.test_name or ds.name,
+                       dataset_split="test", metric_type="accuracy", metric_name=f"top-1 ({label.lower()})",
+                       metric_value=round(float(m[key]), 4))
+            for key, label in SPLITS if isinstance(m.get(key), (int, float)) and m[key] == m[key]]
+
+
+def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str:
+    """README.md: YAML metadata (``model-index``, an ``ltreg:`` block) and a body for people."""
+    model_cfg = config["ltreg"]["model"]
+    arch, method, ds, metrics = config["architecture"], card.method, card.dataset, card.metrics
+    name = ds.name if ds else None
+    counts = ds.class_counts if ds else []
+    block: dict[str, Any] = {"distributions": {"ltreg": ltreg.__version__}}
+    if method:
+        dist, version = config["ltreg"].get("dist", IN_PROCESS), config["ltreg"].get("dist_version", "")
+        info = ds.info if ds else {}
+        block = {"method": method, "distribution": dist, "hparams": card.hparams, "dataset": name,
+                 "lt_profile": {"profile": info.get("profile"),
+                                "imbalance": info.get("imbalance") or (max(counts) / min(counts) if counts else None),
+                                "seed": card.recipe.get("seed")},
+                 "class_counts": counts, "many_thr": ds.many_thr if ds else None, "few_thr": ds.few_thr if ds else None,
+                 "distributions": {**block["distributions"], **({dist: version} if dist != IN_PROCESS else {})}}
+    results = _results(card)
+    data = ModelCardData(
+        library_name="timm", license=card.license, pipeline_tag="image-classification",
+        tags=["ltreg", "timm", "image-classification", "long-tailed-recognition", *([method] if method else [])],
+        datasets=[ds.hub_id] if ds and ds.hub_id else None,
+        model_name=f"{arch}-{method}-{name}" if results else None, eval_results=results or None, ltreg=block,
+    )
+    title = f"{method} on {name} ({arch})" if method else f"ltreg model ({arch}, {model_cfg['num_classes']} classes)"
+    body = [f"# {title}", "",
+            f"A long-tailed image classifier saved by [ltreg](https://pypi.org/project/ltreg/) {ltreg.__version__}: "
+            f"timm backbone `{arch}`, {model_cfg['classifier']} classifier over {model_cfg['num_classes']} classes"
+            + (f", trained with the method **{method}** on **{name}**." if method else "."),
+            "", f"Parameters: {config.get('num_parameters', 0) / 1e6:.2f} M; input "
+            f"{'×'.join(str(v) for v in config['pretrained_cfg']['input_size'])}."]
+    if results and ds:
+        body += ["", f"## Results (top-1 %, {ds.test_name or name})", "",
+                 "| split | classes | top-1 % |", "|---|---:|---:|"]
+        n_all = sum(metrics.get(f"num_{g}", 0) for g in ("many", "medium", "few"))
+        for key, label in SPLITS:
+            n = n_all if key == "top1" else metrics.get(f"num_{key}", "")
+            value = float(metrics.get(key, float("nan")))
+            body.append(f"| {label} | {n} | {'–' if value != value else f'{value:.2f}'} |")
+        body += ["", f"Many-shot: > {ds.many_thr} training images; few-shot: < {ds.few_thr}."]
+    if plot:
+        body += ["", f"![per-class test accuracy against training frequency]({PLOT_FILE})"]
+    if method and ds:
+        rows: list[tuple[str, Any]] = [
+            ("method", method), ("backbone", arch),
+            ("classifier", model_cfg["classifier"] + (f" (s = {model_cfg['cosine_scale']:g})"
+                                                      if model_cfg["classifier"] == "cosine" else "")),
+            ("projection head", model_cfg["proj_dim"] or "none"),
+            ("data set", f"{name}, {block['lt_profile']['profile']} profile, imbalance "
+                         f"{_fmt(block['lt_profile']['imbalance'])}, {sum(counts)} training images")]
+        rows += [(k, v) for k, v in card.recipe.items() if v not in (None, [])]
+        rows += [(f"hparams.{k}", v) for k, v in card.hparams.items()]
+        body += ["", "## Training recipe", "", "| setting | value |", "|---|---|"]
+        body += [f"| {k} | {_fmt(v)} |" for k, v in rows]
+    body += _usage(arch, config)
+    if model_cfg["classifier"] == "cosine":
+        body += ["", "The classifier is cosine: timm's linear head holds `s * w_c / ||w_c||` with zero bias, so timm's "
+                 "logits are ltreg's times the feature norm: the same predictions (argmax), not the same logits."]
+    if card.citation:
+        body += ["", "## Citation", "", card.citation]
+    return f"---\n{data.to_yaml()}\n---\n" + "\n".join(body).rstrip() + "\n"
+
+
+def _usage(arch: str, config: dict[str, Any]) -> list[str]:
+    """How to load: ltreg, then timm alone with its own preprocessing from ``pretrained_cfg``."""
+    lines = ["", "## How to load", "", f"Replace `{REPO_PLACEHOLDER}` with the Hub repo id or a local folder.", "",
+             "```python", "import ltreg", "",
+             f'model = ltreg.from_pretrained("{REPO_PLACEHOLDER}")  # LTModel, eval mode',
+             "logits = model.predict(images)  # images [N, C, H, W], normalised with config.json's mean / std",
+             f'backbone = ltreg.load_backbone("{REPO_PLACEHOLDER}")  # timm backbone: pooled features',
+             "```", "", "With timm alone (backbone + classifier, no projection head), preprocessing included:", "",
+             "```python", "import timm, torch", "from PIL import Image"]
+    if timm.models.model_entrypoint(arch).__module__.startswith("ltreg"):
+        lines.append(f"import ltreg.models.cifar_resnet  # registers {arch} into timm")
+    lines += ["", f'model = timm.create_model("hf-hub:{REPO_PLACEHOLDER}", pretrained=True).eval()',
+              "cfg = timm.data.resolve_data_config({}, model=model)",
+              "transform = timm.data.create_transform(**cfg)",
+              'image = Image.open("image.png").convert("RGB" if cfg["input_size"][0] == 3 else "L")',
+              "with torch.no_grad():",
+              "    probs = model(transform(image).unsqueeze(0)).softmax(-1)",
+              "print(probs.argmax(-1))  # class index; names: label_names in config.json", "```"]
+    return lines

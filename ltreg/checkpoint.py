@@ -1,0 +1,266 @@
+"""Training checkpoints and the one atomic file writer.
+
+A checkpoint is a folder ``RUN/checkpoints/<name>/`` holding Accelerate's state (optimizer,
+scheduler, RNG), the model and part tensors as ``ltreg_state.safetensors``, ``trainer_state.json``
+and ``manifest.json`` (SHA-256 of every other file). It is written under a temporary name, verified,
+renamed, and only then does the pointer ``checkpoints/latest`` move to it (atomically). Every path
+this module reads from a file is confined to the checkpoints folder: a pointer is a plain folder
+name, never a path to follow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+WEIGHTS = "ltreg_state.safetensors"
+STATE = "trainer_state.json"
+MANIFEST = "manifest.json"
+POINTER = "latest"
+#: A checkpoint's folder name: what ``latest`` may hold (no separators, no dots in front).
+NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model folder that cannot be used as asked: missing, corrupt, mismatched or unsafe."""
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a part.
+
+    The bytes go to a hidden temporary file in the same folder, are flushed and fsynced, and the
+    file is renamed over ``path`` (``os.replace`` is atomic on one file system).
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(raw)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, files: list[str] | None = None) -> None:
+    """``manifest.json``: name -> SHA-256 of each listed file (default: every regular file in ``folder``)."""
+    names = files if files is not None else sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST
+                                                   and not p.name.startswith("."))
+    digest = {name: sha256(folder / name) for name in names if (folder / name).is_file()}
+    write_atomic(folder / MANIFEST, json.dumps({"sha256": digest}, indent=1))
+
+
+def verify_manifest(folder: Path, label: str, required: bool = True) -> None:
+    """Check every file the manifest lists against its SHA-256; a mismatch names the file and the fix."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        if required:
+            raise CheckpointError(f"{label} has no {MANIFEST}: it was not written completely by ltreg; "
+                                  f"delete it and resume from an earlier checkpoint or train again")
+        return
+    try:
+        digest = json.loads(path.read_text())["sha256"]
+        items = [(str(k), str(v)) for k, v in digest.items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{MANIFEST} of {label} is corrupt ({exc}); the folder cannot be verified") from exc
+    for name, want in items:
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise CheckpointError(f"{MANIFEST} of {label} names {name!r}, which is not a plain file name: refused")
+        file = folder / name
+        if not file.is_file():  # a missing file is named by whoever needs it, with what to do
+            continue
+        if sha256(file) != want:
+            raise CheckpointError(
+                f"{label}: {name} does not match its SHA-256 in {MANIFEST} (corrupted on disk or edited). "
+                f"Delete the folder and resume from an earlier checkpoint, or train / download it again"
+            )
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint records besides tensors: where the run stood and the settings it ran with."""
+
+    stage: int
+    epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> TrainerState:
+        try:
+            raw = json.loads(path.read_text())
+            return cls(stage=int(raw["stage"]), epoch=int(raw["epoch"]), history=list(raw.get("history", [])),
+                       fingerprint=dict(raw.get("fingerprint", {})))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path} is missing or corrupt ({exc})") from exc
+
+
+def module_tensors(modules: dict[str, nn.Module]) -> dict[str, Tensor]:
+    """Every module's state dict under ``"<prefix>.<key>"``, on CPU and contiguous (safetensors needs both)."""
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous()
+            for prefix, mod in modules.items() for k, v in mod.state_dict().items()}
+
+
+def load_module_tensors(path: Path, modules: dict[str, nn.Module]) -> None:
+    """Load ``module_tensors`` output back; a shape or key mismatch names the module and the tensor."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated ({exc})") from exc
+    for prefix, mod in modules.items():
+        mine = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        try:
+            mod.load_state_dict(mine)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not fit this run's {prefix} ({str(exc).splitlines()[0]}...): it was "
+                                  f"written by a run with other settings") from exc
+
+
+RUN_FILES = ("config.json", "model.safetensors", "ltreg_heads.safetensors", "metrics.json", "metrics.csv",
+             "README.md", "per_class_accuracy.png", MANIFEST)
+
+
+def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool = True) -> None:
+    """Never overwrite an existing run unasked: a folder holding a run needs ``--resume`` or ``--overwrite``.
+
+    With ``overwrite`` the old run's checkpoints and model files are removed (only those, and only
+    inside ``run_dir``; a symbolic link is removed, never followed).
+    """
+    ckpt = run_dir / "checkpoints"
+    present = [n for n in RUN_FILES if (run_dir / n).exists()] + (["checkpoints/"] if ckpt.exists() else [])
+    if not present or resume:
+        return
+    if not overwrite:
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({', '.join(present[:4])}{' ...' if len(present) > 4 else ''}). "
+            f"Pass --resume to continue it, --overwrite to start over (its checkpoints and model files are "
+            f"deleted), or --output-dir for a new folder"
+        )
+    if not delete:  # other processes: the main process deletes
+        return
+    if ckpt.is_symlink() or ckpt.is_file():
+        ckpt.unlink()
+    elif ckpt.is_dir():
+        shutil.rmtree(ckpt)
+    for name in RUN_FILES:
+        f = run_dir / name
+        if f.is_symlink() or f.is_file():
+            f.unlink()
+
+
+class Checkpoints:
+    """Save / find / load the checkpoints of one run folder (``run_dir/checkpoints``)."""
+
+    def __init__(self, run_dir: Path, accelerator: Any) -> None:
+        self.root = Path(run_dir) / "checkpoints"
+        self.accelerator = accelerator
+
+    def _confined(self, name: str) -> Path | None:
+        """``root/name`` if ``name`` is a checkpoint folder name and the folder is a real one inside root."""
+        if not NAME.match(name):
+            return None
+        path = self.root / name
+        if path.is_symlink() or not path.is_dir() or path.resolve().parent != self.root.resolve():
+            return None
+        return path
+
+    def existing(self) -> list[Path]:
+        """Checkpoint folders present, pointer or not (by name, oldest first)."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if self._confined(p.name) is not None]
+        return sorted(found, key=lambda p: (p.name[:6], int(p.name.rsplit("-", 1)[1])))
+
+    def latest(self) -> Path | None:
+        """The folder ``latest`` names, if it is a checkpoint folder inside root; else None."""
+        pointer = self.root / POINTER
+        if not pointer.is_file() or pointer.is_symlink():
+            return None
+        try:
+            name = pointer.read_text(errors="strict").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return self._confined(name)
+
+    def save(self, name: str, modules: dict[str, nn.Module], state: TrainerState) -> Path:
+        """Write checkpoint ``name`` (collective: every process calls it), then move the pointer."""
+        if not NAME.match(name):
+            raise CheckpointError(f"invalid checkpoint name {name!r}")
+        acc = self.accelerator
+        tmp = self.root / f".tmp-{name}"
+        if acc.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)  # optimizer, scheduler, RNG states of every process
+        acc.wait_for_everyone()  # every process has written its RNG state before the rename
+        final = self.root / name
+        if acc.is_main_process:
+            save_file(module_tensors(modules), str(tmp / WEIGHTS))
+            write_atomic(tmp / STATE, json.dumps(asdict(state), indent=1, default=str))
+            write_manifest(tmp)
+            previous = self.latest()
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            write_atomic(self.root / POINTER, name)
+            if previous is not None and previous != final:  # confined by latest(): inside root
+                shutil.rmtree(previous)
+        acc.wait_for_everyone()
+        return final
+
+    def resume_point(self) -> Path | None:
+        """The checkpoint ``--resume`` continues from; None when the run has none yet.
+
+        Checkpoint folders without a valid ``latest`` pointer are an error, not a fresh start: starting
+        over would later delete them.
+        """
+        path = self.latest()
+        if path is None and (found := self.existing()):
+            raise CheckpointError(
+                f"{self.root} holds checkpoints ({', '.join(p.name for p in found)}) but its '{POINTER}' pointer is "
+                f"missing or invalid. Write the name of the one to continue from into {self.root / POINTER} "
+                f"(e.g. `echo {found[-1].name} > {self.root / POINTER}`), or start over with --overwrite"
+            )
+        return path
+
+    def load(self, path: Path, modules: dict[str, nn.Module], fingerprint: dict[str, Any] | None = None) -> TrainerState:
+        """Verify and load checkpoint ``path`` into the prepared objects and ``modules``.
+
+        ``fingerprint`` (the settings that change the result) must equal the one the checkpoint was
+        written with; a difference is named before anything is loaded.
+        """
+        verify_manifest(path, f"checkpoint {path}")
+        state = TrainerState.read(path / STATE)
+        if fingerprint is not None and state.fingerprint != fingerprint:
+            diff = [f"{k}: {state.fingerprint.get(k)!r} in the run, {fingerprint.get(k)!r} now"
+                    for k in sorted(set(state.fingerprint) | set(fingerprint)) if state.fingerprint.get(k) != fingerprint.get(k)]
+            raise CheckpointError(
+                f"--resume would continue {path.parent.parent} with other settings than it was trained with ("
+                + "; ".join(diff[:6]) + "). Resume with the same settings, or train into a new --output-dir"
+            )
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as exc:  # noqa: BLE001 - accelerate/torch raise many kinds for a bad state file
+            raise CheckpointError(f"cannot load the optimizer / scheduler / RNG state of {path} "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        load_module_tensors(path / WEIGHTS, modules)
+        return state

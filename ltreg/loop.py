@@ -1,0 +1,174 @@
+"""The one training loop: runs what :func:`ltreg.run.build_run` built, stage by stage.
+
+``fit(run)``: for each stage (1: the method's loss; 2: the rebalancer's, when declared) run its
+epochs -- part hooks, forward, loss, backward, optimizer step -- write a checkpoint after each
+epoch, then evaluate on the test split and save the model folder with its card. A killed run
+resumes from the last checkpoint bit-identically (``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ltreg import distributed as D
+from ltreg.card import RunCard
+from ltreg.checkpoint import TrainerState, write_atomic
+from ltreg.config import TrainConfig
+from ltreg.evaluate import evaluate, format_table
+from ltreg.models.ltmodel import LTModel
+from ltreg.run import Run, StageSetup, TrainingError, run_card, stage1_setup, stage2_setup
+from ltreg.runlog import RunLog
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss (or one of its parts) became NaN or infinite; the run stopped at the last good checkpoint."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: its folder, final metrics, per-epoch history and the model."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: LTModel
+    config: TrainConfig
+
+
+def _check_finite(run: Run, bad_step: Tensor, bad_mask: Tensor | None, names: list[str], stage: int) -> None:
+    """Raise :class:`NonFiniteLossError` when any process saw a non-finite loss (one collective, host sync)."""
+    step = int(D.all_reduce_sum((bad_step >= 0).float() * (bad_step + 1)).item())
+    if step > 0 and bad_mask is not None:
+        bad = [n for n, b in zip(names, bad_mask.tolist()) if b]
+        kept = run.checkpoints.latest()
+        raise NonFiniteLossError(
+            f"non-finite loss at stage {stage}, global step {int(bad_step.clamp(min=0).item())} (parts: {', '.join(bad) or 'loss'}). "
+            f"The run stopped; the last good checkpoint {'is ' + str(kept) if kept else 'does not exist yet'}. "
+            f"Lower the learning rate, check the temperature, or use mixed_precision=no, then resume with --resume."
+        )
+
+
+def run_epoch(run: Run, st: StageSetup, epoch: int) -> dict[str, Any]:
+    """One epoch of stage ``st``: returns its row (mean loss parts, lr, steps, seconds)."""
+    acc, state, model = run.accelerator, run.state, run.model
+    state.epoch = run.passes.epoch = epoch
+    st.loader.set_epoch(epoch)
+    st.loader.view_dataset.set_epoch(epoch)
+    st.loader.ltreg_sampler.set_epoch(epoch)
+    start = time.time()  # the epoch's time includes its start hooks (e.g. coreset prototypes)
+    for h in st.hooks:
+        h.on_epoch_start(state)
+    names: list[str] = []
+    sums: Tensor | None = None
+    bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
+    bad_mask: Tensor | None = None
+    steps = 0
+    for i, batch in enumerate(st.loader):
+        if i >= st.steps_per_epoch:
+            break
+        state.step = i
+        for h in st.hooks:
+            batch = h.transform_batch(batch, state)
+        with acc.accumulate(model):
+            with acc.autocast():
+                outputs = model(batch.images if st.query_views is None else batch.images[:, st.query_views])
+                for h in st.hooks:
+                    h.on_forward(outputs, batch, state)
+                out = st.loss(outputs, batch, state)
+            acc.backward(out.total)
+            if acc.sync_gradients:
+                D.sync_gradients([p for g in st.optimizer.param_groups for p in g["params"]])
+            st.optimizer.step()
+            st.scheduler.step()
+            st.optimizer.zero_grad(set_to_none=True)
+        if acc.sync_gradients:
+            for h in st.hooks:
+                h.on_step_end(outputs, batch, state)
+        names = names or ["loss", *out.parts]
+        vec = torch.stack([out.total.detach().float(), *[v.detach().float() for v in out.parts.values()]])
+        finite = torch.isfinite(vec)
+        first = (bad_step < 0) & ~finite.all()
+        bad_step = torch.where(first, torch.full_like(bad_step, state.global_step), bad_step)
+        bad_mask = torch.where(first, ~finite, bad_mask if bad_mask is not None else torch.zeros_like(finite))
+        sums = vec if sums is None else sums + vec
+        steps += 1
+        if (i + 1) % run.cfg.log_every == 0:
+            _check_finite(run, bad_step, bad_mask, names, st.stage)
+    _check_finite(run, bad_step, bad_mask, names, st.stage)
+    row: dict[str, Any] = {"stage": st.stage, "epoch": epoch + 1, "steps": steps,
+                           "global_step": (epoch + 1) * st.steps_per_epoch}
+    if sums is not None:
+        row.update({n: round(v, 6) for n, v in zip(names, (D.all_reduce_mean(sums) / steps).tolist())})
+    row["lr"] = st.optimizer.param_groups[0]["lr"]
+    row["seconds"] = round(time.time() - start, 3)
+    return row
+
+
+def _train_stage(run: Run, st: StageSetup, log: RunLog, start_epoch: int) -> None:
+    run.state.num_epochs, run.state.steps_per_epoch = st.epochs, st.steps_per_epoch
+    if start_epoch >= st.epochs:
+        return
+    for h in st.hooks:
+        h.on_train_start(run.state)
+    fingerprint = json.loads(json.dumps(run.cfg.fingerprint(), default=str))
+    for epoch in range(start_epoch, st.epochs):
+        row = run_epoch(run, st, epoch)
+        if (epoch + 1) % run.cfg.checkpoint_every == 0 or epoch + 1 == st.epochs:
+            name = f"stage{st.stage}-epoch-{epoch + 1}"
+            run.checkpoints.save(name, run.stateful(), TrainerState(st.stage, epoch + 1, [*log.history, row], fingerprint))
+            row["checkpoint"] = name
+        log.epoch(row)
+
+
+def _resume(run: Run, log: RunLog, stage: int) -> int:
+    """Load the latest checkpoint if it belongs to ``stage`` (or a later one); the epoch to start at."""
+    path = run.checkpoints.resume_point()
+    if path is None or int(path.name[5]) < stage:
+        return 0
+    if int(path.name[5]) > stage:  # this stage finished; the later stage loads the checkpoint
+        return 10**9
+    saved = run.checkpoints.load(path, run.stateful(), json.loads(json.dumps(run.cfg.fingerprint(), default=str)))
+    log.history = list(saved.history)
+    log.say(f"resumed from {path} (stage {saved.stage}, epoch {saved.epoch})")
+    return saved.epoch
+
+
+def fit(run: Run) -> RunResult:
+    """Train every stage, evaluate on the test split, save the model folder; returns the :class:`RunResult`."""
+    acc, cfg = run.accelerator, run.cfg
+    log = RunLog(run.run_dir, acc)
+    counts = run.train_set.class_counts
+    log.say(f"ltreg: {run.config.spec.name} on {cfg.dataset} ({len(run.train_set)} training images, "
+            f"{run.train_set.num_classes} classes, counts {int(counts.max())}..{int(counts.min())}), backbone "
+            f"{run.model.config.backbone}, {acc.num_processes} process(es) on {acc.device}")
+    if cfg.log_with:
+        acc.init_trackers(f"ltreg-{run.config.spec.name}", config={k: v for k, v in cfg.to_dict().items()
+                                                                   if isinstance(v, (int, float, str, bool))})
+    st1 = stage1_setup(run)
+    _train_stage(run, st1, log, _resume(run, log, 1) if cfg.resume else 0)
+    stage2_info: dict[str, Any] = {}
+    if run.parts.rebalancer is not None:
+        st2 = stage2_setup(run)
+        if st2 is not None:
+            _train_stage(run, st2, log, _resume(run, log, 2) if cfg.resume else 0)
+        stage2_info = run.parts.rebalancer.finalize(run.model, run.ctx) or {}
+    metrics = evaluate(run.passes, run.data.test, run.data.train)
+    metrics["stage2"] = stage2_info
+    log.final(metrics, step=sum(r.get("steps", 0) for r in log.history))
+    if acc.is_main_process:
+        write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        card: RunCard = run_card(run, metrics)
+        D.unwrap(run.model).save_pretrained(run.run_dir, card)
+        log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))
+        log.say(f"run folder: {run.run_dir}")
+    acc.wait_for_everyone()
+    for tracker in acc.trackers:  # not end_training(): it would tear down the process group
+        tracker.finish()
+    return RunResult(run.run_dir, metrics, log.history, run.model, cfg)

@@ -1,0 +1,202 @@
+"""Saving an LTModel as a model folder and building one from a folder or Hub repo (timm's ``_builder`` role).
+
+``save_pretrained`` writes timm's layout plus ltreg's heads, the card and a manifest; loading
+resolves the files (:mod:`ltreg.hub`), validates ``config.json`` as data, builds the model class
+it is given, and checks every tensor's key and shape before loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+import ltreg
+from ltreg.card import PLOT_FILE, RunCard, model_card, plot_per_class
+from ltreg.checkpoint import CheckpointError, write_atomic, write_manifest
+from ltreg.hub import (
+    CARD_FILE,
+    CONFIG_FILE,
+    HEADS_FILE,
+    PICKLE_PATTERNS,
+    WEIGHTS_FILE,
+    read_config,
+    read_safetensors,
+    refuse_pickle,
+    resolve,
+)
+from ltreg.models.config import LTModelConfig, ModelConfigError
+from ltreg.models.timm_layout import head_prefix, timm_state_dict
+from ltreg.registry import IN_PROCESS, RegistryError, registry
+
+
+class MissingPluginWarning(UserWarning):
+    """The method a checkpoint was trained with is not installed (the weights still load)."""
+
+
+def _method_dist(method: str) -> tuple[str, str] | None:
+    """(distribution, version) that provides ``method`` here, or None when it is not installed."""
+    try:
+        entry = registry("methods").entry(method)
+    except RegistryError:
+        return None
+    return entry.dist, entry.version
+
+
+def folder_config(model: Any, card: RunCard) -> dict[str, Any]:
+    """``config.json``: timm's keys (``hf-hub:`` loading reads them) plus the ``ltreg`` block."""
+    cfg: LTModelConfig = model.config
+    ds = card.dataset
+    size = ds.image_size if ds else 32
+    block: dict[str, Any] = {"version": ltreg.__version__, "model": cfg.to_dict(), **card.to_dict()}
+    if card.method and (found := _method_dist(card.method)):
+        block["dist"], block["dist_version"] = found
+    return {
+        "architecture": cfg.backbone,
+        "num_classes": cfg.num_classes,
+        "num_features": model.num_features,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "global_pool": "avg",
+        "label_names": (ds.class_names if ds and ds.class_names else [str(i) for i in range(cfg.num_classes)]),
+        "model_args": {"in_chans": cfg.in_chans, **cfg.backbone_kwargs},
+        "pretrained_cfg": {
+            "input_size": [cfg.in_chans, size, size],
+            "interpolation": "bilinear",
+            "crop_pct": 0.875 if size >= 96 else 1.0,  # ltreg's "none" eval view
+            "mean": list(ds.mean) if ds and ds.mean else [0.5] * cfg.in_chans,
+            "std": list(ds.std) if ds and ds.std else [0.5] * cfg.in_chans,
+            "num_classes": cfg.num_classes,
+            "classifier": head_prefix(cfg),
+        },
+        "ltreg": block,
+    }
+
+
+def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | None = None) -> Path:
+    """Write weights, heads, card, plot, config and manifest into ``directory``; each file atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    card = card or RunCard()
+    config = folder_config(model, card)
+    heads = {f"projector.{k}": v for k, v in model.projector.state_dict().items()}
+    heads.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
+    timm_weights = timm_state_dict(model.backbone, model.classifier, config["pretrained_cfg"]["classifier"])
+    for name, tensors in ((WEIGHTS_FILE, timm_weights), (HEADS_FILE, heads)):
+        tmp = directory / f".{name}.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, directory / name)
+    plot = plot_per_class(card, directory / PLOT_FILE)
+    write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot))
+    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str))
+    write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE])
+    return directory
+
+
+def model_config(config: dict[str, Any], label: str) -> LTModelConfig:
+    """The LTModelConfig a ``config.json`` describes; its timm keys must agree with the ltreg block."""
+    try:
+        cfg = LTModelConfig(**config["ltreg"]["model"])
+    except KeyError as exc:
+        raise CheckpointError(f"{CONFIG_FILE} of {label} has no ltreg model block ({exc}): a plain timm model? "
+                              f"load it with timm.create_model") from exc
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{CONFIG_FILE} of {label} is corrupt: {exc}") from exc
+    for key, ours in (("architecture", cfg.backbone), ("num_classes", cfg.num_classes)):
+        if config.get(key, ours) != ours:
+            raise CheckpointError(f"{CONFIG_FILE} of {label} contradicts itself: {key}={config[key]!r} but "
+                                  f"ltreg.model says {ours!r}")
+    return cfg
+
+
+def _gather(folder: Path, label: str, prefix: str, trust_remote_pickle: bool) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The weights in LTModel layout (the timm head kept under ``timm:{prefix}.*``) and each key's file."""
+    state: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+
+    def add(file: str, tensors: dict[str, Tensor], timm_layout: bool) -> None:
+        for k, v in tensors.items():
+            key = (f"timm:{k}" if k.startswith(prefix + ".") else f"backbone.{k}") if timm_layout else k
+            state[key], origin[key] = v, f"{file}[{k!r}]"
+
+    if (folder / WEIGHTS_FILE).is_file():
+        add(WEIGHTS_FILE, read_safetensors(folder / WEIGHTS_FILE, label), True)
+    else:
+        pickles = sorted({p for pat in PICKLE_PATTERNS for p in folder.glob(pat)})
+        if not pickles:
+            raise CheckpointError(f"{label} has no {WEIGHTS_FILE}: incomplete model folder or upload")
+        if not trust_remote_pickle:
+            raise refuse_pickle(label, [p.name for p in pickles])
+        loaded = torch.load(pickles[0], map_location="cpu", weights_only=True)
+        loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+        if not isinstance(loaded, dict):
+            raise CheckpointError(f"{pickles[0].name} of {label} holds {type(loaded).__name__}, not a state dict")
+        if any(k.startswith("backbone.") for k in loaded):  # an LTModel state dict: heads included
+            add(pickles[0].name, loaded, False)
+            return state, origin
+        add(pickles[0].name, loaded, True)
+    if not (folder / HEADS_FILE).is_file():
+        raise CheckpointError(f"{label} has no {HEADS_FILE} (projection head and classifier): incomplete folder")
+    add(HEADS_FILE, read_safetensors(folder / HEADS_FILE, label), False)
+    return state, origin
+
+
+def _check(model: nn.Module, prefix: str, state: dict[str, Tensor], origin: dict[str, str], label: str) -> None:
+    """Every tensor the model built from config.json needs, with its shape; else name key and shape."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if any(k.startswith("timm:") for k in state):
+        expected |= {f"timm:{prefix}.weight": (model.num_classes, model.num_features),
+                     f"timm:{prefix}.bias": (model.num_classes,)}
+    arch = f"architecture {model.config.backbone!r}, num_classes={model.num_classes}"
+    for key in ("classifier.weight", f"timm:{prefix}.weight"):
+        if key in state and key in expected and state[key].shape[0] != model.num_classes:
+            raise CheckpointError(f"num_classes mismatch in {label}: {CONFIG_FILE} says num_classes={model.num_classes}"
+                                  f" but {origin[key]} has shape {tuple(state[key].shape)} "
+                                  f"({state[key].shape[0]} classes)")
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"the weights of {label} do not match its {CONFIG_FILE} ({arch}): "
+            f"{len(missing)} missing tensors {missing[:4]}, {len(unexpected)} unexpected {[origin[k] for k in unexpected[:4]]}"
+        )
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise CheckpointError(f"the weights of {label} do not match its {CONFIG_FILE} ({arch}): "
+                                  f"{origin[key]} has shape {tuple(state[key].shape)}, the model expects {shape}")
+
+
+def _warn_missing_plugin(block: dict[str, Any]) -> None:
+    method = block.get("method")
+    if method and method not in registry("methods"):
+        dist = block.get("dist")
+        how = (f"pip install {dist}" + (f"=={block['dist_version']}" if block.get("dist_version") else "")
+               if dist and dist != IN_PROCESS else "register the method (it was registered in-process)")
+        warnings.warn(MissingPluginWarning(
+            f"this model was trained with the method {method!r}"
+            + (f" from the distribution {dist!r}" if dist else "")
+            + f", which is not installed; the weights load without it, but to train or fine-tune it: {how}"
+        ), stacklevel=4)
+
+
+def load_pretrained(cls: type[nn.Module], repo_or_dir: str | os.PathLike, revision: str | None = None,
+                    trust_remote_pickle: bool = False) -> tuple[Any, RunCard]:
+    """A ``cls`` model (eval mode) with the folder's or repo's weights, and the run's card."""
+    folder, label = resolve(repo_or_dir, revision, trust_remote_pickle)
+    config = read_config(folder, label)
+    cfg = model_config(config, label)
+    try:
+        model = cls(cfg)
+    except ModelConfigError as exc:
+        raise CheckpointError(f"{CONFIG_FILE} of {label}: {exc}") from exc
+    prefix = head_prefix(cfg)
+    state, origin = _gather(folder, label, prefix, trust_remote_pickle)
+    _check(model, prefix, state, origin, label)
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("timm:")})
+    block = config["ltreg"] if isinstance(config.get("ltreg"), dict) else {}
+    _warn_missing_plugin(block)
+    return model.eval(), RunCard.from_dict(block)

@@ -1,0 +1,298 @@
+"""The run builder: everything a run needs, constructed once, in one readable order.
+
+``build_run(RunConfig) -> Run``: accelerator -> data (and the held-out split a rebalancer
+declares) -> the run folder check -> model -> step state, data passes, build context -> the
+method's parts -> checkpoints. Nothing here trains: :mod:`ltreg.loop` runs what this builds, and
+:func:`stage_setup` gives the loop each stage's loader, optimizer and schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ltreg import distributed as D
+from ltreg.card import DatasetRecord, RunCard
+from ltreg.checkpoint import Checkpoints, guard_run_folder
+from ltreg.config import RunConfig, TrainConfig
+from ltreg.data.build import build_data
+from ltreg.data.lt import LTData, LTDataset
+from ltreg.data.views import ViewDataset, collate
+from ltreg.evaluate import DataPasses
+from ltreg.method import ConfigError, PartRef, build_part
+from ltreg.models.ltmodel import LTModel, LTModelConfig
+from ltreg.registry import registry
+from ltreg.step import BuildContext, Part, StepState
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says what was kept and what to do."""
+
+
+@dataclass
+class Parts:
+    """The method's declared parts, built for this run (``None``: the method declares none)."""
+
+    loss: Any
+    sampler: Any
+    memory: Any = None
+    prototypes: Any = None
+    batch_transform: Any = None
+    rebalancer: Any = None
+
+    def hooks(self) -> list[Part]:
+        """Parts whose hooks the loop calls, in a fixed order."""
+        return [p for p in (self.memory, self.prototypes, self.batch_transform) if isinstance(p, Part)]
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Parts holding tensors (parameters or buffers), by role: the optimizer and checkpoints need them."""
+        named = {"memory": self.memory, "prototypes": self.prototypes, "batch_transform": self.batch_transform,
+                 "loss": self.loss}
+        return {k: v for k, v in named.items() if isinstance(v, nn.Module)}
+
+
+@dataclass
+class Run:
+    """One run, built: configuration, accelerator, data, model, parts, state and checkpoints."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    data: LTData
+    train_set: LTDataset
+    holdout: LTDataset | None
+    model: LTModel
+    parts: Parts
+    state: StepState
+    ctx: BuildContext
+    passes: DataPasses
+    checkpoints: Checkpoints
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.config.cfg
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    def stateful(self) -> dict[str, nn.Module]:
+        """What a checkpoint saves besides the optimizer: the model and every part with tensors."""
+        return {"model": self.model, **self.parts.modules()}
+
+
+def carve_holdout(train: LTDataset, fraction: float, seed: int) -> tuple[LTDataset, LTDataset]:
+    """Split ``fraction`` of every class with >= 2 images off the training set (for stage-2 tuning)."""
+    g = torch.Generator().manual_seed(seed + 7)
+    perm = torch.randperm(len(train), generator=g)
+    targets = train.targets[perm]
+    order = torch.argsort(targets, stable=True)
+    perm, targets = perm[order], targets[order]
+    counts = torch.bincount(targets, minlength=train.num_classes)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(train)) - starts[targets]
+    take = torch.where(counts >= 2, (counts.double() * fraction).floor().clamp(min=1).long(), 0)
+    held = rank < take[targets]
+    return (train.subset(perm[~held].sort().values.numpy()),
+            train.subset(perm[held].sort().values.numpy(), name=f"{train.name}-holdout"))
+
+
+def preflight_output(run_dir: Path, min_free_mb: int = 50) -> None:
+    """Fail before training when the run folder cannot be written or the disk is (nearly) full."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_bytes(b"0" * 1024)
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingError(
+            f"cannot write to the run folder {run_dir} ({exc.strerror or exc}); pass --output-dir to a writable folder"
+        ) from exc
+    free_mb = shutil.disk_usage(run_dir).free / 2**20
+    if free_mb < min_free_mb:
+        raise TrainingError(
+            f"only {free_mb:.0f} MB free on the disk of {run_dir}; checkpoints need more. Free space or pass --output-dir"
+        )
+
+
+def _needs_holdout(ref: PartRef | None) -> bool:
+    """Whether the declared rebalancer tunes on held-out training data (its class says so)."""
+    return ref is not None and bool(getattr(registry("rebalancers").get(ref.name), "needs_holdout", False))
+
+
+def model_config(rc: RunConfig, train: LTDataset) -> LTModelConfig:
+    """The LTModel the method's spec and the data ask for."""
+    m = rc.spec.model
+    return LTModelConfig(backbone=rc.cfg.backbone or "resnet8", num_classes=train.num_classes, in_chans=train.channels,
+                         classifier=m.classifier, cosine_scale=m.cosine_scale, proj_dim=m.proj_dim,
+                         proj_hidden=m.proj_hidden, proj_bn=m.proj_bn)
+
+
+def build_run(rc: RunConfig) -> Run:
+    """Construct everything for ``rc``; nothing is written before the data, model and parts are built."""
+    cfg, spec, hparams = rc.cfg, rc.spec, rc.hparams
+    acc = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                      dataloader_config=DataLoaderConfiguration(split_batches=True), project_dir=str(cfg.run_dir),
+                      log_with=cfg.log_with)
+    if cfg.batch_size % acc.num_processes:
+        raise ConfigError(f"batch_size {cfg.batch_size} is the global batch and must split evenly over "
+                          f"{acc.num_processes} processes; use a multiple of {acc.num_processes}")
+    set_seed(cfg.seed)
+    data = build_data(cfg.data_args())
+    train_set, holdout = data.train, data.val
+    if _needs_holdout(spec.rebalance) and holdout is None:  # before any part indexes the training set
+        train_set, holdout = carve_holdout(train_set, cfg.holdout_fraction, cfg.seed)
+    model = LTModel(model_config(rc, train_set))
+    if acc.num_processes > 1:  # batch statistics of the global batch, as on one process
+        model = D.convert_batchnorm(model)
+    state = StepState(class_counts=train_set.class_counts.float(), num_classes=train_set.num_classes, seed=cfg.seed,
+                      num_epochs=cfg.epochs, world_size=acc.num_processes, rank=acc.process_index,
+                      gather=D.gather_with_grad, gather_nograd=D.gather_nograd, all_reduce_mean=D.all_reduce_mean)
+    passes = DataPasses(model, acc.device, cfg.eval_batch_size, cfg.seed, accelerator=acc)
+    splits = {"train": train_set, "holdout": holdout}
+
+    def features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if splits.get(split) is None:
+            raise TrainingError(f"no {split} split: the rebalancer must declare needs_holdout")
+        out = passes.extract(splits[split])
+        return out.features, out.targets
+
+    ctx = BuildContext(targets=train_set.targets, num_classes=train_set.num_classes, seed=cfg.seed, model=model,
+                       train_set=train_set, hparams=hparams, num_epochs=cfg.epochs, features=features,
+                       embed=lambda idx, pipeline="none", use_key=True, slot=0: passes.embed(
+                           train_set, idx, pipeline, use_key, slot))
+    built: dict[str, Any] = {}
+    for role in ("memory", "prototypes", "batch_transform"):
+        ref = getattr(spec, role)
+        if ref is not None:
+            built[role] = build_part(role, ref, hparams, ctx)
+            if role == "memory":
+                ctx.memory = passes.memory = built[role]
+    parts = Parts(loss=build_part("loss", spec.loss, hparams, ctx), sampler=build_part("sampler", spec.sampler, hparams, ctx),
+                  rebalancer=build_part("rebalance", spec.rebalance, hparams, ctx) if spec.rebalance else None, **built)
+    state.prototypes, state.memory, state.model = parts.prototypes, parts.memory, model
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts it over: pass one of them")
+    guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite, delete=acc.is_main_process)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        preflight_output(cfg.run_dir, cfg.min_free_mb)
+    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc))
+
+
+def run_card(run: Run, metrics: dict[str, Any]) -> RunCard:
+    """What ``config.json``, the model card and ``ltreg eval`` record about this run."""
+    train, cfg, spec = run.data.train, run.cfg, run.config.spec
+    args = cfg.data_args()
+    hub_id = args.root if args.root and args.root.count("/") == 1 and not Path(args.root).exists() else None
+    dataset = DatasetRecord(name=cfg.dataset, test_name=run.data.test.name, class_counts=train.class_counts.tolist(),
+                            class_names=list(train.class_names), many_thr=train.many_thr, few_thr=train.few_thr,
+                            image_size=train.image_size, mean=list(train.mean), std=list(train.std),
+                            info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id)
+    return RunCard(method=spec.name, citation=spec.citation, hparams=run.config.hparams.to_dict(),
+                   recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
+                   metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"))
+
+
+# -- what each stage trains with -------------------------------------------------------------------
+@dataclass
+class StageSetup:
+    """One stage's loop inputs: prepared loader / optimizer / schedule, the loss, hooks and budget."""
+
+    stage: int
+    epochs: int
+    steps_per_epoch: int
+    loader: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss: Callable[..., Any]
+    hooks: list[Part]
+    query_views: list[int] | None = None
+
+
+def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int) -> DataLoader:
+    """A loader of the training set's ``views`` in ``sampler`` order; its dataset and sampler stay reachable."""
+    vds = ViewDataset(run.train_set, tuple(views), role=getattr(sampler, "extra_role", None),
+                      positive_views=run.config.spec.positive_views, seed=run.cfg.seed)
+    if len(sampler) < batch_size:
+        raise ConfigError(f"an epoch of the {type(sampler).__name__} has {len(sampler)} samples, fewer than one batch "
+                          f"of {batch_size}; lower batch_size")
+    loader = DataLoader(vds, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=run.cfg.num_workers, drop_last=True)
+    loader.view_dataset, loader.ltreg_sampler = vds, sampler  # type: ignore[attr-defined]
+    return loader
+
+
+def lr_factor(total: int, steps_per_epoch: int, warmup_epochs: int, schedule: str, milestones: list[int],
+              decay: float) -> Callable[[int], float]:
+    """The learning-rate multiplier at each step: linear warm-up, then cosine / step / constant."""
+    warm = warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        if schedule == "step":
+            return decay ** sum(step // max(1, steps_per_epoch) >= m for m in milestones)
+        return 1.0
+
+    return factor
+
+
+def _prepare(run: Run, loader: DataLoader, optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> tuple:
+    vds, sampler = loader.view_dataset, loader.ltreg_sampler  # type: ignore[attr-defined]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    loader, optimizer, scheduler = run.accelerator.prepare(loader, optimizer, scheduler)
+    loader.view_dataset, loader.ltreg_sampler = vds, sampler
+    return loader, optimizer, scheduler
+
+
+def stage1_setup(run: Run) -> StageSetup:
+    """Stage 1: the method's loss and sampler over all trainable model and part parameters."""
+    cfg, spec, acc = run.cfg, run.config.spec, run.accelerator
+    run.model.to(acc.device)
+    for mod in run.parts.modules().values():
+        mod.to(acc.device)
+    seen = {id(p) for p in run.model.parameters()}
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    params += [p for m in run.parts.modules().values() for p in m.parameters()
+               if p.requires_grad and id(p) not in seen and not seen.add(id(p))]
+    loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                nesterov=cfg.nesterov)
+    steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
+    factor = lr_factor(cfg.epochs * steps, steps, cfg.warmup_epochs, cfg.schedule, cfg.milestones, cfg.lr_decay)
+    loader, optimizer, scheduler = _prepare(run, loader, optimizer, factor)
+    run.state.class_counts = run.state.class_counts.to(acc.device)
+    query = list(spec.query_views) if spec.query_views is not None else None
+    return StageSetup(1, cfg.epochs, steps, loader, optimizer, scheduler, run.parts.loss, run.parts.hooks(), query)
+
+
+def stage2_setup(run: Run) -> StageSetup | None:
+    """Stage 2: the rebalancer's trainable groups, sampler, views and loss (its ``setup`` freezes the rest);
+    None for a post-hoc rebalancer (no epochs)."""
+    reb, cfg = run.parts.rebalancer, run.cfg
+    groups = reb.setup(run.model)
+    epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else reb.epochs
+    if epochs <= 0:
+        return None
+    lr = cfg.stage2_lr or reb.lr or cfg.lr
+    if groups and isinstance(groups[0], dict):
+        groups = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sampler = build_part("sampler", PartRef(reb.sampler, **getattr(reb, "sampler_kwargs", {})), run.config.hparams,
+                         run.ctx)
+    loader = make_loader(run, reb.views, sampler, cfg.stage2_batch_size or cfg.batch_size)
+    steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
+    loader, optimizer, scheduler = _prepare(run, loader, optimizer, lr_factor(epochs * steps, steps, 0, "cosine", [], 1.0))
+    return StageSetup(2, epochs, steps, loader, optimizer, scheduler, reb.loss, [])
