@@ -67,7 +67,10 @@ class TrainConfig:
     output_dir: str | None = None  # None: runs/<method>-<dataset>
     recipe: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
-    num_workers: int = 0
+    num_workers: int | None = None  # data loader workers per process; None: from the CPUs available
+    sync_bn: bool = False  # synchronised batch statistics over processes (SyncBatchNorm on CUDA, GlobalBatchNorm on CPU)
+    compile: bool = False  # torch.compile the backbone
+    channels_last: bool = False  # channels-last memory format for the backbone (faster convolutions on GPUs)
     mixed_precision: str = field(default="no", metadata={"recipe": True})  # no | fp16 | bf16
     grad_accum: int = field(default=1, metadata={"recipe": True})
     checkpoint_every: int = 1  # epochs

@@ -227,7 +227,7 @@ def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int) -
         raise ConfigError(f"an epoch of the {type(sampler).__name__} has {len(sampler)} samples, fewer than one batch "
                           f"of {batch_size}; lower batch_size")
     loader = DataLoader(vds, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=run.cfg.num_workers, drop_last=True)
+                        num_workers=run.cfg.num_workers or 0, drop_last=True)
     loader.view_dataset, loader.ltreg_sampler = vds, sampler  # type: ignore[attr-defined]
     return loader
 
