@@ -101,7 +101,7 @@ SUPCON = MethodSpec(
     hparams=SupConHParams(),
     views=("sim", "sim"),
     rebalance=PartRef("crt", epochs=hp("stage2_epochs")),
-    model=ModelSpec(proj_dim=128),
+    model=ModelSpec(proj_dim=128, train_heads=("projector",)),  # the classifier is cRT's, in stage 2
     recipes=_cifar_recipes({"cifar100-lt-if100": {"All": 45.8}, "cifar100-lt-if50": {"All": 52.0},
                             "cifar100-lt-if10": {"All": 64.4}}),
     reading="all-views SupCon (L_out); anchors with no positive contribute 0; stage 2 = cRT (class-balanced, CE).",

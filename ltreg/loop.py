@@ -57,7 +57,7 @@ def _check_finite(run: Run, bad_step: Tensor, bad_mask: Tensor | None, names: li
 
 def run_epoch(run: Run, st: StageSetup, epoch: int) -> dict[str, Any]:
     """One epoch of stage ``st``: returns its row (mean loss parts, lr, steps, seconds)."""
-    acc, state, model = run.accelerator, run.state, run.model
+    acc, state = run.accelerator, run.state
     state.epoch = run.passes.epoch = epoch
     st.loader.set_epoch(epoch)
     st.loader.view_dataset.set_epoch(epoch)
@@ -76,15 +76,10 @@ def run_epoch(run: Run, st: StageSetup, epoch: int) -> dict[str, Any]:
         state.step = i
         for h in st.hooks:
             batch = h.transform_batch(batch, state)
-        with acc.accumulate(model):
+        with acc.accumulate(st.module):
             with acc.autocast():
-                outputs = model(batch.images if st.query_views is None else batch.images[:, st.query_views])
-                for h in st.hooks:
-                    h.on_forward(outputs, batch, state)
-                out = st.loss(outputs, batch, state)
+                out, outputs = st.module(batch, state)
             acc.backward(out.total)
-            if acc.sync_gradients:
-                D.sync_gradients([p for g in st.optimizer.param_groups for p in g["params"]])
             st.optimizer.step()
             st.scheduler.step()
             st.optimizer.zero_grad(set_to_none=True)

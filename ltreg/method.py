@@ -174,6 +174,10 @@ class ModelSpec:
     proj_dim: int | str | None = 128  # None: no projection head; "width": the backbone's feature width
     proj_hidden: int | None = None  # None: the backbone's feature width
     proj_bn: bool = False
+    #: The heads stage 1 trains; the others are frozen there (their loss ignores them, e.g. SupCon's
+    #: classifier, trained by the rebalancer in stage 2). Distributed training relies on it: DDP is
+    #: told that every trainable parameter receives a gradient each step.
+    train_heads: tuple[str, ...] = ("projector", "classifier")
 
 
 @dataclass(frozen=True)

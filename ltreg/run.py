@@ -9,6 +9,7 @@ method's parts -> checkpoints. Nothing here trains: :mod:`ltreg.loop` runs what 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -32,7 +34,7 @@ from ltreg.evaluate import DataPasses
 from ltreg.method import ConfigError, PartRef, build_part
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.registry import registry
-from ltreg.step import BuildContext, Part, StepState
+from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
 
 
 class TrainingError(RuntimeError):
@@ -137,12 +139,28 @@ def model_config(rc: RunConfig, train: LTDataset) -> LTModelConfig:
                          proj_hidden=m.proj_hidden, proj_bn=m.proj_bn)
 
 
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """Accelerate for this run. Several processes on a machine without CUDA run on CPU (gloo) without
+    ``--cpu``; DDP is told that every trainable parameter gets a gradient each step (heads a stage does not
+    train are frozen, see :func:`freeze_unused_heads`), so it never searches for unused ones."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=cfg.cpu or (several and not torch.cuda.is_available()), mixed_precision=cfg.mixed_precision,
+                       gradient_accumulation_steps=cfg.grad_accum, log_with=cfg.log_with,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True), project_dir=str(cfg.run_dir),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Batch statistics over the global batch: torch's SyncBatchNorm on CUDA, :class:`GlobalBatchNorm` on CPU."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return D.convert_batchnorm(model)
+
+
 def build_run(rc: RunConfig) -> Run:
     """Construct everything for ``rc``; nothing is written before the data, model and parts are built."""
     cfg, spec, hparams = rc.cfg, rc.spec, rc.hparams
-    acc = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                      dataloader_config=DataLoaderConfiguration(split_batches=True), project_dir=str(cfg.run_dir),
-                      log_with=cfg.log_with)
+    acc = make_accelerator(cfg)
     if cfg.batch_size % acc.num_processes:
         raise ConfigError(f"batch_size {cfg.batch_size} is the global batch and must split evenly over "
                           f"{acc.num_processes} processes; use a multiple of {acc.num_processes}")
@@ -152,12 +170,18 @@ def build_run(rc: RunConfig) -> Run:
     if _needs_holdout(spec.rebalance) and holdout is None:  # before any part indexes the training set
         train_set, holdout = carve_holdout(train_set, cfg.holdout_fraction, cfg.seed)
     model = LTModel(model_config(rc, train_set))
-    if acc.num_processes > 1:  # batch statistics of the global batch, as on one process
-        model = D.convert_batchnorm(model)
+    if acc.num_processes > 1 and cfg.sync_bn:  # batch statistics of the global batch, as on one process
+        model = sync_batchnorm(model, acc.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        model.memory_format = torch.channels_last
+    if cfg.compile:
+        model.backbone.compile()
     state = StepState(class_counts=train_set.class_counts.float(), num_classes=train_set.num_classes, seed=cfg.seed,
                       num_epochs=cfg.epochs, world_size=acc.num_processes, rank=acc.process_index,
                       gather=D.gather_with_grad, gather_nograd=D.gather_nograd, all_reduce_mean=D.all_reduce_mean)
-    passes = DataPasses(model, acc.device, cfg.eval_batch_size, cfg.seed, accelerator=acc)
+    passes = DataPasses(model, acc.device, cfg.eval_batch_size, cfg.seed, accelerator=acc,
+                        num_workers=loader_workers(cfg, acc))
     splits = {"train": train_set, "holdout": holdout}
 
     def features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,30 +228,68 @@ def run_card(run: Run, metrics: dict[str, Any]) -> RunCard:
 
 
 # -- what each stage trains with -------------------------------------------------------------------
+class StepModule(nn.Module):
+    """The model and one stage's trainable parts as one module: one forward is one step's loss.
+
+    Accelerate wraps it (DDP, FSDP, DeepSpeed as configured), so every parameter a stage trains --
+    backbone, heads, learnable prototypes, parameters of a loss -- is synchronised by the same
+    wrapper, whichever part's code reads it inside the loss.
+    """
+
+    def __init__(self, model: nn.Module, parts: dict[str, nn.Module], loss: Callable[..., LossOutput],
+                 hooks: list[Part], query_views: list[int] | None) -> None:
+        super().__init__()
+        self.model, self.parts = model, nn.ModuleDict(parts)
+        self._step = (loss, hooks, query_views)  # a tuple: not registered as submodules twice
+
+    def forward(self, batch: Batch, state: StepState) -> tuple[LossOutput, Outputs]:
+        loss, hooks, query = self._step
+        outputs = self.model(batch.images if query is None else batch.images[:, query])
+        for h in hooks:
+            h.on_forward(outputs, batch, state)
+        return loss(outputs, batch, state), outputs
+
+
 @dataclass
 class StageSetup:
-    """One stage's loop inputs: prepared loader / optimizer / schedule, the loss, hooks and budget."""
+    """One stage's loop inputs: the prepared step module, loader, optimizer and schedule, hooks and budget."""
 
     stage: int
     epochs: int
     steps_per_epoch: int
+    module: Any
     loader: Any
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    loss: Callable[..., Any]
     hooks: list[Part]
-    query_views: list[int] | None = None
+
+
+def loader_workers(cfg: TrainConfig, acc: Accelerator) -> int:
+    """``--num-workers``, or from the CPUs this process may use: on CUDA all but one (at most 8) decode and
+    augment while the GPU trains; on CPU none, since the model's own threads already use every core."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    if acc.device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus // acc.num_processes - 1))
 
 
 def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int) -> DataLoader:
-    """A loader of the training set's ``views`` in ``sampler`` order; its dataset and sampler stay reachable."""
+    """A loader of the training set's ``views`` in ``sampler`` order; its dataset and sampler stay reachable.
+
+    Workers persist across epochs (the view dataset's epoch lives in shared memory), memory is pinned
+    for CUDA, and each worker prefetches batches ahead.
+    """
     vds = ViewDataset(run.train_set, tuple(views), role=getattr(sampler, "extra_role", None),
                       positive_views=run.config.spec.positive_views, seed=run.cfg.seed)
     if len(sampler) < batch_size:
         raise ConfigError(f"an epoch of the {type(sampler).__name__} has {len(sampler)} samples, fewer than one batch "
                           f"of {batch_size}; lower batch_size")
-    loader = DataLoader(vds, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=run.cfg.num_workers or 0, drop_last=True)
+    workers = loader_workers(run.cfg, run.accelerator)
+    loader = DataLoader(vds, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=workers,
+                        drop_last=True, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                        pin_memory=run.accelerator.device.type == "cuda")
     loader.view_dataset, loader.ltreg_sampler = vds, sampler  # type: ignore[attr-defined]
     return loader
 
@@ -249,12 +311,21 @@ def lr_factor(total: int, steps_per_epoch: int, warmup_epochs: int, schedule: st
     return factor
 
 
-def _prepare(run: Run, loader: DataLoader, optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> tuple:
+def _prepare(run: Run, module: StepModule, loader: DataLoader, optimizer: torch.optim.Optimizer,
+             factor: Callable[[int], float]) -> tuple:
     vds, sampler = loader.view_dataset, loader.ltreg_sampler  # type: ignore[attr-defined]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    loader, optimizer, scheduler = run.accelerator.prepare(loader, optimizer, scheduler)
+    module, loader, optimizer, scheduler = run.accelerator.prepare(module, loader, optimizer, scheduler)
     loader.view_dataset, loader.ltreg_sampler = vds, sampler
-    return loader, optimizer, scheduler
+    return module, loader, optimizer, scheduler
+
+
+def freeze_unused_heads(run: Run) -> None:
+    """Freeze the model heads stage 1 does not train (``ModelSpec.train_heads``): their parameters get no
+    gradient, as on one process, and DDP needs no search for unused parameters."""
+    for head in ("projector", "classifier"):
+        if head not in run.config.spec.model.train_heads:
+            getattr(run.model, head).requires_grad_(False)
 
 
 def stage1_setup(run: Run) -> StageSetup:
@@ -263,19 +334,19 @@ def stage1_setup(run: Run) -> StageSetup:
     run.model.to(acc.device)
     for mod in run.parts.modules().values():
         mod.to(acc.device)
-    seen = {id(p) for p in run.model.parameters()}
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    params += [p for m in run.parts.modules().values() for p in m.parameters()
-               if p.requires_grad and id(p) not in seen and not seen.add(id(p))]
+    freeze_unused_heads(run)
+    trainable = {k: m for k, m in run.parts.modules().items() if any(p.requires_grad for p in m.parameters())}
+    query = list(spec.query_views) if spec.query_views is not None else None
+    module = StepModule(run.model, trainable, run.parts.loss, run.parts.hooks(), query)
+    params = [p for p in module.parameters() if p.requires_grad]
     loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size)
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 nesterov=cfg.nesterov)
     steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
     factor = lr_factor(cfg.epochs * steps, steps, cfg.warmup_epochs, cfg.schedule, cfg.milestones, cfg.lr_decay)
-    loader, optimizer, scheduler = _prepare(run, loader, optimizer, factor)
+    module, loader, optimizer, scheduler = _prepare(run, module, loader, optimizer, factor)
     run.state.class_counts = run.state.class_counts.to(acc.device)
-    query = list(spec.query_views) if spec.query_views is not None else None
-    return StageSetup(1, cfg.epochs, steps, loader, optimizer, scheduler, run.parts.loss, run.parts.hooks(), query)
+    return StageSetup(1, cfg.epochs, steps, module, loader, optimizer, scheduler, run.parts.hooks())
 
 
 def stage2_setup(run: Run) -> StageSetup | None:
@@ -294,5 +365,8 @@ def stage2_setup(run: Run) -> StageSetup | None:
                          run.ctx)
     loader = make_loader(run, reb.views, sampler, cfg.stage2_batch_size or cfg.batch_size)
     steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
-    loader, optimizer, scheduler = _prepare(run, loader, optimizer, lr_factor(epochs * steps, steps, 0, "cosine", [], 1.0))
-    return StageSetup(2, epochs, steps, loader, optimizer, scheduler, reb.loss, [])
+    trainable = {"rebalancer": reb} if any(p.requires_grad for p in reb.parameters()) else {}
+    module = StepModule(run.model, trainable, reb.loss, [], None)
+    module, loader, optimizer, scheduler = _prepare(run, module, loader, optimizer,
+                                                    lr_factor(epochs * steps, steps, 0, "cosine", [], 1.0))
+    return StageSetup(2, epochs, steps, module, loader, optimizer, scheduler, [])

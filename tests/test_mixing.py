@@ -16,7 +16,7 @@ def paired_batch(b: int, v: int = 2, seed: int = 0) -> Batch:
 
 
 def state(step: int = 3, epoch: int = 1, rank: int = 0, world: int = 1, seed: int = 7) -> StepState:
-    return StepState(torch.ones(4), 4, epoch=epoch, step=step, rank=rank, world_size=world, scratch={"seed": seed})
+    return StepState(torch.ones(4), 4, epoch=epoch, step=step, rank=rank, world_size=world, seed=seed)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 0.3])

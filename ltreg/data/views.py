@@ -110,10 +110,15 @@ class ViewDataset(torch.utils.data.Dataset):
         self.positive_pipelines = [build_pipeline(v, data) for v in positive_views]
         self.role = role
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()  # persistent workers read it too
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Seed augmentation for ``epoch``; workers see it at once (the value lives in shared memory)."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -73,9 +74,12 @@ class LTModel(nn.Module):
     def embed_dim(self) -> int:
         return self.config.proj_dim or self.num_features
 
+    #: Memory format of the backbone's input (``torch.channels_last`` after ``--channels-last``).
+    memory_format: torch.memory_format = torch.contiguous_format
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled backbone features ``[N, F]`` of images ``[N, C, H, W]``."""
-        return self.backbone(x)
+        return self.backbone(x.contiguous(memory_format=self.memory_format))
 
     def project(self, h: Tensor) -> Tensor:
         """L2-normalised projections ``[N, D]``."""

@@ -62,7 +62,7 @@ def main() -> None:
             spec = dataclasses.replace(spec, sampler=ltreg.PartRef("class-sorted-test", inner=spec.sampler))
         cfg = resolve_config(spec, {
             "epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "stage2_epochs": 1, "cpu": True,
-            "output_dir": str(out / name), "log_every": 1, "lr": 0.01, "checkpoint_every": 5,
+            "output_dir": str(out / name), "log_every": 1, "sync_bn": True, "lr": 0.01, "checkpoint_every": 5,
             "hparams": {}, "eval_batch_size": 512, "dataset": "digits-lt",
         })
         trainer = Trainer(cfg)

@@ -89,7 +89,7 @@ METHOD = MethodSpec(
                       sampler="instance"),
     views=("sim", "sim"),
     positive_views=("sim",),
-    model=ModelSpec(classifier="cosine", cosine_scale=30.0, proj_dim=128),
+    model=ModelSpec(classifier="cosine", cosine_scale=30.0, proj_dim=128, train_heads=("projector",)),  # classifier: stage 2
     recipes=_recipes(),
     reading=(
         "MoCo-v2/TSC: anchors = query view 0; i+ = key of view 1; k global positives through the key encoder [D]; "

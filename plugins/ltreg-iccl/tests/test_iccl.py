@@ -24,7 +24,7 @@ TINY = {"epochs": 2, "max_steps_per_epoch": 4, "batch_size": 32, "log_every": 2,
 
 def state(epoch: int, num_epochs: int = 4, protos=None, step: int = 0) -> StepState:
     return StepState(torch.arange(1.0, C + 1), C, epoch=epoch, step=step, num_epochs=num_epochs, prototypes=protos,
-                     scratch={"seed": 3})
+                     seed=3)
 
 
 def centroids(init: list[int] | None = None, seed: int = 0) -> EMACentroids:
