@@ -154,7 +154,7 @@ class FakeEmbed:
         self.offset = {"none": torch.zeros(d), "sim": torch.randn(d, generator=g), "rand": torch.randn(d, generator=g)}
         self.calls: list[tuple[int, str, bool]] = []
 
-    def __call__(self, idx, pipeline, use_key):
+    def __call__(self, idx, pipeline, use_key, slot=0):
         self.calls.append((len(idx), pipeline, use_key))
         return F.normalize(self.table[idx] + self.offset[pipeline], dim=-1)
 
