@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
+import re
 import shlex
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import ltreg
+from ltreg.errors import LtregError
 from ltreg.models.ltmodel import CosineLinear, LTModel, LTModelConfig, ModelConfigError
 from ltreg.registry import IN_PROCESS, RegistryError, registry
 
@@ -54,11 +58,11 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "nester
                "mixed_precision", "grad_accum", "seed")  # fmt: skip
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LtregError, ValueError):
     """A model folder that cannot be loaded as asked: missing, mismatched, corrupt or untrusted files."""
 
 
-class PushError(RuntimeError):
+class PushError(LtregError, RuntimeError):
     """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
@@ -352,24 +356,86 @@ def _read_safetensors(path: Path, label: str) -> dict[str, Tensor]:
         ) from exc
 
 
+#: A config.json larger than this is refused before it is parsed (a real one is a few kB).
+MAX_CONFIG_BYTES = 4 * 2**20
+_DIST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")  # PEP 508 distribution name
+_VERSION = re.compile(r"^[0-9][A-Za-z0-9.+!_-]{0,62}$")
+_PRINTABLE = re.compile(r"^[\x21-\x7e]{1,100}$")  # one printable ASCII word, e.g. a method name
+
+
 def _read_config(folder: Path, label: str) -> tuple[dict[str, Any], LTModelConfig]:
-    """config.json and the LTModelConfig it describes; its timm keys must agree with the ltreg block."""
+    """config.json and the LTModelConfig it describes; its timm keys must agree with the ltreg block.
+
+    The file is data, not instructions: every field of the model block is type- and range-checked
+    (:func:`ltreg.models.ltmodel.check_model_config`, an allow-list of backbone arguments), and the
+    plugin hint is checked to be a plain distribution name and version before a warning shows it.
+    """
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{label} has no {CONFIG_FILE}: not an ltreg model folder or repo")
+    where = f"{CONFIG_FILE} of {label} ({path})"
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{where} is {path.stat().st_size} bytes, more than a model config can be "
+                              f"({MAX_CONFIG_BYTES}); refusing to parse it")
     try:
         config = json.loads(path.read_text())
-        cfg = LTModelConfig(**config["ltreg"]["model"])
-    except KeyError as exc:
-        raise CheckpointError(f"{CONFIG_FILE} of {label} has no ltreg model block ({exc}): a plain timm model? "
-                              f"load it with timm.create_model") from exc
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{CONFIG_FILE} of {label} is corrupt: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{where} is corrupt: not valid JSON ({exc}); save the model again") from exc
+    block = config.get("ltreg") if isinstance(config, dict) else None
+    model = block.get("model") if isinstance(block, dict) else None
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{where} has no ltreg model block (key 'ltreg.model'): a plain timm model? "
+                              f"load it with timm.create_model")
+    unknown = sorted(set(model) - set(LTModelConfig.__dataclass_fields__))
+    if unknown:
+        raise CheckpointError(f"{where}: unknown key ltreg.model.{unknown[0]} (known: "
+                              f"{', '.join(LTModelConfig.__dataclass_fields__)}); a newer ltreg wrote it, or it was edited")
+    try:
+        cfg = LTModelConfig(**model)
+    except ModelConfigError as exc:
+        raise CheckpointError(f"{where}: refused key ltreg.model.{exc.key}: {exc}. A model folder or Hub repo is "
+                              f"data: its config may not pass other values") from exc
+    for key, pattern in (("dist", _DIST_NAME), ("dist_version", _VERSION), ("method", _PRINTABLE)):
+        value = block.get(key)
+        if value is not None and not (isinstance(value, str) and pattern.match(value)):
+            raise CheckpointError(f"{where}: refused key ltreg.{key}={str(value)[:80]!r}: not a plain "
+                                  f"{'version' if key == 'dist_version' else 'name'}")
     for key, ours in (("architecture", cfg.backbone), ("num_classes", cfg.num_classes)):
         if config.get(key, ours) != ours:
             raise CheckpointError(f"{CONFIG_FILE} of {label} contradicts itself: {key}={config[key]!r} but "
                                   f"ltreg.model says {ours!r}")
     return config, cfg
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """What evaluation takes from a model's recorded run config: the data set name and its LT split.
+
+    Nothing recorded there is used as a path (``data_root``, ``dataset_kwargs`` and ``output_dir`` are
+    ignored: the caller names the data), and every value is validated as a setting would be.
+    """
+
+    dataset: str | None
+    imbalance: float | None = None
+    profile: str | None = None
+    seed: int | None = None
+
+    @classmethod
+    def read(cls, config: dict[str, Any], label: str) -> TrainRecord:
+        tc = config["ltreg"].get("train_config") or {}
+        where = f"{CONFIG_FILE} of {label}"
+        if not isinstance(tc, dict):
+            raise CheckpointError(f"{where}: ltreg.train_config must be a mapping, got {type(tc).__name__}")
+        values = {k: tc.get(k) for k in ("dataset", "imbalance", "profile", "seed")}
+        checks = {"dataset": lambda v: v is None or (isinstance(v, str) and bool(_DIST_NAME.match(v))),
+                  "profile": lambda v: v is None or (isinstance(v, str) and bool(_DIST_NAME.match(v))),
+                  "imbalance": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and math.isfinite(v) and v >= 1),
+                  "seed": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32)}
+        for key, ok in checks.items():
+            if not ok(values[key]):
+                raise CheckpointError(f"{where}: refused key ltreg.train_config.{key}={str(values[key])[:80]!r}")
+        return cls(**values)
 
 
 def _gather(folder: Path, label: str, prefix: str, trust_remote_pickle: bool) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -446,7 +512,7 @@ def _load(repo_or_dir: str | os.PathLike, revision: str | None, trust_remote_pic
     config, cfg = _read_config(folder, label)
     try:
         model = LTModel(cfg)
-    except ModelConfigError as exc:
+    except (ModelConfigError, TypeError) as exc:  # TypeError: an allowed backbone argument this backbone lacks
         raise CheckpointError(f"{CONFIG_FILE} of {label}: {exc}") from exc
     prefix = head_prefix(cfg)
     state, origin = _gather(folder, label, prefix, trust_remote_pickle)
@@ -480,11 +546,12 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, dataset: str | None = No
     from ltreg.trainer import build_data
 
     model, config = _load(repo_or_dir, revision, False)
-    tc = config["ltreg"].get("train_config") or {}
-    name = dataset or tc.get("dataset")
+    record = TrainRecord.read(config, str(repo_or_dir))
+    name = dataset or record.dataset
     if name is None:
         raise CheckpointError(f"{repo_or_dir} does not record the data set it was trained on; pass dataset=")
-    same = {k: tc[k] for k in ("imbalance", "profile", "seed") if k in tc} if name == tc.get("dataset") else {}
+    same = ({k: v for k in ("imbalance", "profile", "seed") if (v := getattr(record, k)) is not None}
+            if name == record.dataset else {})
     data = build_data(TrainConfig(dataset=name, data_root=data_root, **same))
     if (data.test.num_classes, data.test.channels) != (model.num_classes, model.config.in_chans):
         raise CheckpointError(

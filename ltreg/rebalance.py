@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltreg.errors import UsageError
 from ltreg.losses.classification import global_weight_factor
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
 
 
-class RebalanceError(ValueError):
+class RebalanceError(UsageError, ValueError):
     """A rebalancer that cannot apply to this model or data."""
 
 

@@ -30,6 +30,7 @@ from ltreg import distributed as D
 from ltreg.config import TrainConfig, resolve_config
 from ltreg.data.lt import LTData, LTDataset
 from ltreg.data.views import ViewDataset, collate
+from ltreg.errors import LtregError
 from ltreg.evaluate import format_table, geometry_metrics, lt_metrics
 from ltreg.method import ConfigError, MethodSpec, PartRef, build_part, get_method
 from ltreg.models.ltmodel import LTModel, LTModelConfig
@@ -39,7 +40,7 @@ from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
 WEIGHTS = "ltreg_state.safetensors"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LtregError, RuntimeError):
     """A run that cannot go on; the message says what was kept and what to do."""
 
 
