@@ -18,7 +18,7 @@ import sys
 import typing
 from typing import Any
 
-from ltreg.clierrors import report
+from ltreg.clierrors import latest_checkpoint, report
 from ltreg.errors import ConfigError
 
 _SKIP = {"hparams", "method", "dataset_kwargs"}
@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - every failure ends in one paragraph and an exit status
-        return report(exc, debug=getattr(args, "debug", False), resuming=bool(getattr(args, "resume", None)))
+        resuming = bool(getattr(args, "resume", None))
+        checkpoint = latest_checkpoint(getattr(args, "output_dir", None)) if resuming else None
+        return report(exc, debug=getattr(args, "debug", False), resuming=resuming, checkpoint=checkpoint)
     except KeyboardInterrupt:
         print("ltreg: interrupted (the last checkpoint, if any, is intact; continue with --resume)", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ import pickle
 import sys
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 from ltreg.errors import LtregError
@@ -40,7 +41,18 @@ def _corrupt_file(exc: BaseException) -> bool:
                             "unexpected EOF", "HeaderTooLarge", "InvalidHeader", "MetadataIncompleteBuffer"))
 
 
-def explain(exc: BaseException, *, resuming: bool = False) -> Failure:
+def latest_checkpoint(output_dir: str | None) -> Path | None:
+    """The folder the ``latest`` pointer of a run folder names, when it can be read (for messages only)."""
+    if not output_dir:
+        return None
+    try:
+        name = (Path(output_dir) / "checkpoints" / "latest").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return Path(output_dir) / "checkpoints" / name
+
+
+def explain(exc: BaseException, *, resuming: bool = False, checkpoint: Path | None = None) -> Failure:
     """The paragraph and exit status for ``exc`` (see the module docstring)."""
     if isinstance(exc, LtregError):
         return Failure(str(exc), exc.exit_code)
@@ -54,9 +66,9 @@ def explain(exc: BaseException, *, resuming: bool = False) -> Failure:
                        f"on another disk), then rerun the same command with --resume: it continues from the last "
                        f"complete checkpoint", 1)
     if _corrupt_file(exc):
-        where = (" It happened while resuming: the latest checkpoint under the run's checkpoints/ folder is "
-                 "damaged; delete that checkpoint folder (the previous one, if kept, is used) or rerun without "
-                 "--resume to start again" if resuming else
+        which = f" ({checkpoint})" if checkpoint else " (under the run folder's checkpoints/)"
+        where = (f" It happened while resuming: the latest checkpoint{which} is damaged. Rerun without --resume "
+                 f"to train from the start (new checkpoints replace it)" if resuming else
                  " Save or download the file again (for a Hub repo, delete its cached copy)")
         return Failure(f"a saved file is truncated or corrupt ({text}).{where}", 1)
     if isinstance(exc, OSError):
@@ -70,11 +82,12 @@ def explain(exc: BaseException, *, resuming: bool = False) -> Failure:
                    f"on the ltreg issue tracker", 1)
 
 
-def report(exc: BaseException, *, debug: bool = False, resuming: bool = False, stream: TextIO | None = None) -> int:
+def report(exc: BaseException, *, debug: bool = False, resuming: bool = False, checkpoint: Path | None = None,
+           stream: TextIO | None = None) -> int:
     """Print ``exc`` as one paragraph (and its traceback first with ``debug``); return the exit status."""
     stream = stream or sys.stderr
     if debug:
         traceback.print_exception(exc, file=stream)
-    failure = explain(exc, resuming=resuming)
+    failure = explain(exc, resuming=resuming, checkpoint=checkpoint)
     print(f"ltreg: error: {failure.message}", file=stream)
     return failure.exit_code

@@ -168,7 +168,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     hints = typing.get_type_hints(TrainConfig)
     for key, value in list(merged.items()):
         if isinstance(value, str) and hints[key] not in (str, str | None):
-            merged[key] = _parse(value, hints[key], key)
+            merged[key] = _parse(value, hints[key], flag(key))
     if merged.get("quick") is True:
         merged.update(_quick_values(merged))
     try:

@@ -115,8 +115,11 @@ def _check_type(owner: str, name: str, value: Any, tp: Any) -> None:
             return
     elif _type_ok(value, tp):
         return
-    what = "setting" if owner == "TrainConfig" else "hyper-parameter"
-    raise ConfigError(f"{what} {name}={value!r} of {owner} must be of type {_tname(tp)}")
+    if owner == "TrainConfig":
+        from ltreg.settings import flag
+
+        raise ConfigError(f"{flag(name)} must be of type {_tname(tp)}, got {value!r}")
+    raise ConfigError(f"hyper-parameter {name}={value!r} of {owner} must be of type {_tname(tp)}")
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

@@ -90,3 +90,93 @@ def test_missing_plugin_warns_and_still_loads(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded.predict(x), model.predict(x), atol=0, rtol=0)
+
+
+# -- config.json is data, not instructions ------------------------------------------------------
+@pytest.mark.parametrize("key, value, match", [
+    ("backbone_kwargs", {"checkpoint_path": "/etc/passwd"}, r"ltreg\.model\.backbone_kwargs\.checkpoint_path"),
+    ("backbone_kwargs", {"pretrained": True}, r"backbone_kwargs\.pretrained"),
+    ("backbone_kwargs", {"pretrained_cfg_overlay": {"hf_hub_id": "evil/weights"}}, r"backbone_kwargs\.pretrained_cfg_overlay"),
+    ("backbone_kwargs", {"cache_dir": "/tmp"}, r"backbone_kwargs\.cache_dir"),
+    ("backbone_kwargs", {"drop_rate": float("nan")}, r"backbone_kwargs\.drop_rate must be a number in \[0, 1\)"),
+    ("backbone_kwargs", ["checkpoint_path"], r"ltreg\.model\.backbone_kwargs"),
+    ("num_classes", -3, r"ltreg\.model\.num_classes.*integer in \[1, 100000\]"),
+    ("num_classes", 10**9, r"ltreg\.model\.num_classes"),
+    ("num_classes", "5", r"ltreg\.model\.num_classes"),
+    ("num_classes", True, r"ltreg\.model\.num_classes"),
+    ("in_chans", 0, r"ltreg\.model\.in_chans"),
+    ("in_chans", 10**6, r"ltreg\.model\.in_chans"),
+    ("proj_dim", -1, r"ltreg\.model\.proj_dim"),
+    ("proj_dim", 10**9, r"ltreg\.model\.proj_dim"),
+    ("proj_hidden", 10**9, r"ltreg\.model\.proj_hidden"),
+    ("cosine_scale", float("nan"), r"ltreg\.model\.cosine_scale"),
+    ("cosine_scale", float("inf"), r"ltreg\.model\.cosine_scale"),
+    ("classifier", "exec", r"ltreg\.model\.classifier"),
+    ("backbone", "hf-hub:evil/model", r"ltreg\.model\.backbone"),
+    ("backbone", "../../etc/passwd", r"ltreg\.model\.backbone"),
+    ("proj_bn", "yes", r"ltreg\.model\.proj_bn"),
+    ("evil", 1, r"unknown key ltreg\.model\.evil"),
+])
+def test_untrusted_model_config_is_refused_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  key: str, value: Any, match: str) -> None:
+    toy_run(tmp_path)
+    if key in ("num_classes",):
+        edit_config(tmp_path, lambda c: (c.__setitem__(key, value), c["ltreg"]["model"].__setitem__(key, value)))
+    else:
+        edit_config(tmp_path, lambda c: c["ltreg"]["model"].__setitem__(key, value))
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", lambda *a, **kw: pytest.fail(f"timm.create_model reached: {kw}"))
+    with pytest.raises(CheckpointError, match=rf"config\.json of .*{match}"):
+        from_pretrained(tmp_path)
+
+
+def test_allowed_backbone_kwargs_still_load(tmp_path: Path) -> None:
+    model = toy_run(tmp_path)
+    edit_config(tmp_path, lambda c: c["ltreg"]["model"]["backbone_kwargs"].update(drop_rate=0.1))
+    loaded = from_pretrained(tmp_path)
+    assert loaded.config.backbone_kwargs == {"drop_rate": 0.1}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict(x), model.predict(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[1, 2]", "no ltreg model block"),
+    ('{"ltreg": [1]}', "no ltreg model block"),
+    ("{" * 100_000, "not valid JSON"),
+    ("{not json", "not valid JSON"),
+])
+def test_malformed_config_json_is_a_named_error(tmp_path: Path, text: str, match: str) -> None:
+    toy_run(tmp_path)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=rf"config\.json of .*{match}"):
+        from_pretrained(tmp_path)
+
+
+def test_oversized_config_json_is_not_parsed(tmp_path: Path) -> None:
+    toy_run(tmp_path)
+    (tmp_path / "config.json").write_text(" " * (5 * 2**20) + "{}")
+    with pytest.raises(CheckpointError, match="more than a model config can be"):
+        from_pretrained(tmp_path)
+
+
+def test_plugin_hint_cannot_smuggle_a_pip_command(tmp_path: Path) -> None:
+    toy_run(tmp_path)
+    edit_config(tmp_path, lambda c: c["ltreg"].update(method="nowhere", dist="x --index-url http://evil/simple"))
+    with pytest.raises(CheckpointError, match=r"refused key ltreg\.dist"):
+        from_pretrained(tmp_path)
+
+
+def test_recorded_run_config_is_validated_and_its_paths_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ltreg.hub import TrainRecord
+
+    config = {"ltreg": {"train_config": {"dataset": "digits-lt", "imbalance": 10.0, "seed": 1,
+                                         "data_root": "/etc", "dataset_kwargs": {"split_dir": "/etc"},
+                                         "output_dir": "/root"}}}
+    record = TrainRecord.read(config, "m")
+    assert record == TrainRecord(dataset="digits-lt", imbalance=10.0, profile=None, seed=1)
+    for key, value in (("imbalance", float("nan")), ("seed", -1), ("dataset", "../x"), ("imbalance", "big")):
+        bad = {"ltreg": {"train_config": {"dataset": "digits-lt", key: value}}}
+        with pytest.raises(CheckpointError, match=rf"refused key ltreg\.train_config\.{key}"):
+            TrainRecord.read(bad, "m")
