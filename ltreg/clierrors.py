@@ -19,6 +19,7 @@ from typing import TextIO
 
 from ltreg.errors import LtregError
 
+
 @dataclass(frozen=True)
 class Failure:
     """What the user reads, and the exit status."""

@@ -55,16 +55,15 @@ class Bound:
         return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
 
     def describe(self) -> str:
+        """``>= 1 (an integer)``, ``in (0, 1] (a finite number)``, ..."""
         kind = "an integer" if self.integer else "a finite number"
         if self.lo is not None and self.hi is not None:
-            text = f"{kind} in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+            text = f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
         elif self.lo is not None:
-            text = f"{kind} {'>' if self.lo_open else '>='} {_num(self.lo)}"
-        elif self.hi is not None:
-            text = f"{kind} {'<' if self.hi_open else '<='} {_num(self.hi)}"
+            text = f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
         else:
-            text = kind
-        return text + (f" (or none: {self.optional})" if self.optional else "")
+            text = f"{'<' if self.hi_open else '<='} {_num(self.hi)}" if self.hi is not None else "set"
+        return f"{text} ({kind}{'; or none: ' + self.optional if self.optional else ''})"
 
 
 def _num(x: float) -> str:

@@ -30,7 +30,7 @@ def assert_one_paragraph(err: str) -> None:
     ("epochs: !!python/object/apply:os.system ['echo pwned']\n", "uses a tag ltreg does not run"),
     ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
     ("epochs: .nan\n", "--epochs must be of type int, got nan"),
-    ("lr: .nan\n", "--lr must be a finite number > 0, got nan"),
+    ("lr: .nan\n", "--lr must be > 0 (a finite number), got nan"),
 ])
 def test_bad_yaml_is_one_paragraph_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
                                               match: str) -> None:
