@@ -282,7 +282,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
     if missing:
         raise CheckpointError(f"{run_dir} lacks {', '.join(missing)}: not a finished run or model folder; "
                               f"train it to the end (or save_pretrained a model there) first")
-    method = json.loads((run_dir / CONFIG_FILE).read_text()).get("ltreg", {}).get("method", "model")
+    method = _read_config(run_dir, str(run_dir))[0]["ltreg"].get("method") or "model"  # refuses a tampered config
     ops = [CommitOperationAdd(f, (run_dir / f).read_bytes().replace(REPO_PLACEHOLDER.encode(), repo_id.encode())
                               if f == CARD_FILE else str(run_dir / f))
            for f in MODEL_FILES if (run_dir / f).is_file()]

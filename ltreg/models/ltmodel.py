@@ -106,9 +106,9 @@ def check_model_config(cfg: LTModelConfig) -> None:
     for name, value in cfg.backbone_kwargs.items():
         if name not in BACKBONE_KWARGS:
             raise ModelConfigError(
-                f"backbone_kwargs.{_short(name)} is not an allowed backbone argument (allowed: "
-                f"{', '.join(sorted(BACKBONE_KWARGS))}); arguments that load files or download weights are never "
-                f"taken from a config", f"backbone_kwargs.{name}")
+                f"{_short(name)} is not an allowed backbone argument (allowed: {', '.join(sorted(BACKBONE_KWARGS))}); "
+                f"arguments that load files or download weights are never taken from a config",
+                f"backbone_kwargs.{str(name)[:80]}")
         check, want = BACKBONE_KWARGS[name]
         if not check(value):
             raise ModelConfigError(f"backbone_kwargs.{name} must be {want}, got {_short(value)}", f"backbone_kwargs.{name}")
