@@ -82,7 +82,7 @@ class HParams:
                     f"unknown hyper-parameter {key!r} for {type(self).__name__}.{hint} "
                     f"Known: {', '.join(sorted(known))}."
                 )
-            parsed[name] = _parse(value, hints.get(name, Any), name) if isinstance(value, str) else value
+            parsed[name] = _parse(value, hints.get(name, Any), f"hyper-parameter {name}") if isinstance(value, str) else value
         return dataclasses.replace(self, **parsed)
 
     def to_dict(self) -> dict[str, Any]:

@@ -119,3 +119,12 @@ def test_cli_refuses_before_writing(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.startswith("ltreg: error: --max-steps-per-epoch") and "Traceback" not in err
     assert not out.exists()
+
+
+def test_every_installed_recipe_resolves_as_shipped_and_quick():
+    """The checks refuse contradictions; no shipped method default or recipe may contain one."""
+    for row in ltreg.list_methods():
+        spec = ltreg.get_method(row["name"])
+        for recipe in [None, *spec.recipes]:
+            for q in (False, True):
+                resolve_config(spec, {"recipe": recipe, "quick": q})
