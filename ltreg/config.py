@@ -175,11 +175,12 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         cfg = TrainConfig(**merged)
     except SettingError as exc:
         chosen = {where for where, _ in layers[:3]}
-        defaults = [f"{name}={merged[name]!r} comes from {source[name]}" for name in exc.names
-                    if source.get(name) in chosen]
-        if not defaults:
+        defaulted = [name for name in exc.names if source.get(name) in chosen]
+        if not defaulted:
             raise
-        raise SettingError(f"{exc} ({'; '.join(defaults)}: override it with {flag(exc.names[0])})", exc.names) from None
+        origin = "; ".join(f"{name}={merged[name]!r} comes from {source[name]}" for name in defaulted)
+        raise SettingError(f"{exc} ({origin}: override it with {' or '.join(map(flag, defaulted))})",
+                           exc.names) from None
     spec.hparams.replace(**cfg.hparams)  # hyper-parameters are checked now, not when the run is built
     if cfg.dataset_kwargs:
         check_dataset_kwargs(cfg.dataset, cfg.dataset_kwargs)
