@@ -8,9 +8,12 @@ live next to the code that raises them and stay importable from there::
     LtregError                       ltreg.errors            exit 1
     ├── UsageError                   ltreg.errors            exit 2
     │   ├── ConfigError              ltreg.method / ltreg.errors  (ValueError)
-    │   │   └── ModelConfigError     ltreg.models.ltmodel
+    │   │   ├── ModelConfigError     ltreg.models.ltmodel
+    │   │   └── SettingError         ltreg.settings
     │   ├── RegistryError            ltreg.registry          (LookupError; Unknown/Duplicate/PluginLoad)
-    │   └── DataError                ltreg.data.lt           (ValueError)
+    │   ├── DataError                ltreg.data.lt           (ValueError)
+    │   ├── PrototypeError           ltreg.prototypes        (ValueError)
+    │   └── RebalanceError           ltreg.rebalance         (ValueError)
     ├── CheckpointError              ltreg.hub               (ValueError)
     ├── TrainingError                ltreg.trainer           (RuntimeError; NonFiniteLossError)
     └── PushError                    ltreg.hub               (RuntimeError)
