@@ -10,6 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from ltreg.errors import LtregError  # noqa: E402
 from ltreg.method import (  # noqa: E402
     ConfigError,
     HParams,
@@ -57,7 +58,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "__version__", "Batch", "BuildContext", "ConfigError", "HParams", "LossOutput", "MethodSpec", "ModelSpec",
+    "__version__", "Batch", "BuildContext", "ConfigError", "HParams", "LtregError", "LossOutput", "MethodSpec", "ModelSpec",
     "Outputs", "Part", "PartRef", "Recipe", "StepState", "get_method", "hp", "list_methods", "register_method",
     "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
     "register_sampler", "register_transform", "registry",

@@ -23,6 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ltreg.errors import LtregError
+
 WEIGHTS = "ltreg_state.safetensors"
 STATE = "trainer_state.json"
 MANIFEST = "manifest.json"
@@ -31,7 +33,7 @@ POINTER = "latest"
 NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LtregError, ValueError):
     """A checkpoint or model folder that cannot be used as asked: missing, corrupt, mismatched or unsafe."""
 
 

@@ -3,6 +3,10 @@
 ``ltreg train`` with no flags is the demo: the default method on the embedded digits-LT data.
 Training flags are generated from :class:`ltreg.config.TrainConfig`, so the CLI, YAML files and
 Python keyword arguments accept the same names.
+
+Every failure ends with one paragraph on stderr (``ltreg: error: ...``: what, which file or flag, how
+to fix it) and a non-zero status: 2 for bad input (:class:`ltreg.errors.UsageError`), 1 for runtime
+failures. No traceback is printed unless ``--debug`` is given (see :mod:`ltreg.clierrors`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import sys
 import typing
 from typing import Any
 
-from ltreg.method import ConfigError
-from ltreg.registry import RegistryError
+from ltreg.clierrors import latest_checkpoint, report
+from ltreg.errors import ConfigError
 
 _SKIP = {"hparams", "method", "dataset_kwargs"}
 
@@ -85,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ltreg.trainer import train
 
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items()
-                                 if k not in ("command", "func", "yaml", "hp", "method", "data_arg") and v is not None}
+                                 if k not in ("command", "func", "yaml", "hp", "method", "data_arg", "debug")
+                                 and v is not None}
     hps = _pairs(args.hp, "--hp")
     if hps:
         overrides["hparams"] = hps
@@ -121,18 +126,22 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ltreg", description="Long-tailed recognition methods, one trainer.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the full traceback of a failure (for bug reports)")
+    parser = argparse.ArgumentParser(prog="ltreg", description="Long-tailed recognition methods, one trainer.",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("list", help="installed methods and where they come from")
+    p = sub.add_parser("list", help="installed methods and where they come from", parents=[common])
     p.add_argument("--parts", action="store_true", help="also list losses, samplers, prototypes, ...")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("info", help="a method's parts, hyper-parameters and recipes")
+    p = sub.add_parser("info", help="a method's parts, hyper-parameters and recipes", parents=[common])
     p.add_argument("name")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("train", help="train a method (no flags: the digits-LT demo)")
+    p = sub.add_parser("train", help="train a method (no flags: the digits-LT demo)", parents=[common])
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a saved model folder or Hub repo on a data set")
+    p = sub.add_parser("eval", help="evaluate a saved model folder or Hub repo on a data set", parents=[common])
     p.add_argument("model", help="run folder, model folder or Hub repo id")
     p.add_argument("--dataset", default=None, help="default: the data set it was trained on")
     p.add_argument("--data-root", default=None, help="default: the folder it was trained on")
@@ -141,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="test (default) or val")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("push", help="push a run folder to the Hugging Face Hub")
+    p = sub.add_parser("push", help="push a run folder to the Hugging Face Hub", parents=[common])
     p.add_argument("run_dir")
     p.add_argument("--repo", required=True, help="org/name")
     p.add_argument("--private", action="store_true")
@@ -151,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a failure prints one paragraph (a traceback too with ``--debug``) and returns 1 or 2."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -159,17 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ConfigError, RegistryError, ValueError) as exc:
-        print(f"ltreg: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        from ltreg.hub import PushError
-        from ltreg.run import TrainingError
-
-        if isinstance(exc, (TrainingError, PushError)):
-            print(f"ltreg: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except Exception as exc:  # noqa: BLE001 - every failure ends in one paragraph and an exit status
+        resuming = bool(getattr(args, "resume", None))
+        checkpoint = latest_checkpoint(getattr(args, "output_dir", None)) if resuming else None
+        return report(exc, debug=getattr(args, "debug", False), resuming=resuming, checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        print("ltreg: interrupted (the last checkpoint, if any, is intact; continue with --resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

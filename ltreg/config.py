@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ltreg.data.build import DataArgs
-from ltreg.method import ConfigError, HParams, MethodSpec, _check_type, _parse
+from ltreg.errors import ConfigError
+from ltreg.method import HParams, MethodSpec, _check_type, _parse
+from ltreg.settings import SettingError, check_settings, flag
 
 DEFAULT_METHOD = "balanced-softmax"
 DEFAULT_DATASET = "digits-lt"
@@ -89,21 +92,7 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             _check_type("TrainConfig", f.name, getattr(self, f.name), hints[f.name])
-        checks = [
-            ("epochs", self.epochs >= 0, ">= 0"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("schedule", self.schedule in ("cosine", "step", "constant"), "one of cosine, step, constant"),
-            ("mixed_precision", self.mixed_precision in ("no", "fp16", "bf16"), "one of no, fp16, bf16"),
-            ("grad_accum", self.grad_accum >= 1, ">= 1"),
-            ("imbalance", self.imbalance is None or self.imbalance >= 1, ">= 1 (it is n_max / n_min)"),
-            ("holdout_fraction", 0 < self.holdout_fraction < 1, "in (0, 1)"),
-            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
-        ]
-        for name, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"{name} must be {want}, got {getattr(self, name)!r}")
+        check_settings(self)
 
     @property
     def run_dir(self) -> Path:
@@ -145,8 +134,21 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML run file: training keys at top level, method hyper-parameters under ``hparams``."""
     import yaml
 
-    with open(path) as fh:
-        values = yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            values = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the YAML run file {path} (--config): {exc.strerror or exc}; check the path") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the YAML run file {path} (--config) is not UTF-8 text: {exc}") from exc
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(
+            f"the YAML run file {path} (--config) uses a tag ltreg does not run ({_one_line(exc)}): a run file holds "
+            f"plain values only (numbers, strings, lists, mappings); remove the !tag"
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the YAML run file {path} (--config) is not valid YAML: {_one_line(exc)}; fix the "
+                          f"syntax at that line") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a YAML run file must be a mapping of keys to values")
     _check_keys(values, f"YAML file {path}")
@@ -162,8 +164,16 @@ class RunConfig:
     hparams: HParams
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dict[str, Any] | None = None) -> RunConfig:
-    """Merge the layers for ``spec`` into a validated :class:`TrainConfig` and hyper-parameters."""
+    """Merge the layers for ``spec`` into a validated :class:`TrainConfig` and hyper-parameters.
+
+    Settings and the method's hyper-parameters are checked here, before any data or model is built;
+    a contradiction that involves a default names the layer it came from.
+    """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     _check_keys(overrides, "the command line / keyword arguments")
     yaml_values = dict(yaml_values or {})
@@ -174,11 +184,16 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         dataset = recipe.train.get("dataset", dataset)
     merged: dict[str, Any] = {}
     hparams: dict[str, Any] = {}
-    for layer in (DATASET_DEFAULTS.get(dataset, {}), dict(spec.train_defaults), dict(recipe.train) if recipe else {},
-                  yaml_values, overrides):
+    source: dict[str, str] = {}
+    layers = ((f"the defaults of the data set {dataset}", DATASET_DEFAULTS.get(dataset, {})),
+              (f"the defaults of the method {spec.name}", dict(spec.train_defaults)),
+              (f"the recipe {recipe_name}", dict(recipe.train) if recipe else {}),
+              ("the YAML file", yaml_values), ("the command line / keyword arguments", overrides))
+    for where, layer in layers:
         layer = dict(layer)
         hparams.update(layer.pop("hparams", {}) or {})
         merged.update(layer)
+        source.update(dict.fromkeys(layer, where))
     if recipe is not None:
         hparams = {**dict(recipe.hparams), **hparams}
     merged["dataset"] = dataset
@@ -188,24 +203,70 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     hints = typing.get_type_hints(TrainConfig)
     for key, value in list(merged.items()):
         if isinstance(value, str) and hints[key] not in (str, str | None):
-            merged[key] = _parse(value, hints[key], key)
-    cfg = TrainConfig(**merged)
-    if cfg.quick:
-        cfg = quick(cfg)
-    return RunConfig(spec, cfg, spec.hparams.replace(**cfg.hparams))
+            merged[key] = _parse(value, hints[key], flag(key))
+    if merged.get("quick") is True:
+        merged.update(_quick_values(merged))
+    try:
+        cfg = TrainConfig(**merged)
+    except SettingError as exc:
+        chosen = {where for where, _ in layers[:3]}
+        defaulted = [name for name in exc.names if source.get(name) in chosen]
+        if not defaulted:
+            raise
+        origin = "; ".join(f"{name}={merged[name]!r} comes from {source[name]}" for name in defaulted)
+        raise SettingError(f"{exc} ({origin}: override it with {' or '.join(map(flag, defaulted))})",
+                           exc.names) from None
+    hparams = spec.hparams.replace(**cfg.hparams)  # checked now, not when the run is built
+    if cfg.dataset_kwargs:
+        check_dataset_kwargs(cfg.dataset, cfg.dataset_kwargs)
+    return RunConfig(spec, cfg, hparams)
+
+
+#: Builder arguments ltreg sets from a setting; a --data-arg may not set them behind its back.
+_OWNED_DATA_ARGS = {"seed": "--seed", "profile": "--profile", "root": "--data-root", "imbalance": "--imbalance"}
+
+
+def check_dataset_kwargs(dataset: str, kwargs: dict[str, Any]) -> None:
+    """Every ``--data-arg`` name is a parameter of the data set's builder, and not one a setting owns."""
+    from ltreg.registry import registry
+
+    builder = registry("datasets").get(dataset)
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # a builder without a signature: it checks its own arguments
+        return
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    known = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and n not in _OWNED_DATA_ARGS]
+    for key in kwargs:
+        if key in _OWNED_DATA_ARGS:
+            raise ConfigError(f"--data-arg {key}=... is set by the setting {_OWNED_DATA_ARGS[key]}; use that flag")
+        if not open_ended and key not in params:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown --data-arg {key!r} for the data set {dataset}.{hint} "
+                              f"It accepts: {', '.join(known) or 'none'}.")
+
+
+def _quick_values(values: dict[str, Any]) -> dict[str, Any]:
+    """What ``--quick`` changes: 2 epochs of at most 10 steps, a small backbone, 1 stage-2 epoch."""
+    backbone = values.get("backbone")
+    epochs, steps, batch = (values.get(k, getattr(TrainConfig, k)) for k in ("epochs", "max_steps_per_epoch", "batch_size"))
+    ints = all(isinstance(v, int) for v in (epochs, batch)) and (steps is None or isinstance(steps, int))
+    if not ints:  # a wrong type: leave it for TrainConfig to name
+        return {}
+    return {
+        "epochs": min(epochs, 2),
+        "warmup_epochs": 0,
+        "milestones": [],
+        "max_steps_per_epoch": min(steps or 10, 10),
+        "stage2_epochs": 1,
+        "backbone": backbone if backbone in ("resnet8", "resnet20", "resnet32") else "resnet8",
+        "batch_size": min(batch, 64),
+        "quick": False,
+    }
 
 
 def quick(cfg: TrainConfig) -> TrainConfig:
     """The same recipe at CPU scale: 2 epochs of at most 10 steps, a small backbone, 1 stage-2 epoch."""
-    small = cfg.backbone if cfg.backbone in ("resnet8", "resnet20", "resnet32") else "resnet8"
-    return dataclasses.replace(
-        cfg,
-        epochs=min(cfg.epochs, 2),
-        warmup_epochs=0,
-        milestones=[],
-        max_steps_per_epoch=min(cfg.max_steps_per_epoch or 10, 10),
-        stage2_epochs=1,
-        backbone=small,
-        batch_size=min(cfg.batch_size, 64),
-        quick=False,
-    )
+    return dataclasses.replace(cfg, **_quick_values(cfg.to_dict()))

@@ -10,8 +10,10 @@ embedding of the test split.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -138,13 +140,13 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
     from ltreg.models.pretrained import load_pretrained
 
     model, card = load_pretrained(LTModel, repo_or_dir, revision)
-    recorded = card.dataset.builder_args if card.dataset is not None else {}
-    if dataset is None and not recorded:
+    recorded = recorded_data_args(card, trusted=Path(repo_or_dir).is_dir())
+    if dataset is None and recorded is None:
         raise CheckpointError(f"{repo_or_dir} does not record the data set it was trained on; pass --dataset")
-    if dataset is not None and dataset != recorded.get("dataset"):
-        args = DataArgs(dataset=dataset, root=data_root, kwargs=dict(data_kwargs or {}))
+    if recorded is None or (dataset is not None and dataset != recorded.dataset):
+        args = DataArgs(dataset=str(dataset), root=data_root, kwargs=dict(data_kwargs or {}))
     else:
-        args = DataArgs(**{**recorded, "kwargs": {**recorded.get("kwargs", {}), **(data_kwargs or {})}})
+        args = dataclasses.replace(recorded, kwargs={**recorded.kwargs, **(data_kwargs or {})})
         if data_root is not None:
             args.root = data_root
     data = build_data(args)
@@ -157,6 +159,30 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     passes = DataPasses(model.to(device), device, batch_size=batch_size)
     return evaluate(passes, target, data.train)
+
+
+def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
+    """The data set arguments a model records, type-checked; from a Hub repo (``trusted`` False) its
+    recorded folder and builder arguments are dropped (they are data, never paths to follow): pass
+    ``--data-root`` / ``--data-arg``. A Hub data set id is kept, since it names no local path."""
+    from ltreg.checkpoint import CheckpointError
+
+    raw = card.dataset.builder_args if card.dataset is not None else {}
+    if not raw:
+        return None
+    try:
+        args = DataArgs(**raw)
+        ok = (isinstance(args.dataset, str) and isinstance(args.seed, int) and isinstance(args.kwargs, dict)
+              and (args.root is None or isinstance(args.root, str)) and (args.profile is None or isinstance(args.profile, str))
+              and (args.imbalance is None or (isinstance(args.imbalance, (int, float)) and args.imbalance >= 1)))
+    except TypeError:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"the recorded data set arguments of this model are malformed: {str(raw)[:200]}")
+    if not trusted:
+        keep_root = card.dataset.hub_id is not None and args.root == card.dataset.hub_id
+        args = dataclasses.replace(args, root=args.root if keep_root else None, kwargs={})
+    return args
 
 
 def _split(data: LTData, split: str, label: Any) -> LTDataset:

@@ -31,6 +31,8 @@ from torch import Tensor
 import ltreg
 from ltreg.card import PLOT_FILE, REPO_PLACEHOLDER
 from ltreg.checkpoint import MANIFEST, CheckpointError, verify_manifest
+from ltreg.errors import LtregError
+from ltreg.models.config import folder_model_config
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,11 +43,13 @@ METRICS_FILE = "metrics.json"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE, CARD_FILE, PLOT_FILE, METRICS_FILE, MANIFEST)
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE)
 PICKLE_PATTERNS = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt")
+#: A config.json larger than this is refused before it is parsed (a real one is a few kB).
+MAX_CONFIG_BYTES = 4 * 2**20
 
 __all__ = ["CheckpointError", "PushError", "resolve", "read_config", "read_safetensors", "push_run", "MODEL_FILES"]
 
 
-class PushError(RuntimeError):
+class PushError(LtregError, RuntimeError):
     """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
@@ -92,12 +96,17 @@ def read_config(folder: Path, label: str) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{label} has no {CONFIG_FILE}: not an ltreg model folder or repo")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{CONFIG_FILE} of {label} ({path}) is {path.stat().st_size} bytes, more than a model "
+                              f"config can be ({MAX_CONFIG_BYTES}); refusing to parse it")
     try:
         config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{CONFIG_FILE} of {label} is corrupt: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{CONFIG_FILE} of {label} ({path}) is corrupt: not valid JSON ({exc}); save the model "
+                              f"again") from exc
     if not isinstance(config, dict):
-        raise CheckpointError(f"{CONFIG_FILE} of {label} is not a JSON object")
+        raise CheckpointError(f"{CONFIG_FILE} of {label} is not a JSON object, so it has no ltreg model block: "
+                              f"not an ltreg model folder")
     return config
 
 
@@ -124,7 +133,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
         raise CheckpointError(f"{run_dir} lacks {', '.join(missing)}: not a finished run or model folder; "
                               f"train it to the end (or save_pretrained a model there) first")
     verify_manifest(run_dir, str(run_dir), required=False)
-    method = read_config(run_dir, str(run_dir)).get("ltreg", {}).get("method", "model")
+    config = read_config(run_dir, str(run_dir))
+    folder_model_config(config, str(run_dir))  # refuses a tampered config before anything is uploaded
+    method = config["ltreg"].get("method") or "model"
     ops = [CommitOperationAdd(f, (run_dir / f).read_bytes().replace(REPO_PLACEHOLDER.encode(), repo_id.encode())
                               if f == CARD_FILE else str(run_dir / f))
            for f in MODEL_FILES if (run_dir / f).is_file()]

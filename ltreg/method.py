@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ltreg.errors import ConfigError
 from ltreg.registry import registry
-
-
-class ConfigError(ValueError):
-    """A configuration value that is unknown, of the wrong type or out of range."""
 
 
 @dataclass(frozen=True)
@@ -66,14 +64,7 @@ class HParams:
                     f"hyper-parameter {f.name}={value!r} is not one of {list(meta['choices'])}"
                 )
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                lo, hi = meta.get("min"), meta.get("max")
-                strict = meta.get("min_exclusive", False)
-                if lo is not None and (value < lo or (strict and value == lo)):
-                    raise ConfigError(
-                        f"hyper-parameter {f.name}={value!r} must be {'>' if strict else '>='} {lo}"
-                    )
-                if hi is not None and value > hi:
-                    raise ConfigError(f"hyper-parameter {f.name}={value!r} must be <= {hi}")
+                _check_range(f.name, value, meta)
 
     def replace(self, **overrides: Any) -> HParams:
         """A copy with ``overrides`` (strings from the CLI are parsed to the field's type)."""
@@ -91,11 +82,27 @@ class HParams:
                     f"unknown hyper-parameter {key!r} for {type(self).__name__}.{hint} "
                     f"Known: {', '.join(sorted(known))}."
                 )
-            parsed[name] = _parse(value, hints.get(name, Any), name) if isinstance(value, str) else value
+            parsed[name] = _parse(value, hints.get(name, Any), f"hyper-parameter {name}") if isinstance(value, str) else value
         return dataclasses.replace(self, **parsed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_range(name: str, value: float, meta: Mapping[str, Any]) -> None:
+    """A number within the field's ``min`` / ``max``; NaN always refused, ±inf unless a bound is infinite."""
+    lo, hi = meta.get("min"), meta.get("max")
+    strict = meta.get("min_exclusive", False)
+    where = f"hyper-parameter {name}={value!r} (--hp {name}=VALUE)"
+    allowed = f"{'>' if strict else '>='} {lo}" if lo is not None else ""
+    if hi is not None:
+        allowed = f"{allowed} and <= {hi}" if allowed else f"<= {hi}"
+    if math.isnan(value) or (math.isinf(value) and not meta.get("allow_inf") and value not in (lo, hi)):
+        raise ConfigError(f"{where} must be a finite number{' ' + allowed if allowed else ''}")
+    if lo is not None and (value < lo or (strict and value == lo)):
+        raise ConfigError(f"{where} must be {allowed}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where} must be {allowed}")
 
 
 def _check_type(owner: str, name: str, value: Any, tp: Any) -> None:
@@ -108,8 +115,11 @@ def _check_type(owner: str, name: str, value: Any, tp: Any) -> None:
             return
     elif _type_ok(value, tp):
         return
-    what = "setting" if owner == "TrainConfig" else "hyper-parameter"
-    raise ConfigError(f"{what} {name}={value!r} of {owner} must be of type {_tname(tp)}")
+    if owner == "TrainConfig":
+        from ltreg.settings import flag
+
+        raise ConfigError(f"{flag(name)} must be of type {_tname(tp)}, got {value!r}")
+    raise ConfigError(f"hyper-parameter {name}={value!r} of {owner} must be of type {_tname(tp)}")
 
 
 def _type_ok(value: Any, tp: Any) -> bool:

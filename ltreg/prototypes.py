@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltreg.distributed import all_reduce_sum
+from ltreg.errors import UsageError
 from ltreg.step import Batch, BuildContext, Outputs, Part, StepState
 
 
-class PrototypeError(ValueError):
+class PrototypeError(UsageError, ValueError):
     """A prototype module that cannot be built or updated as configured."""
 
 

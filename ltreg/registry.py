@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from ltreg.errors import UsageError
+
 GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets")
 IN_PROCESS = "<in-process>"
 
 
-class RegistryError(LookupError):
+class RegistryError(UsageError, LookupError):
     """A name that cannot be resolved, or a conflict between providers."""
 
 

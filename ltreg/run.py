@@ -30,6 +30,7 @@ from ltreg.config import RunConfig, TrainConfig
 from ltreg.data.build import build_data
 from ltreg.data.lt import LTData, LTDataset
 from ltreg.data.views import ViewDataset, collate
+from ltreg.errors import LtregError
 from ltreg.evaluate import DataPasses
 from ltreg.method import ConfigError, PartRef, build_part
 from ltreg.models.ltmodel import LTModel, LTModelConfig
@@ -37,7 +38,7 @@ from ltreg.registry import registry
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LtregError, RuntimeError):
     """A run that cannot go on; the message says what was kept and what to do."""
 
 

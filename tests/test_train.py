@@ -77,8 +77,8 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, tiny):
 
 def test_config_layers_and_errors():
     spec = ltreg.get_method("ce")
-    cfg = resolve_config(spec, {"recipe": "cifar100-lt-if50", "epochs": "3"}).cfg
-    assert (cfg.dataset, cfg.imbalance, cfg.backbone, cfg.epochs) == ("cifar100-lt", 50.0, "resnet32", 3)
+    cfg = resolve_config(spec, {"recipe": "cifar100-lt-if50", "epochs": "300"}).cfg
+    assert (cfg.dataset, cfg.imbalance, cfg.backbone, cfg.epochs) == ("cifar100-lt", 50.0, "resnet32", 300)
     assert cfg.milestones == [160, 180]
     with pytest.raises(ConfigError, match="unknown key 'epoch'.*epochs"):
         resolve_config(spec, {"epoch": 3})

@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ltreg.errors import UsageError
 
-class DataError(ValueError):
+
+class DataError(UsageError, ValueError):
     """Bad data: labels out of range, an empty class, an impossible profile."""
 
 
@@ -106,6 +108,8 @@ class LTDataset:
 
     def check_train(self) -> None:
         """A training set must have every class: an empty class has no prior and no positives."""
+        if self.num_classes < 2:  # one class: every prediction is right, accuracy is a meaningless 100 %
+            raise DataError(f"{self.name}: a training set needs at least 2 classes, this one has {self.num_classes}")
         counts = self.class_counts
         empty = (counts == 0).nonzero().flatten().tolist()
         if empty:

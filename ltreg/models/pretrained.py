@@ -31,7 +31,7 @@ from ltreg.hub import (
     refuse_pickle,
     resolve,
 )
-from ltreg.models.config import LTModelConfig, ModelConfigError
+from ltreg.models.config import LTModelConfig, ModelConfigError, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
 from ltreg.registry import IN_PROCESS, RegistryError, registry
 
@@ -96,22 +96,6 @@ def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | No
     write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str))
     write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE])
     return directory
-
-
-def model_config(config: dict[str, Any], label: str) -> LTModelConfig:
-    """The LTModelConfig a ``config.json`` describes; its timm keys must agree with the ltreg block."""
-    try:
-        cfg = LTModelConfig(**config["ltreg"]["model"])
-    except KeyError as exc:
-        raise CheckpointError(f"{CONFIG_FILE} of {label} has no ltreg model block ({exc}): a plain timm model? "
-                              f"load it with timm.create_model") from exc
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{CONFIG_FILE} of {label} is corrupt: {exc}") from exc
-    for key, ours in (("architecture", cfg.backbone), ("num_classes", cfg.num_classes)):
-        if config.get(key, ours) != ours:
-            raise CheckpointError(f"{CONFIG_FILE} of {label} contradicts itself: {key}={config[key]!r} but "
-                                  f"ltreg.model says {ours!r}")
-    return cfg
 
 
 def _gather(folder: Path, label: str, prefix: str, trust_remote_pickle: bool) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -188,10 +172,10 @@ def load_pretrained(cls: type[nn.Module], repo_or_dir: str | os.PathLike, revisi
     """A ``cls`` model (eval mode) with the folder's or repo's weights, and the run's card."""
     folder, label = resolve(repo_or_dir, revision, trust_remote_pickle)
     config = read_config(folder, label)
-    cfg = model_config(config, label)
+    cfg = folder_model_config(config, label)
     try:
         model = cls(cfg)
-    except ModelConfigError as exc:
+    except (ModelConfigError, TypeError) as exc:  # TypeError: an allowed backbone argument this backbone lacks
         raise CheckpointError(f"{CONFIG_FILE} of {label}: {exc}") from exc
     prefix = head_prefix(cfg)
     state, origin = _gather(folder, label, prefix, trust_remote_pickle)
