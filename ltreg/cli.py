@@ -89,7 +89,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     hps = _pairs(args.hp, "--hp")
     if hps:
         overrides["hparams"] = hps
-    data_args = _pairs(args.data_arg, "--data-arg")
+    from ltreg.data.build import parse_data_args
+
+    data_args = parse_data_args(args.data_arg)
     if data_args:
         overrides["dataset_kwargs"] = data_args
     result = train(args.method, yaml_path=args.yaml, **overrides)

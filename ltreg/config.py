@@ -14,24 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltreg.data.build import dataset_defaults
 from ltreg.method import ConfigError, MethodSpec, _check_type, _parse
 
 DEFAULT_METHOD = "balanced-softmax"
 DEFAULT_DATASET = "digits-lt"
-
-#: Per-data-set defaults: a backbone that fits the image size and a budget that fits the set.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits-lt": {"backbone": "resnet8", "epochs": 30, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4},
-    "fashion-mnist-lt": {"backbone": "resnet8", "epochs": 30, "batch_size": 128, "lr": 0.1},
-    "cifar10-lt": {"backbone": "resnet32", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 2e-4,
-                   "warmup_epochs": 5},
-    "cifar100-lt": {"backbone": "resnet32", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 2e-4,
-                    "warmup_epochs": 5},
-    "imagenet-lt": {"backbone": "resnet50", "epochs": 90, "batch_size": 256, "lr": 0.1},
-    "places-lt": {"backbone": "resnet152", "epochs": 30, "batch_size": 256, "lr": 0.02},
-    "inat2018": {"backbone": "resnet50", "epochs": 90, "batch_size": 256, "lr": 0.1, "weight_decay": 1e-4},
-}
-
 
 @dataclass
 class TrainConfig:
@@ -139,7 +126,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         dataset = recipe.train.get("dataset", dataset)
     merged: dict[str, Any] = {}
     hparams: dict[str, Any] = {}
-    for layer in (DATASET_DEFAULTS.get(dataset, {}), dict(spec.train_defaults), dict(recipe.train) if recipe else {},
+    for layer in (dataset_defaults(dataset), dict(spec.train_defaults), dict(recipe.train) if recipe else {},
                   yaml_values, overrides):
         layer = dict(layer)
         hparams.update(layer.pop("hparams", {}) or {})

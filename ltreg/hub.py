@@ -475,9 +475,9 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, dataset: str | None = No
     from torch.utils.data import DataLoader
 
     from ltreg.config import TrainConfig
+    from ltreg.data.build import build_data
     from ltreg.data.views import ViewDataset, collate
     from ltreg.evaluate import lt_metrics
-    from ltreg.trainer import build_data
 
     model, config = _load(repo_or_dir, revision, False)
     tc = config["ltreg"].get("train_config") or {}

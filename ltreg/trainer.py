@@ -28,12 +28,12 @@ from torch.utils.data import DataLoader
 
 from ltreg import distributed as D
 from ltreg.config import TrainConfig, resolve_config
-from ltreg.data.lt import LTData, LTDataset
+from ltreg.data.build import build_data
+from ltreg.data.lt import LTDataset
 from ltreg.data.views import ViewDataset, collate
 from ltreg.evaluate import format_table, geometry_metrics, lt_metrics
 from ltreg.method import ConfigError, MethodSpec, PartRef, build_part, get_method
 from ltreg.models.ltmodel import LTModel, LTModelConfig
-from ltreg.registry import registry
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
 
 WEIGHTS = "ltreg_state.safetensors"
@@ -56,21 +56,6 @@ class RunResult:
     history: list[dict[str, Any]]
     model: LTModel
     config: TrainConfig
-
-
-def build_data(cfg: TrainConfig) -> LTData:
-    """The registered data set builder, called with the run's profile, imbalance and seed."""
-    builder = registry("datasets").get(cfg.dataset)
-    kwargs: dict[str, Any] = {"seed": cfg.seed, **cfg.dataset_kwargs}
-    if cfg.profile is not None:
-        kwargs["profile"] = cfg.profile
-    if cfg.data_root is not None:
-        kwargs["root"] = cfg.data_root
-    if cfg.imbalance is not None:
-        kwargs["imbalance"] = cfg.imbalance
-    data = builder(**kwargs)
-    data.train.check_train()
-    return data
 
 
 def carve_holdout(train: LTDataset, fraction: float, seed: int) -> tuple[LTDataset, LTDataset]:
