@@ -86,6 +86,15 @@ def test_ambiguous_layouts_are_named_errors(tmp_path: Path, layout: dict[str, in
     assert str(tmp_path / "root") in str(err.value)
 
 
+def test_a_class_named_like_a_split_needs_layout_flat(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "vehicles", {"bus": 3, "car": 3, "train": 3})
+    with pytest.raises(DataLayoutError, match="if these are all class folders, pass layout='flat'"):
+        imagefolder_lt(str(root))
+    assert imagefolder_lt(str(root), layout="flat").train.class_names == ["bus", "car", "train"]
+    with pytest.raises(DataLayoutError, match="no train/ folder"):
+        imagefolder_lt(str(make_folder(tmp_path / "flat", {"a": 3, "b": 3})), layout="split")
+
+
 def test_images_without_class_folders(tmp_path: Path) -> None:
     (tmp_path / "root" / "train").mkdir(parents=True)
     _img().save(tmp_path / "root" / "train" / "0.png")

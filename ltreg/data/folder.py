@@ -32,8 +32,13 @@ def _subdirs(path: Path) -> list[str]:
     return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def detect_layout(base: Path) -> dict[str, Path]:
-    """``{"train": folder, "val": folder?, "test": folder?}`` of a split layout, or ``{"flat": base}``."""
+def detect_layout(base: Path, layout: str | None = None) -> dict[str, Path]:
+    """``{"train": folder, "val": folder?, "test": folder?}`` of a split layout, or ``{"flat": base}``.
+
+    ``layout="flat"`` reads the top level as classes even when some are named like splits.
+    """
+    if layout not in (None, "flat", "split"):
+        raise DataLayoutError(f"layout must be 'flat' or 'split' (or unset: detected), got {layout!r}")
     if not base.is_dir():
         raise DataLayoutError(f"image folder {base} does not exist")
     dirs = _subdirs(base)
@@ -42,14 +47,19 @@ def detect_layout(base: Path) -> dict[str, Path]:
             f"{base} has no sub-folders: expected {base}/<class>/<image> or {base}/train/<class>/<image>"
         )
     splits = [d for d in dirs if d.lower() in SPLIT_LIKE]
-    if not splits:
+    if layout == "flat" or (not splits and layout is None):
         return {"flat": base}
+    if not splits:
+        raise DataLayoutError(
+            f"{base} has no train/ folder (layout='split'): put the training images in {base}/train/<class>/, "
+            f"or leave layout unset to read {base} as class folders"
+        )
     others = [d for d in dirs if d.lower() not in SPLIT_LIKE]
     if others:
         raise DataLayoutError(
-            f"{base} mixes split folders ({', '.join(splits)}) with other folders ({', '.join(others[:5])}): "
+            f"{base} mixes split folders ({', '.join(splits) or '-'}) with other folders ({', '.join(others[:5])}): "
             f"put every class under {base}/train/<class>/ (and {base}/val/<class>/ or {base}/test/<class>/), "
-            f"or, for a folder of classes only, rename the class folder(s) named like a split"
+            f"or, if these are all class folders, pass layout='flat' (--data-arg layout=flat)"
         )
     unread = [d for d in splits if d.lower() not in SPLIT_DIRS]
     if unread:
@@ -157,6 +167,7 @@ def imagefolder_lt(
     n_max: int | None = None,
     many_thr: int | None = None,
     few_thr: int | None = None,
+    layout: str | None = None,
 ) -> LTData:
     """An image folder, lazily decoded: ``root/<class>/<image>`` or ``root/train/<class>/`` plus
     ``root/val/`` and / or ``root/test/`` with the same class folders.
@@ -168,13 +179,14 @@ def imagefolder_lt(
     long-tailed (LDAM-DRW). Unreadable images are skipped (``info["skipped"]``, a warning) or raise
     naming the file (``on_bad_image="error"``). ``channels``, ``image_size``, ``resize`` and the
     many / few thresholds are inferred from the training images when not given (``LTData.summary``).
+    ``layout`` ("flat" or "split") overrides the detection, e.g. for a class named ``train``.
     """
     if on_bad_image not in ("skip", "error"):
         raise DataError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     base = Path(root)
-    roles = detect_layout(base)
+    roles = detect_layout(base, layout)
     train_scan = scan(roles.get("train", base), None, on_bad_image)
     classes = train_scan.classes
     others = {role: scan(roles[role], classes, on_bad_image) for role in ("val", "test") if role in roles}
