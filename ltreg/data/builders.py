@@ -18,6 +18,7 @@ import torch
 from ltreg.data.build import with_defaults
 from ltreg.data.folder import imagefolder_lt
 from ltreg.data.hf import _labels, hf_lt, load_table, prepare
+from ltreg.data.infer import IMAGENET_MEAN, IMAGENET_STD
 from ltreg.data.lt import DataError, LTData, LTDataset, TensorSource, effective_imbalance, make_lt_indices
 from ltreg.data.sources import FileSource, HFSource
 
@@ -74,11 +75,9 @@ def digits_lt(
     return LTData(train=train, test=test)
 
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
-GREY_MEAN, GREY_STD = (0.5,), (0.5,)
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -348,9 +347,15 @@ OLTR_HINT = (
 
 
 def split_file_benchmark(
-    name: str, files: dict[str, str], hint: str, mean: tuple[float, ...], std: tuple[float, ...], doc: str
+    name: str,
+    files: dict[str, str],
+    hint: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    doc: str,
+    defaults: dict[str, Any],
 ) -> Callable[..., LTData]:
-    """A builder of a fixed LT benchmark read from its split files (``_split_file_lt``) under ``root``."""
+    """The builder of a fixed LT benchmark read from its split files (``_split_file_lt``), with its run defaults."""
 
     def builder(
         root: str,
@@ -363,33 +368,34 @@ def split_file_benchmark(
 
     builder.__name__ = builder.__qualname__ = name.replace("-", "_")
     builder.__doc__ = doc
-    return builder
+    return with_defaults(**defaults)(builder)
 
 
-imagenet_lt = with_defaults(backbone="resnet50", epochs=90, batch_size=256, lr=0.1)(split_file_benchmark(
+imagenet_lt = split_file_benchmark(
     "imagenet-lt",
     {"train": "ImageNet_LT_train.txt", "test": "ImageNet_LT_test.txt", "val": "ImageNet_LT_val.txt"},
     OLTR_HINT.format(d="ImageNet_LT"),
     IMAGENET_MEAN,
     IMAGENET_STD,
     "ImageNet-LT (1000 classes, 115.8K train, 50K balanced test, 20K val) from its split files; root = ImageNet-2012.",
-))
-places_lt = with_defaults(backbone="resnet152", epochs=30, batch_size=256, lr=0.02)(split_file_benchmark(
+    dict(backbone="resnet50", epochs=90, batch_size=256, lr=0.1),
+)
+places_lt = split_file_benchmark(
     "places-lt",
     {"train": "Places_LT_train.txt", "test": "Places_LT_test.txt", "val": "Places_LT_val.txt"},
     OLTR_HINT.format(d="Places_LT"),
     IMAGENET_MEAN,
     IMAGENET_STD,
     "Places-LT (365 classes, 62.5K train, 36.5K balanced test) from its split files; root = Places365-Standard.",
-))
-inat2018 = with_defaults(backbone="resnet50", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4)(
-    split_file_benchmark(
-        "inat2018",
-        {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
-        "get them from github.com/facebookresearch/classifier-balancing (data/iNaturalist18) or the PaCo / BCL "
-        "repositories, and pass their folder as --data-arg split_dir=DIR (split_dir= in Python)",
-        INAT_MEAN,
-        INAT_STD,
-        "iNaturalist 2018 (8,142 classes, 437.5K train, the 24,426 val images as test); root holds train_val2018/.",
-    )
+    dict(backbone="resnet152", epochs=30, batch_size=256, lr=0.02),
+)
+inat2018 = split_file_benchmark(
+    "inat2018",
+    {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
+    "get them from github.com/facebookresearch/classifier-balancing (data/iNaturalist18) or the PaCo / BCL "
+    "repositories, and pass their folder as --data-arg split_dir=DIR (split_dir= in Python)",
+    INAT_MEAN,
+    INAT_STD,
+    "iNaturalist 2018 (8,142 classes, 437.5K train, the 24,426 val images as test); root holds train_val2018/.",
+    dict(backbone="resnet50", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4),
 )

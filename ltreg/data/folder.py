@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import make_dataset
 
-from ltreg.data.infer import holdout, infer_format, infer_thresholds
+from ltreg.data.infer import holdout, infer_format, infer_thresholds, normalisation
 from ltreg.data.lt import DataError, DataLayoutError, LTData, LTDataset, make_lt_indices
 from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
 
@@ -24,8 +24,6 @@ from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
 SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 #: Names that look like splits: a top level holding one of these is never read as classes.
 SPLIT_LIKE = set(SPLIT_DIRS) | {"training", "testing", "valid", "dev", "eval", "evaluation"}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-GREY_MEAN, GREY_STD = (0.5,), (0.5,)
 
 
 def _subdirs(path: Path) -> list[str]:
@@ -222,8 +220,8 @@ def imagefolder_lt(
         channels=channels,
         image_size=image_size,
         allow_flip=True,
-        mean=IMAGENET_MEAN if channels == 3 else GREY_MEAN,
-        std=IMAGENET_STD if channels == 3 else GREY_STD,
+        mean=normalisation(channels)[0],
+        std=normalisation(channels)[1],
         many_thr=many_thr,
         few_thr=few_thr,
         info={"source": str(base), "imbalance": imbalance, "profile": profile, "seed": seed,

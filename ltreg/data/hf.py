@@ -15,12 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ltreg.data.infer import holdout, infer_format, infer_thresholds
+from ltreg.data.infer import holdout, infer_format, infer_thresholds, normalisation
 from ltreg.data.lt import DataError, DataLayoutError, LTData, LTDataset, make_lt_indices, subset_source
 from ltreg.data.sources import HFSource
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-GREY_MEAN, GREY_STD = (0.5,), (0.5,)
 IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")
 LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "category")
 TEST_SPLITS = ("test", "validation", "val", "valid")
@@ -209,8 +207,8 @@ def hf_lt(
         channels=channels,
         image_size=image_size,
         allow_flip=True,
-        mean=IMAGENET_MEAN if channels == 3 else GREY_MEAN,
-        std=IMAGENET_STD if channels == 3 else GREY_STD,
+        mean=normalisation(channels)[0],
+        std=normalisation(channels)[1],
         many_thr=many_thr,
         few_thr=few_thr,
         info={"source": root, "imbalance": imbalance, "profile": profile, "seed": seed, "image_column": img,

@@ -13,6 +13,13 @@ MAX_IMAGE_SIZE = 224
 #: Below this size the views crop without resizing (views.py), so mixed sizes are resized at load.
 SMALL_IMAGE = 96
 GREY_MODES = ("1", "L", "I", "I;16", "F")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_MEAN, GREY_STD = (0.5,), (0.5,)
+
+
+def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)``: ImageNet's for colour images, 0.5 / 0.5 for grey-level ones."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (GREY_MEAN, GREY_STD)
 
 
 def infer_format(
