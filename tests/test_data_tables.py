@@ -102,6 +102,8 @@ def test_column_errors_are_named(tmp_path: Path) -> None:
         hf_lt(str(root))
     data = hf_lt(str(root), label_column="kind", test_fraction=0.34)
     assert "image column 'photo'" in data.summary and "label column 'kind' (given)" in data.summary
+    with pytest.raises(DataLayoutError, match="folder /no/such/folder does not exist"):
+        hf_lt("/no/such/folder")
     with pytest.raises(DataLayoutError, match="no split 'test'"):
         hf_lt(str(root), label_column="kind", test_split="test")
     pq.write_table(pa.table({"image": rows["image"], "label": [0, None, 1, 1, 0, 1]}), root / "train.parquet")

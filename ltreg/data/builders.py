@@ -203,7 +203,9 @@ def _cifar_lt(
     std: tuple[float, ...],
 ) -> LTData:
     """CIFAR-LT exactly as LDAM-DRW (``make_lt_indices``), images decoded into memory."""
-    dd, img, lab, class_names, _ = prepare(load_table(root), None, None)
+    dd = load_table(root)
+    fine = "fine_label" if "fine_label" in next(iter(dd.values())).column_names else None  # CIFAR-100: not coarse
+    dd, img, lab, class_names, _ = prepare(dd, None, fine)
     for split in ("train", "test"):
         if split not in dd:
             raise DataError(f"{root!r} has no split {split!r}; splits are {list(dd)}")

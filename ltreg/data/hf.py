@@ -29,7 +29,9 @@ def load_table(root: str) -> Any:
     """A ``DatasetDict`` (a single ``Dataset`` becomes its ``train`` split)."""
     import datasets
 
-    path = Path(root)
+    path = Path(root).expanduser()
+    if not path.exists() and (root.startswith(("/", ".", "~")) or root.count("/") > 1):
+        raise DataLayoutError(f"folder {root} does not exist (and it is no Hub id, which reads org/name)")
     try:
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             loaded = datasets.load_from_disk(str(path))
@@ -175,6 +177,8 @@ def hf_lt(
     dd, img, lab, class_names, note = prepare(load_table(root), image_column, label_column)
     train_name, test_name = select_splits(dd, train_split, test_split)
     train_ds = dd[train_name]
+    if len(train_ds) == 0:
+        raise DataLayoutError(f"{root!r}: the training split {train_name!r} has no rows")
     y_all = _labels(train_ds, lab)
     num_classes = len(class_names)
     notes = [note]
