@@ -73,6 +73,19 @@ def test_string_labels_and_only_a_train_split(tmp_path: Path) -> None:
     assert "string labels encoded" in data.summary and "no test split" in data.summary
 
 
+def test_image_paths_column_and_large_string_labels(tmp_path: Path) -> None:
+    paths = []
+    for i in range(8):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.open(io.BytesIO(_png(10, "L"))).save(paths[-1])
+    (tmp_path / "pq").mkdir()
+    labels = pa.array(["b", "a"] * 4, type=pa.large_string())
+    pq.write_table(pa.table({"image": paths, "label": labels}), tmp_path / "pq" / "train.parquet")
+    data = hf_lt(str(tmp_path / "pq"), test_fraction=0.25)
+    assert data.train.class_names == ["a", "b"] and data.train.channels == 1 and data.train.image_size == 10
+    assert "cast to Image from" in data.summary and data.test.source.load(0).shape == (1, 10, 10)
+
+
 def test_arrow_files_and_save_to_disk(tmp_path: Path) -> None:
     table = {"train": pa.table(_rows([6, 3])), "test": pa.table(_rows([2, 2]))}
     (tmp_path / "arrow").mkdir()

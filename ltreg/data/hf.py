@@ -71,13 +71,13 @@ def pick_columns(features: Any, image_column: str | None, label_column: str | No
     img = image_column or next(
         (n for n in names if isinstance(features[n], datasets.Image)), None
     ) or next((n for n in names if _is_image_struct(features[n])), None) or next(
-        (n for n in IMAGE_NAMES if n in names and _is_value(features[n], "binary", "large_binary", "string")), None
+        (n for n in IMAGE_NAMES if n in names and _is_value(features[n], "binary", "large_binary", "string", "large_string")), None
     )
     if img is None:
         raise DataLayoutError(f"cannot tell the image column among {kinds}; pass image_column=")
     lab = label_column or next(
         (n for n in names if isinstance(features[n], datasets.ClassLabel)), None
-    ) or next((n for n in LABEL_NAMES if n in names and _is_value(features[n], "int", "uint", "string")), None)
+    ) or next((n for n in LABEL_NAMES if n in names and _is_value(features[n], "int", "uint", "string", "large_string")), None)
     if lab is None:
         raise DataLayoutError(f"cannot tell the label column among {kinds}; pass label_column=")
     how = "given" if label_column else ("ClassLabel" if isinstance(features[lab], datasets.ClassLabel) else "by name")
@@ -104,7 +104,7 @@ def prepare(dd: Any, image_column: str | None, label_column: str | None) -> tupl
         dd = dd.cast_column(img, datasets.Image())
         note += f" (cast to Image from {'a {bytes, path} struct' if _is_image_struct(first.features[img]) else first.features[img].dtype})"
     feature = first.features[lab]
-    if _is_value(feature, "string"):
+    if _is_value(feature, "string", "large_string"):
         dd = dd.class_encode_column(lab)
         note += ", string labels encoded in sorted order"
     feature = next(iter(dd.values())).features[lab]
