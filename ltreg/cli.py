@@ -94,7 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     hps = _pairs(args.hp, "--hp")
     if hps:
         overrides["hparams"] = hps
-    data_args = _pairs(args.data_arg, "--data-arg")
+    from ltreg.data.build import parse_data_args
+
+    data_args = parse_data_args(args.data_arg)
     if data_args:
         overrides["dataset_kwargs"] = data_args
     result = train(args.method, yaml_path=args.yaml, **overrides)
@@ -106,10 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ltreg.data.build import parse_data_args
     from ltreg.evaluate import evaluate_pretrained, format_table
 
     metrics = evaluate_pretrained(args.model, dataset=args.dataset, data_root=args.data_root,
-                                  data_kwargs=_pairs(args.data_arg, "--data-arg"), split=args.split)
+                                  data_kwargs=parse_data_args(args.data_arg), split=args.split)
 
     print(format_table(metrics, title=f"{args.model} (top-1 %)"))
     if args.json:

@@ -18,27 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ltreg.data.build import DataArgs
+from ltreg.data.build import RUN_ARGUMENTS, DataArgs, check_builder_args, dataset_defaults
 from ltreg.errors import ConfigError
 from ltreg.method import HParams, MethodSpec, _check_type, _parse
 from ltreg.settings import SettingError, check_settings, flag
 
 DEFAULT_METHOD = "balanced-softmax"
 DEFAULT_DATASET = "digits-lt"
-
-#: Per-data-set defaults: a backbone that fits the image size and a budget that fits the set.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits-lt": {"backbone": "resnet8", "epochs": 30, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4},
-    "fashion-mnist-lt": {"backbone": "resnet8", "epochs": 30, "batch_size": 128, "lr": 0.1},
-    "cifar10-lt": {"backbone": "resnet32", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 2e-4,
-                   "warmup_epochs": 5},
-    "cifar100-lt": {"backbone": "resnet32", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 2e-4,
-                    "warmup_epochs": 5},
-    "imagenet-lt": {"backbone": "resnet50", "epochs": 90, "batch_size": 256, "lr": 0.1},
-    "places-lt": {"backbone": "resnet152", "epochs": 30, "batch_size": 256, "lr": 0.02},
-    "inat2018": {"backbone": "resnet50", "epochs": 90, "batch_size": 256, "lr": 0.1, "weight_decay": 1e-4},
-}
-
 
 @dataclass
 class TrainConfig:
@@ -185,7 +171,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     merged: dict[str, Any] = {}
     hparams: dict[str, Any] = {}
     source: dict[str, str] = {}
-    layers = ((f"the defaults of the data set {dataset}", DATASET_DEFAULTS.get(dataset, {})),
+    layers = ((f"the defaults of the data set {dataset}", dataset_defaults(dataset)),
               (f"the defaults of the method {spec.name}", dict(spec.train_defaults)),
               (f"the recipe {recipe_name}", dict(recipe.train) if recipe else {}),
               ("the YAML file", yaml_values), ("the command line / keyword arguments", overrides))
@@ -217,35 +203,19 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         raise SettingError(f"{exc} ({origin}: override it with {' or '.join(map(flag, defaulted))})",
                            exc.names) from None
     hparams = spec.hparams.replace(**cfg.hparams)  # checked now, not when the run is built
-    if cfg.dataset_kwargs:
-        check_dataset_kwargs(cfg.dataset, cfg.dataset_kwargs)
+    check_dataset_kwargs(cfg)
     return RunConfig(spec, cfg, hparams)
 
 
-#: Builder arguments ltreg sets from a setting; a --data-arg may not set them behind its back.
-_OWNED_DATA_ARGS = {"seed": "--seed", "profile": "--profile", "root": "--data-root", "imbalance": "--imbalance"}
-
-
-def check_dataset_kwargs(dataset: str, kwargs: dict[str, Any]) -> None:
-    """Every ``--data-arg`` name is a parameter of the data set's builder, and not one a setting owns."""
+def check_dataset_kwargs(cfg: TrainConfig) -> None:
+    """Every ``--data-arg`` is an argument of the data set's builder that no setting owns (checked with the
+    builder's signature before any data is read)."""
     from ltreg.registry import registry
 
-    builder = registry("datasets").get(dataset)
-    try:
-        params = inspect.signature(builder).parameters
-    except (TypeError, ValueError):  # a builder without a signature: it checks its own arguments
-        return
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    known = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-             and n not in _OWNED_DATA_ARGS]
-    for key in kwargs:
-        if key in _OWNED_DATA_ARGS:
-            raise ConfigError(f"--data-arg {key}=... is set by the setting {_OWNED_DATA_ARGS[key]}; use that flag")
-        if not open_ended and key not in params:
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown --data-arg {key!r} for the data set {dataset}.{hint} "
-                              f"It accepts: {', '.join(known) or 'none'}.")
+    for key in cfg.dataset_kwargs:
+        if key in RUN_ARGUMENTS:
+            raise ConfigError(f"--data-arg {key}=... is set by the setting {RUN_ARGUMENTS[key]}; use that flag")
+    check_builder_args(cfg.dataset, registry("datasets").get(cfg.dataset), cfg.data_args().call_kwargs())
 
 
 def _quick_values(values: dict[str, Any]) -> dict[str, Any]:

@@ -143,6 +143,8 @@ def fit(run: Run) -> RunResult:
     log.say(f"ltreg: {run.config.spec.name} on {cfg.dataset} ({len(run.train_set)} training images, "
             f"{run.train_set.num_classes} classes, counts {int(counts.max())}..{int(counts.min())}), backbone "
             f"{run.model.config.backbone}, {acc.num_processes} process(es) on {acc.device}")
+    if run.data.summary:
+        log.say(f"data: {run.data.summary}")
     if cfg.log_with:
         acc.init_trackers(f"ltreg-{run.config.spec.name}", config={k: v for k, v in cfg.to_dict().items()
                                                                    if isinstance(v, (int, float, str, bool))})

@@ -1,31 +1,32 @@
 """Builders of long-tailed benchmarks, registered in the ``ltreg.datasets`` group.
 
-Each builder is ``fn(root=None, imbalance=..., profile="exp", seed=0, **kw) -> LTData``.
+Each builder is ``fn(root=None, imbalance=..., profile="exp", seed=0, **kw) -> LTData`` and carries
+its run defaults (``with_defaults``). Your own data: ``hf_lt`` (``ltreg.data.hf``) and
+``imagefolder_lt`` (``ltreg.data.folder``), re-exported here.
 """
 
 from __future__ import annotations
 
 import gzip
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ltreg.data.lt import (
-    DataError,
-    LTData,
-    LTDataset,
-    TensorSource,
-    effective_imbalance,
-    make_lt_indices,
-    subset_source,
-)
-from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource, HFSource, pil_channels
+from ltreg.data.build import with_defaults
+from ltreg.data.folder import imagefolder_lt
+from ltreg.data.hf import _labels, hf_lt, load_table, prepare
+from ltreg.data.infer import IMAGENET_MEAN, IMAGENET_STD
+from ltreg.data.lt import DataError, LTData, LTDataset, TensorSource, effective_imbalance, make_lt_indices
+from ltreg.data.sources import FileSource, HFSource
+
+__all__ = ["cifar10_lt", "cifar100_lt", "digits_lt", "fashion_mnist_lt", "hf_lt", "imagefolder_lt", "imagenet_lt",
+           "inat2018", "places_lt", "split_file_benchmark"]
 
 
+@with_defaults(backbone="resnet8", epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4)
 def digits_lt(
     root: str | None = None,
     imbalance: float = 20.0,
@@ -74,11 +75,9 @@ def digits_lt(
     return LTData(train=train, test=test)
 
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
-GREY_MEAN, GREY_STD = (0.5,), (0.5,)
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -117,15 +116,6 @@ def _pair(
     return data
 
 
-def _lt_or_all(
-    targets: np.ndarray, num_classes: int, imbalance: float | None, profile: str, n_max: int | None, seed: int
-) -> np.ndarray:
-    """LDAM-DRW LT indices, or every index when ``imbalance`` is None (an already long-tailed set)."""
-    if imbalance is None:
-        return np.arange(len(targets))
-    return make_lt_indices(targets, num_classes, imbalance, profile, n_max=n_max, seed=seed)
-
-
 def _materialize(source: Any, idx: np.ndarray) -> TensorSource:
     """Decode ``idx`` of a lazy source into memory: small sets (CIFAR) train faster from one tensor."""
     return TensorSource(torch.stack([source.load(int(i)) for i in idx]))
@@ -154,6 +144,7 @@ def _fashion_file(root: Path, stem: str) -> Path:
     )
 
 
+@with_defaults(backbone="resnet8", epochs=30, batch_size=128, lr=0.1)
 def fashion_mnist_lt(
     root: str | None = None,
     imbalance: float = 100.0,
@@ -200,70 +191,6 @@ def fashion_mnist_lt(
 # -- Hugging Face `datasets` -------------------------------------------------------------------
 
 
-def _load_hf(root: str) -> Any:
-    """A DatasetDict from a ``save_to_disk`` folder, a folder of data files (parquet ...) or a Hub id."""
-    import datasets
-
-    path = Path(root)
-    try:
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            loaded = datasets.load_from_disk(str(path))
-        else:
-            loaded = datasets.load_dataset(str(path))
-    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable message
-        where = "folder" if path.is_dir() else "Hub id (needs network or the HF cache)"
-        raise DataError(
-            f"cannot load the datasets {where} {root!r}: {type(exc).__name__}: {exc}. Pass root= a "
-            f"`save_to_disk` folder, a folder of parquet files (train-*.parquet, test-*.parquet) or a Hub id"
-        ) from exc
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise DataError(f"{root!r} holds a single split; save a DatasetDict with train and test splits")
-    return loaded
-
-
-def _pick(
-    names: list[str],
-    given: str | None,
-    candidates: tuple[str, ...],
-    kind: str,
-    features: Any,
-    feature_type: type,
-) -> str:
-    """The column to use: the one given, else the first known name, else the first column of the right type."""
-    if given is not None:
-        if given not in names:
-            raise DataError(f"no {kind} column {given!r}; columns are {names}")
-        return given
-    found = [c for c in candidates if c in names] or [
-        c for c in names if isinstance(features[c], feature_type)
-    ]
-    if not found:
-        raise DataError(f"cannot tell the {kind} column among {names}; pass {kind}_column=")
-    return found[0]
-
-
-def _hf_splits(
-    root: str, image_column: str | None, label_column: str | None, train_split: str, test_split: str
-) -> tuple[Any, Any, np.ndarray, np.ndarray, str, str, list[str]]:
-    """Train and test splits, their labels, the image and label columns and the class names of a DatasetDict."""
-    import datasets
-
-    dd = _load_hf(root)
-    for split in (train_split, test_split):
-        if split not in dd:
-            raise DataError(f"{root!r} has no split {split!r}; splits are {list(dd)}")
-    train, test = dd[train_split], dd[test_split]
-    names, feats = train.column_names, train.features
-    img = _pick(names, image_column, ("img", "image"), "image", feats, datasets.Image)
-    lab = _pick(names, label_column, ("label", "fine_label", "labels"), "label", feats, datasets.ClassLabel)
-    y_tr, y_te = (np.asarray(list(ds[lab]), dtype=np.int64) for ds in (train, test))
-    if isinstance(feats[lab], datasets.ClassLabel):
-        class_names = list(feats[lab].names)
-    else:
-        class_names = [str(i) for i in range(max(int(y_tr.max()), int(y_te.max())) + 1)]
-    return train, test, y_tr, y_te, img, lab, class_names
-
-
 def _cifar_lt(
     name: str,
     root: str,
@@ -276,7 +203,14 @@ def _cifar_lt(
     std: tuple[float, ...],
 ) -> LTData:
     """CIFAR-LT exactly as LDAM-DRW (``make_lt_indices``), images decoded into memory."""
-    train, test, y_tr, y_te, img, lab, class_names = _hf_splits(root, None, None, "train", "test")
+    dd = load_table(root)
+    fine = "fine_label" if "fine_label" in next(iter(dd.values())).column_names else None  # CIFAR-100: not coarse
+    dd, img, lab, class_names, _ = prepare(dd, None, fine)
+    for split in ("train", "test"):
+        if split not in dd:
+            raise DataError(f"{root!r} has no split {split!r}; splits are {list(dd)}")
+    train, test = dd["train"], dd["test"]
+    y_tr, y_te = _labels(train, lab), _labels(test, lab)
     if len(class_names) != num_classes:
         raise DataError(f"{root!r}: {len(class_names)} classes in column {lab!r}, {name} needs {num_classes}")
     lt = make_lt_indices(y_tr, num_classes, imbalance, profile, n_max=n_max, seed=seed)
@@ -295,6 +229,10 @@ def _cifar_lt(
     )
 
 
+CIFAR_DEFAULTS = dict(backbone="resnet32", epochs=200, batch_size=128, lr=0.1, weight_decay=2e-4, warmup_epochs=5)
+
+
+@with_defaults(**CIFAR_DEFAULTS)
 def cifar10_lt(
     root: str | None = None,
     imbalance: float = 100.0,
@@ -309,6 +247,7 @@ def cifar10_lt(
     )
 
 
+@with_defaults(**CIFAR_DEFAULTS)
 def cifar100_lt(
     root: str | None = None,
     imbalance: float = 100.0,
@@ -320,147 +259,6 @@ def cifar100_lt(
     """CIFAR-100-LT (LDAM-DRW: IF 100/50/10 -> 10,847 / 12,608 / 19,573 images), balanced 10k test; thresholds 100 / 20."""
     return _cifar_lt(
         "cifar100-lt", root or hf_id, 100, imbalance, profile, seed, n_max, CIFAR100_MEAN, CIFAR100_STD
-    )
-
-
-def hf_lt(
-    root: str,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    imbalance: float | None = None,
-    profile: str = "exp",
-    seed: int = 0,
-    test_split: str = "test",
-    train_split: str = "train",
-    n_max: int | None = None,
-    many_thr: int = 100,
-    few_thr: int = 20,
-) -> LTData:
-    """Any ``datasets`` image-classification set, lazily decoded; ``imbalance=None`` keeps the training split as is.
-
-    Channels and the nominal ``image_size`` (shorter side) come from the first training image;
-    mean / std are ImageNet's for colour, 0.5 / 0.5 for grey-level images.
-    """
-    train, test, y_tr, y_te, img, lab, class_names = _hf_splits(
-        root, image_column, label_column, train_split, test_split
-    )
-    first = train[0][img]
-    channels = pil_channels(first) if isinstance(first, Image.Image) else (1 if np.ndim(first) == 2 else 3)
-    size = min(first.size) if isinstance(first, Image.Image) else min(np.shape(first)[:2])
-    idx = _lt_or_all(y_tr, len(class_names), imbalance, profile, n_max, seed)
-    return _pair(
-        "hf-lt",
-        (subset_source(HFSource(train, img, channels), idx), y_tr[idx]),
-        (HFSource(test, img, channels), y_te),
-        num_classes=len(class_names),
-        class_names=class_names,
-        channels=channels,
-        image_size=int(size),
-        allow_flip=True,
-        mean=IMAGENET_MEAN if channels == 3 else GREY_MEAN,
-        std=IMAGENET_STD if channels == 3 else GREY_STD,
-        many_thr=many_thr,
-        few_thr=few_thr,
-        info=_info(root, imbalance, profile, seed, image_column=img, label_column=lab),
-    )
-
-
-# -- image folders -----------------------------------------------------------------------------
-
-
-def _readable(path: Path) -> Exception | None:
-    """None when PIL can identify and verify the file, else the error."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
-        return exc
-    return None
-
-
-def imagefolder_lt(
-    root: str,
-    imbalance: float | None = None,
-    profile: str = "exp",
-    seed: int = 0,
-    on_bad_image: str = "skip",
-    test_fraction: float = 0.2,
-    channels: int = 3,
-    image_size: int = 224,
-    resize: bool = False,
-    n_max: int | None = None,
-    many_thr: int = 100,
-    few_thr: int = 20,
-) -> LTData:
-    """A folder of class subfolders (sorted names = labels), lazily decoded.
-
-    Test set: with ``imbalance`` (a balanced folder made long-tailed) ``test_fraction`` of the smallest
-    class from every class, i.e. balanced; without it (a folder already long-tailed) ``test_fraction``
-    of each class, at least one image. Unreadable images are skipped (counted in ``info["skipped"]``
-    and warned about) or raise naming the file (``on_bad_image="error"``). ``resize`` makes every
-    image ``image_size`` square at load, for folders of mixed small sizes.
-    """
-    if on_bad_image not in ("skip", "error"):
-        raise DataError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
-    if not 0 < test_fraction < 1:
-        raise DataError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    base = Path(root)
-    if not base.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root} has no class subfolders (expected root/<class>/<image>)")
-    paths: list[str] = []
-    labels: list[int] = []
-    skipped: list[str] = []
-    for c, name in enumerate(classes):
-        for path in sorted(p for p in (base / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
-            exc = _readable(path)
-            if exc is None:
-                paths.append(str(path))
-                labels.append(c)
-            elif on_bad_image == "error":
-                raise DataError(
-                    f"unreadable image {path}: {exc}; fix or delete it, or pass on_bad_image='skip'"
-                )
-            else:
-                skipped.append(str(path))
-    if skipped:
-        warnings.warn(
-            f"imagefolder-lt: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}", stacklevel=2
-        )
-    targets = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(targets, minlength=len(classes))
-    empty = [classes[c] for c in np.where(counts == 0)[0]]
-    if empty:
-        raise DataError(f"{root}: class folder(s) with no readable image: {', '.join(empty[:10])}")
-    balanced = int(test_fraction * counts.min())
-    rng = np.random.RandomState(seed)
-    test_idx, pool_idx = [], []
-    for c in range(len(classes)):
-        idx = np.where(targets == c)[0]
-        rng.shuffle(idx)
-        k = max(1, balanced if imbalance is not None else round(test_fraction * len(idx)))
-        test_idx.append(idx[:k])
-        pool_idx.append(idx[k:])
-    test = np.sort(np.concatenate(test_idx))
-    pool = np.sort(np.concatenate(pool_idx))
-    train = pool[_lt_or_all(targets[pool], len(classes), imbalance, profile, n_max, seed)]
-    src = FileSource(paths, channels, image_size if resize else None)
-    return _pair(
-        "imagefolder-lt",
-        (src.subset(train), targets[train]),
-        (src.subset(test), targets[test]),
-        num_classes=len(classes),
-        class_names=classes,
-        channels=channels,
-        image_size=image_size,
-        allow_flip=True,
-        mean=IMAGENET_MEAN if channels == 3 else GREY_MEAN,
-        std=IMAGENET_STD if channels == 3 else GREY_STD,
-        many_thr=many_thr,
-        few_thr=few_thr,
-        info=_info(str(base), imbalance, profile, seed, skipped=len(skipped), skipped_files=skipped[:20]),
     )
 
 
@@ -550,68 +348,56 @@ OLTR_HINT = (
 )
 
 
-def imagenet_lt(
-    root: str,
-    split_dir: str | None = None,
-    imbalance: float | None = None,
-    profile: str | None = None,
-    seed: int = 0,
-) -> LTData:
-    """ImageNet-LT (1000 classes, 115.8K train, 50K balanced test, 20K val) from its split files; root = ImageNet-2012."""
-    return _split_file_lt(
-        "imagenet-lt",
-        root,
-        split_dir,
-        {"train": "ImageNet_LT_train.txt", "test": "ImageNet_LT_test.txt", "val": "ImageNet_LT_val.txt"},
-        OLTR_HINT.format(d="ImageNet_LT"),
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        imbalance,
-        profile,
-        seed,
-    )
+def split_file_benchmark(
+    name: str,
+    files: dict[str, str],
+    hint: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    doc: str,
+    defaults: dict[str, Any],
+) -> Callable[..., LTData]:
+    """The builder of a fixed LT benchmark read from its split files (``_split_file_lt``), with its run defaults."""
+
+    def builder(
+        root: str,
+        split_dir: str | None = None,
+        imbalance: float | None = None,
+        profile: str | None = None,
+        seed: int = 0,
+    ) -> LTData:
+        return _split_file_lt(name, root, split_dir, files, hint, mean, std, imbalance, profile, seed)
+
+    builder.__name__ = builder.__qualname__ = name.replace("-", "_")
+    builder.__doc__ = doc
+    return with_defaults(**defaults)(builder)
 
 
-def places_lt(
-    root: str,
-    split_dir: str | None = None,
-    imbalance: float | None = None,
-    profile: str | None = None,
-    seed: int = 0,
-) -> LTData:
-    """Places-LT (365 classes, 62.5K train, 36.5K balanced test) from its split files; root = Places365-Standard."""
-    return _split_file_lt(
-        "places-lt",
-        root,
-        split_dir,
-        {"train": "Places_LT_train.txt", "test": "Places_LT_test.txt", "val": "Places_LT_val.txt"},
-        OLTR_HINT.format(d="Places_LT"),
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        imbalance,
-        profile,
-        seed,
-    )
-
-
-def inat2018(
-    root: str,
-    split_dir: str | None = None,
-    imbalance: float | None = None,
-    profile: str | None = None,
-    seed: int = 0,
-) -> LTData:
-    """iNaturalist 2018 (8,142 classes, 437.5K train, the 24,426 val images as test); root holds train_val2018/."""
-    return _split_file_lt(
-        "inat2018",
-        root,
-        split_dir,
-        {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
-        "get them from github.com/facebookresearch/classifier-balancing (data/iNaturalist18) or the PaCo / BCL "
-        "repositories, and pass their folder as --data-arg split_dir=DIR (split_dir= in Python)",
-        INAT_MEAN,
-        INAT_STD,
-        imbalance,
-        profile,
-        seed,
-    )
+imagenet_lt = split_file_benchmark(
+    "imagenet-lt",
+    {"train": "ImageNet_LT_train.txt", "test": "ImageNet_LT_test.txt", "val": "ImageNet_LT_val.txt"},
+    OLTR_HINT.format(d="ImageNet_LT"),
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    "ImageNet-LT (1000 classes, 115.8K train, 50K balanced test, 20K val) from its split files; root = ImageNet-2012.",
+    dict(backbone="resnet50", epochs=90, batch_size=256, lr=0.1),
+)
+places_lt = split_file_benchmark(
+    "places-lt",
+    {"train": "Places_LT_train.txt", "test": "Places_LT_test.txt", "val": "Places_LT_val.txt"},
+    OLTR_HINT.format(d="Places_LT"),
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    "Places-LT (365 classes, 62.5K train, 36.5K balanced test) from its split files; root = Places365-Standard.",
+    dict(backbone="resnet152", epochs=30, batch_size=256, lr=0.02),
+)
+inat2018 = split_file_benchmark(
+    "inat2018",
+    {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
+    "get them from github.com/facebookresearch/classifier-balancing (data/iNaturalist18) or the PaCo / BCL "
+    "repositories, and pass their folder as --data-arg split_dir=DIR (split_dir= in Python)",
+    INAT_MEAN,
+    INAT_STD,
+    "iNaturalist 2018 (8,142 classes, 437.5K train, the 24,426 val images as test); root holds train_val2018/.",
+    dict(backbone="resnet50", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4),
+)

@@ -18,6 +18,18 @@ class DataError(UsageError, ValueError):
     """Bad data: labels out of range, an empty class, an impossible profile."""
 
 
+class DataLayoutError(DataError):
+    """A folder or table whose layout cannot be read unambiguously (split names mixed with classes ...)."""
+
+
+class DataArgumentError(DataError):
+    """A data set builder argument that the builder does not take, or a value that cannot be parsed."""
+
+
+class ImageDecodeError(DataError):
+    """An image that cannot be decoded (truncated, not an image); names the file or row and the fix."""
+
+
 class ImageSource(Protocol):
     """Random access to images as uint8 tensors ``[C, H, W]``."""
 
@@ -148,11 +160,16 @@ class LTDataset:
 
 @dataclass
 class LTData:
-    """A benchmark: long-tailed ``train``, balanced ``test``, optional ``val``."""
+    """A benchmark: long-tailed ``train``, balanced ``test``, optional ``val``.
+
+    ``summary`` is one line for the user saying what was read and what was inferred (layout, columns,
+    image size, channels, split thresholds); ``build_data`` fills it when the builder leaves it empty.
+    """
 
     train: LTDataset
     test: LTDataset
     val: LTDataset | None = None
+    summary: str = ""
 
 
 def lt_counts(n_max: int, num_classes: int, imbalance: float, profile: str = "exp") -> list[int]:

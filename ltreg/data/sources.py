@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ltreg.data.lt import DataError
+from ltreg.data.lt import DataError, ImageDecodeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -51,7 +51,11 @@ class FileSource:
             with Image.open(path) as img:
                 return pil_to_tensor(img, self.channels, self.image_size)
         except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
+            raise ImageDecodeError(
+                f"cannot decode image {path}: {exc}. The file is truncated or not an image: replace or delete "
+                f"it and rerun (imagefolder-lt skips files it cannot open at build time; a truncated JPEG is "
+                f"only found when its pixels are decoded)"
+            ) from exc
 
     def subset(self, idx: np.ndarray) -> FileSource:
         return FileSource([self.paths[int(i)] for i in idx], self.channels, self.image_size)
@@ -59,11 +63,13 @@ class FileSource:
 
 @dataclass
 class HFSource:
-    """Images of one column of a ``datasets.Dataset``, decoded on demand."""
+    """Images of one column of a ``datasets.Dataset``, decoded on demand (``image_size``: resized square)."""
 
     dataset: Any
     image_column: str
     channels: int = 3
+    image_size: int | None = None
+    name: str = "dataset"
 
     def __post_init__(self) -> None:
         if self.image_column not in self.dataset.column_names:
@@ -74,7 +80,13 @@ class HFSource:
         return len(self.dataset)
 
     def load(self, i: int) -> Tensor:
-        img = self.dataset[int(i)][self.image_column]
-        if not isinstance(img, Image.Image):
-            img = Image.fromarray(np.asarray(img, dtype=np.uint8))
-        return pil_to_tensor(img, self.channels)
+        try:
+            img = self.dataset[int(i)][self.image_column]
+            if not isinstance(img, Image.Image):
+                img = Image.fromarray(np.asarray(img, dtype=np.uint8))
+            return pil_to_tensor(img, self.channels, self.image_size)
+        except Exception as exc:  # noqa: BLE001 - datasets and PIL raise many types for broken cells
+            raise ImageDecodeError(
+                f"cannot decode the image in row {i} of {self.name} (column {self.image_column!r}): "
+                f"{type(exc).__name__}: {exc}. Replace or drop that row (e.g. ds.filter) and save the data set again"
+            ) from exc

@@ -1,0 +1,79 @@
+"""Settings read off the data when not given: image size, channels, many / few thresholds, the test split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ltreg.data.lt import DataError
+
+#: Images larger than this train at this size (random-resized crops), as ImageNet-scale sets do.
+MAX_IMAGE_SIZE = 224
+#: Below this size the views crop without resizing (views.py), so mixed sizes are resized at load.
+SMALL_IMAGE = 96
+GREY_MODES = ("1", "L", "I", "I;16", "F")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_MEAN, GREY_STD = (0.5,), (0.5,)
+
+
+def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)``: ImageNet's for colour images, 0.5 / 0.5 for grey-level ones."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (GREY_MEAN, GREY_STD)
+
+
+def infer_format(
+    sizes: Sequence[tuple[int, int]], modes: Sequence[str]
+) -> tuple[int, int, bool, str]:
+    """``(channels, image_size, resize, note)`` from image sizes ``(w, h)`` and PIL modes.
+
+    channels: 1 when every image is grey-level, else 3. image_size: the median shorter side, at most
+    224. resize: True when the sizes differ and the size is small (< 96 px), so batches stack.
+    """
+    if not sizes:
+        raise DataError("no images to infer the image size from")
+    wh = np.asarray(sizes, dtype=np.int64)
+    channels = 1 if all(m in GREY_MODES for m in modes) else 3
+    size = int(min(MAX_IMAGE_SIZE, np.median(wh.min(axis=1))))
+    same = bool((wh == wh[0]).all())
+    resize = not same and size < SMALL_IMAGE
+    shape = f"all {wh[0][0]}x{wh[0][1]}" if same else f"{int(wh.min())}..{int(wh.max())} px"
+    note = (
+        f"image_size {size} and channels {channels} inferred from {len(wh)} images ({shape}"
+        f"{', resized at load' if resize else ''})"
+    )
+    return channels, size, resize, note
+
+
+def infer_thresholds(counts: np.ndarray) -> tuple[int, int, str]:
+    """``(many_thr, few_thr, note)``: the literature's 100 / 20 scaled to the largest class as
+    CIFAR-100-LT's are to its 500 (n_max / 5, n_max / 25), never above 100 / 20."""
+    n_max = int(np.max(counts))
+    many, few = min(100, n_max // 5), min(20, n_max // 25)
+    why = "the literature's" if (many, few) == (100, 20) else f"largest class {n_max} / 5 and / 25"
+    return many, few, f"thresholds many > {many} / few < {few} ({why})"
+
+
+def holdout(
+    targets: np.ndarray, num_classes: int, fraction: float, balanced: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(test, pool)`` indices: per class ``fraction`` of the smallest class (``balanced``) or of the
+    class itself, at least one image, drawn with ``RandomState(seed)``."""
+    if not 0 < fraction < 1:
+        raise DataError(f"test_fraction must lie in (0, 1), got {fraction}")
+    counts = np.bincount(targets, minlength=num_classes)
+    small = [c for c in range(num_classes) if counts[c] < 2]
+    if small:
+        raise DataError(
+            f"class(es) {small[:10]} have fewer than 2 images: one cannot be both trained on and tested; "
+            f"add images or give a test split"
+        )
+    rng = np.random.RandomState(seed)
+    test_idx, pool_idx = [], []
+    for c in range(num_classes):
+        idx = np.where(targets == c)[0]
+        rng.shuffle(idx)
+        k = max(1, int(fraction * counts.min()) if balanced else round(fraction * len(idx)))
+        test_idx.append(idx[:k])
+        pool_idx.append(idx[k:])
+    return np.sort(np.concatenate(test_idx)), np.sort(np.concatenate(pool_idx))
