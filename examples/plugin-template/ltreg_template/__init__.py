@@ -1,3 +1,4 @@
+# ltreg_template/__init__.py
 """ltreg-template: the plugin tutorial's method, SupCon + logit-adjusted CE trained together in one stage.
 
 The spec is data: it names its loss (this package's ``template-supcon-la``) and the core parts it reuses

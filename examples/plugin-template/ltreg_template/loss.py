@@ -1,3 +1,4 @@
+# ltreg_template/loss.py
 """SupCon + logit-adjusted cross-entropy, built from ltreg's core loss functions.
 
 For a batch of B images with V views each (anchors ``i`` = every view, ``N = B * V``)::

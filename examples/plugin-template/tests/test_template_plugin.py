@@ -1,3 +1,4 @@
+# tests/test_template_plugin.py
 """The template's loss against a naive float64 loop written from the formula in ``ltreg_template/loss.py``."""
 
 from __future__ import annotations
