@@ -14,8 +14,8 @@ finished run is appended to ``runs.jsonl`` so ``--resume`` skips what a killed r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import multiprocessing
@@ -42,7 +42,6 @@ from ltreg.registry import registry
 GROUPS = ("top1", "many", "medium", "few")
 # Hyper-parameters counted in epochs of a paper's schedule, as the fraction of stage 1 they mark; scaled to
 # the table's budget (LDAM-DRW's re-weighting from epoch 160 of 200 would never start in a few epochs).
-EPOCH_FRACTIONS = {"drw_start_epoch": 0.8}
 LABELS = {"top1": "All", "many": "Many", "medium": "Medium", "few": "Few"}
 
 
@@ -138,10 +137,28 @@ def run_task(task: tuple[str, float, int, argparse.Namespace, Path]) -> dict[str
     return run_one(method, imbalance, seed, args, out)
 
 
-def scaled_hparams(method: str, epochs: int) -> dict[str, int]:
-    """The method's epoch-counted hyper-parameters (``EPOCH_FRACTIONS``) moved to the same fraction of ``epochs``."""
-    names = {f.name for f in dataclasses.fields(get_method(method).hparams)}
-    return {k: round(frac * epochs) for k, frac in EPOCH_FRACTIONS.items() if k in names}
+@functools.lru_cache(maxsize=None)
+def _train_size(data_name: str, imbalance: float, seed: int) -> int:
+    from ltreg.data.build import DataArgs, build_data
+
+    return len(build_data(DataArgs(dataset=data_name, imbalance=imbalance, seed=seed)).train)
+
+
+def train_size(args: argparse.Namespace, imbalance: float, seed: int) -> int:
+    """Training images of the table's data set at ``imbalance`` (built once per process and IF)."""
+    return _train_size(args.data_name, imbalance, seed)
+
+
+def budget_fraction(method: str, data_name: str, train_images: int, args: argparse.Namespace) -> float:
+    """The share of the method's full run on this data set (its epochs, whole epochs of batch 128) that the
+    table's budget is: ltreg scales every schedule declared in epochs, steps or EMA momentum, the warm-up
+    and the length of stage 2 by it (``--budget-fraction``, see ``ltreg.budget``)."""
+    from ltreg.config import resolve_config
+
+    full_epochs = resolve_config(get_method(method), {"dataset": data_name}).cfg.epochs
+    per_epoch = max(1, train_images // 128)
+    steps = min(args.steps or per_epoch, per_epoch)
+    return min(1.0, args.epochs * steps / (full_epochs * per_epoch))
 
 
 def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -150,9 +167,9 @@ def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, 
         dataset=args.data_name, imbalance=imbalance, seed=seed, backbone="resnet8", batch_size=128, lr=0.05,
         weight_decay=5e-4, schedule="cosine", warmup_epochs=0, epochs=args.epochs,
         max_steps_per_epoch=args.steps,
-        stage2_epochs=1 if args.quick else 3, eval_batch_size=1000, checkpoint_every=max(1, args.epochs),
-        log_every=10**6, output_dir=str(out / "runs" / f"{method}-if{imbalance:g}-seed{seed}"),
-        hparams=scaled_hparams(method, args.epochs))
+        eval_batch_size=1000, checkpoint_every=max(1, args.epochs), log_every=10**6,
+        output_dir=str(out / "runs" / f"{method}-if{imbalance:g}-seed{seed}"), overwrite=True,
+        budget_fraction=budget_fraction(method, args.data_name, train_size(args, imbalance, seed), args))
     start = time.perf_counter()
     row: dict[str, Any] = {"method": method, "imbalance": imbalance, "seed": seed, "config": cfg,
                            "budget": budget(args)}
@@ -205,12 +222,12 @@ def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
              f"- data: {args.dataset}, exponential profile; balanced test set"
              f"{f' ({args.test_per_class} images per class)' if args.test_per_class else ''}",
              f"- budget: resnet8, batch 128, lr 0.05, cosine, {args.epochs} epoch(s) of "
-             f"{args.steps or 'all'} steps, {1 if args.quick else 3} stage-2 epoch(s), {args.seeds} seed(s); "
+             f"{args.steps or 'all'} steps, {args.seeds} seed(s); "
              f"{args.jobs} run(s) at a time; wall time {env['wall_seconds']:.0f} s{resumed}; "
              f"{env['runs']} runs took {env['run_seconds']:.0f} s summed over runs",
              "- s/epoch vs ce: mean stage-1 epoch seconds (the first left out when there are more) over ce's",
-             "- epoch-counted hyper-parameters moved to the same fraction of the budget: "
-             + ", ".join(f"{k} = {v:g} × epochs" for k, v in EPOCH_FRACTIONS.items()),
+             "- every schedule in epochs, steps or EMA momentum, the warm-up and stage 2 scaled to the share of "
+             "each method's full run that this budget is (--budget-fraction, ltreg.budget)",
              *[f"- {n}" for n in notes]]
     if len(tables) > 1:
         lines += ["", f"## Overview  (All / Few top-1 %, mean ± std over {args.seeds} seed(s))", "",

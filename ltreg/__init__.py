@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
 from ltreg.errors import LtregError  # noqa: E402
 from ltreg.method import (  # noqa: E402
     ConfigError,
@@ -34,6 +32,7 @@ from ltreg.registry import (  # noqa: E402
     registry,
 )
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState  # noqa: E402
+from ltreg.version import __version__  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:

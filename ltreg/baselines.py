@@ -38,7 +38,8 @@ class LAHParams(HParams):
 class LDAMHParams(HParams):
     max_margin: float = field(default=0.5, metadata={"min": 0, "help": "largest class margin (rarest class)"})
     scale: float = field(default=30.0, metadata={"min": 0, "min_exclusive": True, "help": "cosine logit scale s"})
-    drw_start_epoch: int = field(default=160, metadata={"min": 0, "help": "epoch from which DRW re-weights (160 of 200)"})
+    drw_start_epoch: int = field(default=160, metadata={"min": 0, "schedule": "epochs",
+                                                        "help": "epoch from which DRW re-weights (160 of 200)"})
     drw_beta: float = field(default=0.9999, metadata={"min": 0, "max": 1, "help": "effective-number beta of DRW"})
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import timm
 from huggingface_hub import EvalResult, ModelCardData
 
-import ltreg
 from ltreg.registry import IN_PROCESS
+from ltreg.version import __version__
 
 PLOT_FILE = "per_class_accuracy.png"
 #: Stands for the repo id in the card's snippets; a push writes the real id into the uploaded copy.
@@ -127,7 +127,7 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
     arch, method, ds, metrics = config["architecture"], card.method, card.dataset, card.metrics
     name = ds.name if ds else None
     counts = ds.class_counts if ds else []
-    block: dict[str, Any] = {"distributions": {"ltreg": ltreg.__version__}}
+    block: dict[str, Any] = {"distributions": {"ltreg": __version__}}
     if method:
         dist, version = config["ltreg"].get("dist", IN_PROCESS), config["ltreg"].get("dist_version", "")
         info = ds.info if ds else {}
@@ -146,7 +146,7 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
     )
     title = f"{method} on {name} ({arch})" if method else f"ltreg model ({arch}, {model_cfg['num_classes']} classes)"
     body = [f"# {title}", "",
-            f"A long-tailed image classifier saved by [ltreg](https://pypi.org/project/ltreg/) {ltreg.__version__}: "
+            f"A long-tailed image classifier saved by [ltreg](https://pypi.org/project/ltreg/) {__version__}: "
             f"timm backbone `{arch}`, {model_cfg['classifier']} classifier over {model_cfg['num_classes']} classes"
             + (f", trained with the method **{method}** on **{name}**." if method else "."),
             "", f"Parameters: {config.get('num_parameters', 0) / 1e6:.2f} M; input "

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltreg.budget import scale_count, scale_hparams
 from ltreg.data.build import RUN_ARGUMENTS, DataArgs, check_builder_args, dataset_defaults
 from ltreg.errors import ConfigError
 from ltreg.method import HParams, MethodSpec, _check_type, _parse
@@ -67,7 +67,9 @@ class TrainConfig:
     overwrite: bool = False  # start over in a folder that holds a run (deletes its checkpoints and model files)
     log_every: int = 20  # steps
     log_with: str | None = None  # an Accelerate tracker: tensorboard, wandb, mlflow, ... (metrics.csv always)
+    quiet: bool = False  # no progress bar (it shows only in a terminal anyway)
     max_steps_per_epoch: int | None = field(default=None, metadata={"recipe": True})
+    budget_fraction: float = field(default=1.0, metadata={"recipe": True})  # share of the recipe's budget (ltreg.budget)
     eval_batch_size: int = 256
     push_to_hub: str | None = None
     cpu: bool = False
@@ -176,6 +178,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
               (f"the recipe {recipe_name}", dict(recipe.train) if recipe else {}),
               ("the YAML file", yaml_values), ("the command line / keyword arguments", overrides))
     for where, layer in layers:
+        _check_keys(layer, where)
         layer = dict(layer)
         hparams.update(layer.pop("hparams", {}) or {})
         merged.update(layer)
@@ -202,8 +205,10 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         origin = "; ".join(f"{name}={merged[name]!r} comes from {source[name]}" for name in defaulted)
         raise SettingError(f"{exc} ({origin}: override it with {' or '.join(map(flag, defaulted))})",
                            exc.names) from None
-    hparams = spec.hparams.replace(**cfg.hparams)  # checked now, not when the run is built
+    hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction)  # checked now
     check_dataset_kwargs(cfg)
+    if cfg.budget_fraction < 1.0:
+        cfg = dataclasses.replace(cfg, warmup_epochs=scale_count(cfg.warmup_epochs, cfg.budget_fraction))
     return RunConfig(spec, cfg, hparams)
 
 

@@ -119,28 +119,3 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         setattr(module, name, convert_batchnorm(child))
     return module
-
-
-def sync_gradients(params: list[nn.Parameter]) -> None:
-    """Average gradients over processes in one flat all-reduce per dtype (the trainer's DDP).
-
-    Explicit instead of DDP so that a loss may leave heads unused (SupCon ignores the classifier,
-    ICCL's warm-up ignores the mixed branch): a parameter with no gradient on any process keeps
-    ``grad = None``, exactly as on one process.
-    """
-    if not _active() or not params:
-        return
-    device = params[0].device
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
-    dist.all_reduce(has, op=dist.ReduceOp.MAX)
-    live = [p for p, h in zip(params, has.bool().tolist()) if h]
-    for p in live:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    for dtype in {p.grad.dtype for p in live}:
-        grads = [p.grad for p in live if p.grad.dtype == dtype]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
-        for g, synced in zip(grads, flat.split([g.numel() for g in grads])):
-            g.copy_(synced.view_as(g))

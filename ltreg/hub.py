@@ -28,11 +28,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-import ltreg
 from ltreg.card import PLOT_FILE, REPO_PLACEHOLDER
 from ltreg.checkpoint import MANIFEST, CheckpointError, verify_manifest
 from ltreg.errors import LtregError
 from ltreg.models.config import folder_model_config
+from ltreg.version import __version__
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -144,7 +144,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         if revision not in (None, "main"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.create_commit(repo_id, ops, commit_message=f"ltreg {ltreg.__version__}: upload {method}",
+        api.create_commit(repo_id, ops, commit_message=f"ltreg {__version__}: upload {method}",
                           revision=revision)
     except Exception as exc:  # noqa: BLE001 - every failure gets the same way out: retry later
         cmd = " ".join(["ltreg push", shlex.quote(str(run_dir)), "--repo", repo_id,

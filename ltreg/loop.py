@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ltreg import distributed as D
+import ltreg.distributed as D
 from ltreg.card import RunCard
 from ltreg.checkpoint import TrainerState, write_atomic
 from ltreg.config import TrainConfig
@@ -55,7 +55,7 @@ def _check_finite(run: Run, bad_step: Tensor, bad_mask: Tensor | None, names: li
         )
 
 
-def run_epoch(run: Run, st: StageSetup, epoch: int) -> dict[str, Any]:
+def run_epoch(run: Run, st: StageSetup, epoch: int, log: RunLog) -> dict[str, Any]:
     """One epoch of stage ``st``: returns its row (mean loss parts, lr, steps, seconds)."""
     acc, state = run.accelerator, run.state
     state.epoch = run.passes.epoch = epoch
@@ -70,6 +70,7 @@ def run_epoch(run: Run, st: StageSetup, epoch: int) -> dict[str, Any]:
     bad_step = torch.full((), -1, dtype=torch.long, device=acc.device)
     bad_mask: Tensor | None = None
     steps = 0
+    bar = log.progress(st.steps_per_epoch, f"stage {st.stage} epoch {epoch + 1}/{st.epochs}")
     for i, batch in enumerate(st.loader):
         if i >= st.steps_per_epoch:
             break
@@ -94,8 +95,11 @@ def run_epoch(run: Run, st: StageSetup, epoch: int) -> dict[str, Any]:
         bad_mask = torch.where(first, ~finite, bad_mask if bad_mask is not None else torch.zeros_like(finite))
         sums = vec if sums is None else sums + vec
         steps += 1
+        bar.step()
         if (i + 1) % run.cfg.log_every == 0:
             _check_finite(run, bad_step, bad_mask, names, st.stage)
+            bar.show(loss=float(sums[0]) / steps, lr=st.optimizer.param_groups[0]["lr"])
+    bar.close()
     _check_finite(run, bad_step, bad_mask, names, st.stage)
     row: dict[str, Any] = {"stage": st.stage, "epoch": epoch + 1, "steps": steps,
                            "global_step": (epoch + 1) * st.steps_per_epoch}
@@ -114,7 +118,7 @@ def _train_stage(run: Run, st: StageSetup, log: RunLog, start_epoch: int) -> Non
         h.on_train_start(run.state)
     fingerprint = json.loads(json.dumps(run.cfg.fingerprint(), default=str))
     for epoch in range(start_epoch, st.epochs):
-        row = run_epoch(run, st, epoch)
+        row = run_epoch(run, st, epoch, log)
         if (epoch + 1) % run.cfg.checkpoint_every == 0 or epoch + 1 == st.epochs:
             name = f"stage{st.stage}-epoch-{epoch + 1}"
             run.checkpoints.save(name, run.stateful(), TrainerState(st.stage, epoch + 1, [*log.history, row], fingerprint))
@@ -138,7 +142,7 @@ def _resume(run: Run, log: RunLog, stage: int) -> int:
 def fit(run: Run) -> RunResult:
     """Train every stage, evaluate on the test split, save the model folder; returns the :class:`RunResult`."""
     acc, cfg = run.accelerator, run.cfg
-    log = RunLog(run.run_dir, acc)
+    log = RunLog(run.run_dir, acc, quiet=cfg.quiet)
     counts = run.train_set.class_counts
     log.say(f"ltreg: {run.config.spec.name} on {cfg.dataset} ({len(run.train_set)} training images, "
             f"{run.train_set.num_classes} classes, counts {int(counts.max())}..{int(counts.min())}), backbone "
@@ -158,7 +162,7 @@ def fit(run: Run) -> RunResult:
         stage2_info = run.parts.rebalancer.finalize(run.model, run.ctx) or {}
     metrics = evaluate(run.passes, run.data.test, run.data.train)
     metrics["stage2"] = stage2_info
-    log.final(metrics, step=sum(r.get("steps", 0) for r in log.history))
+    log.final(metrics)
     if acc.is_main_process:
         write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
         card: RunCard = run_card(run, metrics)

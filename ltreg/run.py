@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ltreg import distributed as D
+import ltreg.distributed as D
+from ltreg.budget import scale_count
 from ltreg.card import DatasetRecord, RunCard
 from ltreg.checkpoint import Checkpoints, guard_run_folder
 from ltreg.config import RunConfig, TrainConfig
@@ -35,6 +35,7 @@ from ltreg.evaluate import DataPasses
 from ltreg.method import ConfigError, PartRef, build_part
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.registry import registry
+from ltreg.runlog import check_tracker
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
 
 
@@ -161,6 +162,7 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 def build_run(rc: RunConfig) -> Run:
     """Construct everything for ``rc``; nothing is written before the data, model and parts are built."""
     cfg, spec, hparams = rc.cfg, rc.spec, rc.hparams
+    check_tracker(cfg.log_with)
     acc = make_accelerator(cfg)
     if cfg.batch_size % acc.num_processes:
         raise ConfigError(f"batch_size {cfg.batch_size} is the global batch and must split evenly over "
@@ -355,7 +357,7 @@ def stage2_setup(run: Run) -> StageSetup | None:
     None for a post-hoc rebalancer (no epochs)."""
     reb, cfg = run.parts.rebalancer, run.cfg
     groups = reb.setup(run.model)
-    epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else reb.epochs
+    epochs = scale_count(cfg.stage2_epochs if cfg.stage2_epochs is not None else reb.epochs, cfg.budget_fraction)
     if epochs <= 0:
         return None
     lr = cfg.stage2_lr or reb.lr or cfg.lr

@@ -90,6 +90,7 @@ BOUNDS: dict[str, Bound] = {
     "grad_accum": Bound(lo=1, integer=True),
     "checkpoint_every": Bound(lo=1, integer=True),
     "log_every": Bound(lo=1, integer=True),
+    "budget_fraction": Bound(lo=0, lo_open=True, hi=1),
     "max_steps_per_epoch": Bound(lo=1, integer=True, optional="the whole epoch"),
     "eval_batch_size": Bound(lo=1, integer=True),
 }

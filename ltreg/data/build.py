@@ -51,21 +51,10 @@ def with_defaults(**values: Any) -> Callable[[F], F]:
 def dataset_defaults(name: str) -> dict[str, Any]:
     """The run defaults registered data set ``name`` carries (``{}`` when it has none).
 
-    An unknown name raises the registry's error listing the close matches; a key that is not a
-    ``TrainConfig`` setting raises ``ConfigError`` naming the data set.
+    An unknown name raises the registry's error listing the close matches; :func:`ltreg.config.resolve_config`
+    checks that every key is a setting and names the data set when one is not.
     """
-    from ltreg.config import TrainConfig  # here: ltreg.config imports this module
-    from ltreg.method import ConfigError
-
-    builder = registry("datasets").get(name)
-    values = dict(getattr(builder, DEFAULTS_ATTR, None) or {})
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"dataset", "method"}
-    for key in values:
-        if key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"data set {name!r} declares an unknown default {key!r}.{hint} Fix its with_defaults(...)")
-    return values
+    return dict(getattr(registry("datasets").get(name), DEFAULTS_ATTR, None) or {})
 
 
 # -- --data-arg ---------------------------------------------------------------------------------
@@ -120,7 +109,7 @@ def parse_data_args(pairs: list[str]) -> dict[str, Any]:
 
 
 def _accepts(value: Any, tp: Any) -> bool:
-    from ltreg.method import _type_ok
+    from ltreg.method import _type_ok  # method imports the registry only: no cycle
 
     if tp is Any or tp is inspect.Parameter.empty:
         return True

@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-import ltreg
 from ltreg.card import PLOT_FILE, RunCard, model_card, plot_per_class
 from ltreg.checkpoint import CheckpointError, write_atomic, write_manifest
 from ltreg.hub import (
@@ -34,6 +33,7 @@ from ltreg.hub import (
 from ltreg.models.config import LTModelConfig, ModelConfigError, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
 from ltreg.registry import IN_PROCESS, RegistryError, registry
+from ltreg.version import __version__
 
 
 class MissingPluginWarning(UserWarning):
@@ -54,7 +54,7 @@ def folder_config(model: Any, card: RunCard) -> dict[str, Any]:
     cfg: LTModelConfig = model.config
     ds = card.dataset
     size = ds.image_size if ds else 32
-    block: dict[str, Any] = {"version": ltreg.__version__, "model": cfg.to_dict(), **card.to_dict()}
+    block: dict[str, Any] = {"version": __version__, "model": cfg.to_dict(), **card.to_dict()}
     if card.method and (found := _method_dist(card.method)):
         block["dist"], block["dist_version"] = found
     return {

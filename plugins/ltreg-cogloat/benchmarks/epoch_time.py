@@ -27,8 +27,10 @@ import torch
 import ltreg
 from ltreg.config import resolve_config
 from ltreg.data.views import ViewDataset
+from ltreg.loop import run_epoch
 from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef
-from ltreg.trainer import Trainer
+from ltreg.run import build_run, stage1_setup
+from ltreg.runlog import RunLog
 
 KCL = MethodSpec(
     name="kcl",
@@ -57,17 +59,9 @@ def _timed_getitem(self: ViewDataset, record: Any) -> dict[str, Any]:
 def epoch_seconds(method: str, overrides: dict[str, Any], out: str) -> tuple[float, float, float]:
     """(stage-1 epoch seconds, of which loading images in this process, one-off on_train_start seconds) of a fresh run."""
     spec = ltreg.get_method(method)
-    trainer = Trainer(resolve_config(spec, {**overrides, "output_dir": os.path.join(out, method)}), spec)
+    run = build_run(resolve_config(spec, {**overrides, "output_dir": os.path.join(out, method)}))
     timed: dict[str, float] = {}
-    run_epoch = trainer._run_epoch
-    starts = [p for p in trainer.parts.values() if hasattr(p, "on_train_start")]
-
-    def timed_epoch(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        LOADING["seconds"] = 0.0
-        t0 = time.perf_counter()
-        row = run_epoch(*args, **kwargs)
-        timed["epoch"], timed["loading"] = time.perf_counter() - t0, LOADING["seconds"]
-        return row
+    stage = stage1_setup(run)
 
     def timed_start(part: Any) -> None:
         hook = part.on_train_start
@@ -79,11 +73,13 @@ def epoch_seconds(method: str, overrides: dict[str, Any], out: str) -> tuple[flo
 
         part.on_train_start = wrapper
 
-    trainer._run_epoch = timed_epoch
-    for part in starts:
+    for part in stage.hooks:
         timed_start(part)
-    trainer._stage1()
-    return timed["epoch"], timed["loading"], timed.get("start", 0.0)
+        part.on_train_start(run.state)
+    LOADING["seconds"] = 0.0
+    t0 = time.perf_counter()
+    run_epoch(run, stage, 0, RunLog(run.run_dir, run.accelerator, quiet=True))
+    return time.perf_counter() - t0, LOADING["seconds"], timed.get("start", 0.0)
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ from ltreg_ecl.loss import ECLLoss, bc_ecl, cc_ge
 from torch import nn
 
 import ltreg
+from ltreg.data.build import build_data
 from ltreg.data.views import ViewDataset
 from ltreg.method import build_part
 from ltreg.prototypes import ClassifierPrototypes
 from ltreg.step import Batch, BuildContext, Outputs, StepState
-from ltreg.data.build import build_data
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}
 B, V, D, C = 6, 2, 5, 4

@@ -212,8 +212,8 @@ def test_spec_parts_recipes_and_errors():
 
 def _test_images(n: int = 16) -> torch.Tensor:
     from ltreg.config import TrainConfig
-    from ltreg.data.views import ViewDataset, collate
     from ltreg.data.build import build_data
+    from ltreg.data.views import ViewDataset, collate
 
     test = build_data(TrainConfig(dataset="digits-lt").data_args()).test
     vds = ViewDataset(test, ("none",))
