@@ -195,6 +195,11 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
             merged[key] = _parse(value, hints[key], flag(key))
     if merged.get("quick") is True:
         merged.update(_quick_values(merged))
+    fraction = merged.get("budget_fraction", 1.0)
+    if isinstance(fraction, (int, float)) and 0 < fraction < 1 and isinstance(merged.get("warmup_epochs"), int):
+        merged["warmup_epochs"] = scale_count(merged["warmup_epochs"], fraction)  # the warm-up's share of the run
+        if isinstance(merged.get("milestones"), list) and all(isinstance(m, int) for m in merged["milestones"]):
+            merged["milestones"] = sorted({scale_count(m, fraction) for m in merged["milestones"]})
     try:
         cfg = TrainConfig(**merged)
     except SettingError as exc:
@@ -207,8 +212,6 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
                            exc.names) from None
     hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction)  # checked now
     check_dataset_kwargs(cfg)
-    if cfg.budget_fraction < 1.0:
-        cfg = dataclasses.replace(cfg, warmup_epochs=scale_count(cfg.warmup_epochs, cfg.budget_fraction))
     return RunConfig(spec, cfg, hparams)
 
 
