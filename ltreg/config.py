@@ -223,7 +223,8 @@ def check_dataset_kwargs(cfg: TrainConfig) -> None:
     for key in cfg.dataset_kwargs:
         if key in RUN_ARGUMENTS:
             raise ConfigError(f"--data-arg {key}=... is set by the setting {RUN_ARGUMENTS[key]}; use that flag")
-    check_builder_args(cfg.dataset, registry("datasets").get(cfg.dataset), cfg.data_args().call_kwargs())
+    check_builder_args(cfg.dataset, registry("datasets").get(cfg.dataset), cfg.data_args().call_kwargs(),
+                       complete=False)
 
 
 def _quick_values(values: dict[str, Any]) -> dict[str, Any]:

@@ -81,15 +81,15 @@ def test_unknown_and_mistyped_builder_arguments(tmp_path: Path) -> None:
     root = str(_folder(tmp_path / "f", {"a": 6, "b": 6}))
     with pytest.raises(DataArgumentError, match=r"no argument 'image_sise'. Did you mean image_size\?.*"
                                                 r"on_bad_image='skip', test_fraction=0.2.*image_size=None"):
-        build_data(TrainConfig(dataset="imagefolder-lt", data_root=root, dataset_kwargs={"image_sise": 8}))
+        build_data(TrainConfig(dataset="imagefolder-lt", data_root=root, dataset_kwargs={"image_sise": 8}).data_args())
     with pytest.raises(DataArgumentError, match=r"image_size='8' must be of type int"):
-        build_data(TrainConfig(dataset="imagefolder-lt", data_root=root, dataset_kwargs={"image_size": "8"}))
+        build_data(TrainConfig(dataset="imagefolder-lt", data_root=root, dataset_kwargs={"image_size": "8"}).data_args())
     with pytest.raises(DataArgumentError, match="'imagefolder-lt' needs root: pass --data-root"):
-        build_data(TrainConfig(dataset="imagefolder-lt"))
+        build_data(TrainConfig(dataset="imagefolder-lt").data_args())
     ltreg.register_dataset("toy-fixed-lt", lambda root=None, seed=0: B.digits_lt(seed=seed))
     try:
         with pytest.raises(DataArgumentError, match="'toy-fixed-lt': --imbalance does not apply to it"):
-            build_data(TrainConfig(dataset="toy-fixed-lt", imbalance=5.0))
+            build_data(TrainConfig(dataset="toy-fixed-lt", imbalance=5.0).data_args())
     finally:
         registry("datasets").unregister("toy-fixed-lt")
 
@@ -122,11 +122,12 @@ def test_plugin_data_set_brings_its_defaults() -> None:
 
     ltreg.register_dataset("toy-own-lt", toy_lt)
     try:
-        cfg = resolve_config(get_method("ce"), {"dataset": "toy-own-lt", "epochs": 2})
+        cfg = resolve_config(get_method("ce"), {"dataset": "toy-own-lt", "epochs": 2}).cfg
         assert (cfg.backbone, cfg.epochs, cfg.batch_size, cfg.lr) == ("resnet20", 2, 16, TrainConfig.lr)
         ltreg.register_dataset("toy-bad-lt", with_defaults(epoch=3)(toy_lt))
-        with pytest.raises(ConfigError, match="'toy-bad-lt' declares an unknown default 'epoch'. Did you mean epochs"):
-            dataset_defaults("toy-bad-lt")
+        with pytest.raises(ConfigError, match="unknown key 'epoch' in the defaults of the data set toy-bad-lt. "
+                                              "Did you mean epochs"):
+            resolve_config(get_method("ce"), {"dataset": "toy-bad-lt"})
     finally:
         registry("datasets").unregister("toy-own-lt")
         registry("datasets").unregister("toy-bad-lt")
@@ -146,7 +147,7 @@ def test_split_file_benchmarks_share_one_wrapper() -> None:
 
 
 def test_summary_line_of_a_builtin() -> None:
-    data = build_data(TrainConfig(dataset="digits-lt"))
+    data = build_data(TrainConfig(dataset="digits-lt").data_args())
     assert data.summary == (
         "digits-lt: 472 training images in 10 classes (counts 140..7; many > 60: 3, few < 20: 4, medium: 3), "
         "300 test images, 1-channel 8 px"

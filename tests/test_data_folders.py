@@ -38,7 +38,7 @@ def test_split_layout_is_read_as_splits_not_classes(tmp_path: Path) -> None:
     root = tmp_path / "pets"
     make_folder(root / "train", {"cat": 12, "dog": 8, "eel": 4})
     make_folder(root / "val", {"cat": 3, "dog": 3, "eel": 3})
-    data = build_data(TrainConfig(dataset="imagefolder-lt", data_root=str(root)))
+    data = build_data(TrainConfig(dataset="imagefolder-lt", data_root=str(root)).data_args())
     assert data.train.class_names == ["cat", "dog", "eel"] and data.train.num_classes == 3
     assert data.train.class_counts.tolist() == [12, 8, 4] and data.test.class_counts.tolist() == [3, 3, 3]
     assert data.val is None and all("/val/" in p for p in data.test.source.paths)

@@ -54,7 +54,7 @@ def test_parquet_written_by_pyarrow_with_bytes_path_structs(tmp_path: Path) -> N
     root.mkdir()
     pq.write_table(pa.table(_rows([12, 6, 3])), root / "train-00000-of-00001.parquet")
     pq.write_table(pa.table(_rows([2, 2, 2])), root / "test-00000-of-00001.parquet")
-    data = build_data(TrainConfig(dataset="hf-lt", data_root=str(root)))
+    data = build_data(TrainConfig(dataset="hf-lt", data_root=str(root)).data_args())
     assert data.train.class_counts.tolist() == [12, 6, 3] and data.test.class_counts.tolist() == [2, 2, 2]
     assert (data.train.channels, data.train.image_size) == (3, 16)
     assert data.train.source.load(4).shape == (3, 16, 16) and data.test.source.load(5).shape == (3, 16, 16)
@@ -154,7 +154,7 @@ def test_hub_id_pushed_with_datasets_then_trained(tmp_path: Path) -> None:
         import ltreg
         from ltreg.config import TrainConfig
         from ltreg.data.build import build_data
-        data = build_data(TrainConfig(dataset="hf-lt", data_root="org/tiny-pets"))
+        data = build_data(TrainConfig(dataset="hf-lt", data_root="org/tiny-pets").data_args())
         res = ltreg.train("ce", dataset="hf-lt", data_root="org/tiny-pets", epochs=1, max_steps_per_epoch=1,
                           batch_size=8, output_dir=os.path.join(os.environ["WORK"], "run"))
         print(json.dumps({"counts": data.train.class_counts.tolist(), "names": data.train.class_names,

@@ -82,7 +82,7 @@ def test_valid_settings_still_resolve():
 
 
 def test_unknown_data_arg_is_a_named_error():
-    with pytest.raises(ConfigError, match=r"unknown --data-arg 'n_mx' for the data set digits-lt. Did you mean n_max"):
+    with pytest.raises(UsageError, match=r"data set 'digits-lt': no argument 'n_mx'. Did you mean n_max"):
         resolve(dataset_kwargs={"n_mx": "5"})
     with pytest.raises(ConfigError, match=r"--data-arg seed=.*--seed"):
         resolve(dataset_kwargs={"seed": "5"})

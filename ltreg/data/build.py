@@ -126,8 +126,10 @@ def _listing(params: dict[str, inspect.Parameter]) -> str:
     )
 
 
-def check_builder_args(dataset: str, builder: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Raise :class:`DataArgumentError` for a name ``builder`` does not take, a missing one or a wrong type."""
+def check_builder_args(dataset: str, builder: Callable[..., Any], kwargs: dict[str, Any],
+                       complete: bool = True) -> None:
+    """Raise :class:`DataArgumentError` for a name ``builder`` does not take, a wrong type, or (``complete``)
+    a missing one: a configuration is checked before its data root is known, the call itself with it."""
     try:
         params = dict(inspect.signature(builder).parameters)
     except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
@@ -145,7 +147,7 @@ def check_builder_args(dataset: str, builder: Callable[..., Any], kwargs: dict[s
                 f"{_listing(named) or 'none'}"
             )
     missing = [k for k, p in named.items() if p.default is inspect.Parameter.empty and k not in kwargs]
-    if missing:
+    if missing and complete:
         flags = ", ".join(RUN_ARGUMENTS.get(k, f"--data-arg {k}=VALUE") for k in missing)
         raise DataArgumentError(f"data set {dataset!r} needs {', '.join(missing)}: pass {flags}")
     try:
