@@ -30,7 +30,9 @@ from ltreg.data.lt import LTData, LTDataset
 from ltreg.data.views import ViewDataset, collate
 from ltreg.evaluate import DataPasses
 from ltreg.method import ConfigError, PartRef, build_part
+from ltreg.models.backbones import load_initial_weights
 from ltreg.models.ltmodel import LTModel, LTModelConfig
+from ltreg.optim import OptimSettings, build_optimizer, param_groups, split_decay, stage1_schedule, stage2_schedule
 from ltreg.registry import registry
 from ltreg.step import BuildContext, Part, StepState
 
@@ -152,6 +154,7 @@ def build_run(rc: RunConfig) -> Run:
     if _needs_holdout(spec.rebalance) and holdout is None:  # before any part indexes the training set
         train_set, holdout = carve_holdout(train_set, cfg.holdout_fraction, cfg.seed)
     model = LTModel(model_config(rc, train_set))
+    load_initial_weights(model, cfg.backbone, cfg.pretrained, cfg.init_from, say=acc.print)
     if acc.num_processes > 1:  # batch statistics of the global batch, as on one process
         model = D.convert_batchnorm(model)
     state = StepState(class_counts=train_set.class_counts.float(), num_classes=train_set.num_classes, seed=cfg.seed,
@@ -268,10 +271,10 @@ def stage1_setup(run: Run) -> StageSetup:
     params += [p for m in run.parts.modules().values() for p in m.parameters()
                if p.requires_grad and id(p) not in seen and not seen.add(id(p))]
     loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size)
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                nesterov=cfg.nesterov)
+    settings = OptimSettings.stage1(cfg)
+    optimizer = build_optimizer(param_groups(run.model, params, settings), settings)
     steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
-    factor = lr_factor(cfg.epochs * steps, steps, cfg.warmup_epochs, cfg.schedule, cfg.milestones, cfg.lr_decay)
+    factor = stage1_schedule(cfg, cfg.epochs * steps, steps)
     loader, optimizer, scheduler = _prepare(run, loader, optimizer, factor)
     run.state.class_counts = run.state.class_counts.to(acc.device)
     query = list(spec.query_views) if spec.query_views is not None else None
@@ -289,10 +292,11 @@ def stage2_setup(run: Run) -> StageSetup | None:
     lr = cfg.stage2_lr or reb.lr or cfg.lr
     if groups and isinstance(groups[0], dict):
         groups = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    settings = OptimSettings.stage2(cfg, lr)
+    optimizer = build_optimizer(split_decay(groups, settings), settings)
     sampler = build_part("sampler", PartRef(reb.sampler, **getattr(reb, "sampler_kwargs", {})), run.config.hparams,
                          run.ctx)
     loader = make_loader(run, reb.views, sampler, cfg.stage2_batch_size or cfg.batch_size)
     steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
-    loader, optimizer, scheduler = _prepare(run, loader, optimizer, lr_factor(epochs * steps, steps, 0, "cosine", [], 1.0))
+    loader, optimizer, scheduler = _prepare(run, loader, optimizer, stage2_schedule(epochs * steps, steps))
     return StageSetup(2, epochs, steps, loader, optimizer, scheduler, reb.loss, [])
