@@ -32,7 +32,14 @@ from ltreg.evaluate import DataPasses
 from ltreg.method import ConfigError, PartRef, build_part
 from ltreg.models.backbones import load_initial_weights
 from ltreg.models.ltmodel import LTModel, LTModelConfig
-from ltreg.optim import OptimSettings, build_optimizer, param_groups, split_decay, stage1_schedule, stage2_schedule
+from ltreg.optim import (
+    OptimSettings,
+    build_optimizer,
+    param_groups,
+    split_decay,
+    stage1_schedule,
+    stage2_schedule,
+)
 from ltreg.registry import registry
 from ltreg.step import BuildContext, Part, StepState
 
