@@ -143,12 +143,14 @@ class TrainConfig:
                                   + (f"; did you mean {', '.join(close)}?" if close else "")
                                   + " (sgd, nesterov, adamw, lamb, lars, ... : timm.optim.list_optimizers())")
         momentum, betas, eps = optimizer_traits(self.optimizer)
+        momentum = momentum or optimizer_traits(self.stage2_optimizer)[0]  # stage 2 uses --momentum too
         flag = f"--optimizer {self.optimizer}"
         if self.nesterov and self.optimizer != "sgd":
             raise ConfigError(f"nesterov applies to --optimizer sgd, not {self.optimizer!r}; drop --nesterov "
                               f"(or use --optimizer nesterov)")
         if not momentum and self.momentum != 0.9:
-            raise ConfigError(f"momentum={self.momentum} is not used by {flag}; drop --momentum")
+            raise ConfigError(f"momentum={self.momentum} is not used by {flag} nor --stage2-optimizer "
+                              f"{self.stage2_optimizer}; drop --momentum")
         if self.opt_betas is not None and not betas:
             raise ConfigError(f"opt_betas is not used by {flag} (no betas); drop --opt-betas")
         if self.opt_eps is not None and not eps:
@@ -197,8 +199,8 @@ class TrainConfig:
             drop.add("onecycle_pct")
         if self.schedule != "poly":
             drop.add("poly_power")
-        if not optimizer_traits(self.optimizer)[0]:
-            drop.add("momentum")
+        if not optimizer_traits(self.optimizer)[0] and not optimizer_traits(self.stage2_optimizer)[0]:
+            drop.add("momentum")  # stage 2 (a rebalancer) uses it with its SGD
         if self.optimizer != "sgd":
             drop.add("nesterov")
         return {k: v for k, v in out.items() if k not in drop}

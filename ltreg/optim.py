@@ -106,12 +106,16 @@ def param_groups(model: nn.Module, params: Sequence[nn.Parameter], s: OptimSetti
     """
     if not s.skip_norm_bias and s.layer_decay is None:
         return list(params)
+    model = getattr(model, "module", model)  # a DDP / Accelerate wrapper: the LTModel inside
     backbone = getattr(model, "backbone", None)
-    names = {id(p): n for n, p in model.named_parameters()}
+    backbone = getattr(backbone, "_orig_mod", backbone)  # torch.compile wraps the backbone
+    if s.layer_decay is not None and backbone is None:
+        raise ConfigError(f"layer_decay={s.layer_decay} needs a model with a timm backbone; drop --layer-decay")
+    names = {id(p): n.replace("._orig_mod.", ".") for n, p in model.named_parameters()}
     skip = set()
     if s.skip_norm_bias and backbone is not None and hasattr(backbone, "no_weight_decay"):
         skip = {f"backbone.{n}" for n in backbone.no_weight_decay()}
-    layer_map, top = _layer_ids(backbone, s.layer_decay) if s.layer_decay is not None and backbone is not None else ({}, 0)
+    layer_map, top = _layer_ids(backbone, s.layer_decay) if s.layer_decay is not None else ({}, 0)
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for p in params:
         name = names.get(id(p), "")

@@ -89,6 +89,10 @@ def test_layer_decay_gives_early_layers_smaller_lr_and_skips_decay_on_norms() ->
     assert lrs == pytest.approx([0.1 * 0.5**4, 0.1 * 0.5**3, 0.1 * 0.5, 0.1])  # stem < blocks < heads
     assert wd_of[id(b.bn1.weight)] == 0.0 and wd_of[id(model.classifier.bias)] == 0.0
     assert wd_of[id(b.conv1.weight)] == 0.05 and wd_of[id(model.classifier.weight)] == 0.05
+    wrapped = torch.nn.Module()
+    wrapped.module = model  # as DDP / Accelerate wrap it: the same groups
+    again = param_groups(wrapped, list(model.parameters()), settings)
+    assert [(g["lr"], len(g["params"])) for g in again] == [(g["lr"], len(g["params"])) for g in opt.param_groups]
     # stage 2 groups keep their lr_scale and split off the 1-d tensors
     groups = split_decay([{"params": [model.classifier.weight, model.classifier.bias], "lr": 0.2}],
                          OptimSettings(weight_decay=0.05, skip_norm_bias=True))
@@ -100,7 +104,8 @@ def test_settings_are_validated_with_the_flag_and_the_fix() -> None:
         ({"optimizer": "adamx"}, r"optimizer 'adamx' is not an optimizer.*adamw"),
         ({"optimizer": "adamw", "nesterov": True}, "nesterov applies to --optimizer sgd.*drop --nesterov"),
         ({"opt_betas": [0.9, 0.99]}, "opt_betas is not used by --optimizer sgd"),
-        ({"optimizer": "adamw", "momentum": 0.8}, "momentum=0.8 is not used by --optimizer adamw"),
+        ({"optimizer": "adamw", "stage2_optimizer": "adamw", "momentum": 0.8},
+         "momentum=0.8 is not used by --optimizer adamw nor --stage2-optimizer adamw"),
         ({"optimizer": "adamw", "opt_betas": [0.9]}, "opt_betas must be two numbers"),
         ({"layer_decay": 1.5}, r"layer_decay must be in \(0, 1\]"),
         ({"schedule": "onecycle", "warmup_epochs": 5}, "onecycle has its own warm-up.*--warmup-epochs 0"),
@@ -123,7 +128,9 @@ def test_settings_are_validated_with_the_flag_and_the_fix() -> None:
 def test_recipe_table_names_the_optimizer_and_old_fingerprints_still_match() -> None:
     items = TrainConfig(optimizer="adamw", opt_betas=[0.9, 0.95], layer_decay=0.7).recipe_items()
     assert items["optimizer"] == "adamw" and items["opt_betas"] == [0.9, 0.95] and items["layer_decay"] == 0.7
-    assert "momentum" not in items and "nesterov" not in items  # not used by AdamW: not shown as if they were
+    assert "nesterov" not in items and items["momentum"] == 0.9  # momentum: stage 2's SGD uses it
+    items = TrainConfig(optimizer="adamw", stage2_optimizer="adamw").recipe_items()
+    assert "momentum" not in items and "nesterov" not in items  # used by neither stage: not shown as if it were
     assert TrainConfig().recipe_items()["optimizer"] == "sgd"
     fp = TrainConfig().fingerprint()  # checkpoints written before these settings existed still resume
     assert not {"optimizer", "layer_decay", "warmup_lr", "min_lr", "pretrained", "init_from"} & fp.keys()
@@ -144,3 +151,14 @@ def test_short_run_trains_with_adamw_layer_decay_and_onecycle(tmp_path: Path) ->
     assert all("exp_avg_sq" in s for s in state["state"].values())  # AdamW's moments, not SGD's momentum buffer
     lrs = sorted({g["initial_lr"] for g in state["param_groups"]})
     assert len(lrs) > 2 and max(lrs) == pytest.approx(0.001) and min(lrs) < 0.001 * 0.8**3
+
+
+def test_stage2_uses_its_own_optimizer(tmp_path: Path) -> None:
+    out = tmp_path / "two"
+    ltreg.train("supcon", epochs=1, max_steps_per_epoch=2, batch_size=32, eval_batch_size=512, stage2_epochs=1,
+                stage2_optimizer="adamw", stage2_lr=0.001, output_dir=str(out))
+    saved = sorted(out.glob("checkpoints/stage2-*/optimizer*.bin"))
+    assert saved, sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    state = torch.load(saved[-1], map_location="cpu", weights_only=True)
+    assert state["state"] and all("exp_avg" in s for s in state["state"].values())
+    assert "| stage2_optimizer | adamw |" in (out / "README.md").read_text()
