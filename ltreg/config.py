@@ -117,7 +117,8 @@ class TrainConfig:
             ("poly_power", self.poly_power > 0, "> 0"),
             ("layer_decay", self.layer_decay is None or 0 < self.layer_decay <= 1, "in (0, 1] (or None: no layer decay)"),
             ("opt_eps", self.opt_eps is None or self.opt_eps > 0, "> 0"),
-            ("opt_betas", self.opt_betas is None or (len(self.opt_betas) == 2 and all(0 <= b < 1 for b in self.opt_betas)),
+            ("opt_betas", self.opt_betas is None or (len(self.opt_betas) == 2 and all(
+                isinstance(b, (int, float)) and 0 <= b < 1 for b in self.opt_betas)),
              "two numbers in [0, 1), e.g. 0.9,0.999"),
             ("mixed_precision", self.mixed_precision in ("no", "fp16", "bf16"), "one of no, fp16, bf16"),
             ("grad_accum", self.grad_accum >= 1, ">= 1"),
@@ -203,7 +204,11 @@ class TrainConfig:
             drop.add("momentum")  # stage 2 (a rebalancer) uses it with its SGD
         if self.optimizer != "sgd":
             drop.add("nesterov")
-        return {k: v for k, v in out.items() if k not in drop}
+        out = {k: v for k, v in out.items() if k not in drop}
+        if self.pretrained and self.backbone:  # where the weights came from (the card's backbone row is the arch)
+            out["backbone_weights"] = self.backbone if "." in self.backbone or ":" in self.backbone or "/" in self.backbone \
+                else f"{self.backbone} (timm's default pretrained tag)"
+        return out
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes what a run computes: a resume must match it exactly.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file
 
@@ -110,7 +111,8 @@ def test_hf_hub_backbone_trains_from_the_pushed_weights_online_and_offline(hub: 
         with torch.no_grad():
             same = torch.allclose(model(x), ours.predict(x), atol=1e-5)
         card = open(out + "/README.md").read()
-        print(json.dumps({"architecture": config["architecture"], "same": same, "card": "| pretrained | True |" in card}))
+        rows = ("| pretrained | True |", "| backbone_weights | hf-hub:org/tiny-timm |", "| backbone | test_resnet |")
+        print(json.dumps({"architecture": config["architecture"], "same": same, "card": all(r in card for r in rows)}))
     """)
     assert result == {"architecture": "test_resnet", "same": True, "card": True}
 
@@ -127,10 +129,14 @@ def test_tagged_name_loads_the_tag_weights_and_pretrained_picks_the_default_tag(
     plain = run_client(hub, tmp_path, BUILD, BACKBONE="test_resnet", OUT="plain", PRETRAINED="1", HF_HUB_OFFLINE="1")
     assert "backbone test_resnet: pretrained weights from hf-hub:timm/test_resnet.r160_in1k" in plain["said"]
     assert_initial_backbone_is(pushed, load_file(str(tmp_path / "plain.safetensors")))
-    random = run_client(hub, tmp_path, BUILD, BACKBONE="test_resnet", OUT="random", HF_HUB_OFFLINE="1")
-    assert random["said"] == "" and random["pretrained"] is False  # a plain name without --pretrained: random
-    assert not torch.equal(load_file(str(tmp_path / "random.safetensors"))["conv1.0.weight"],
-                           pushed["conv1.0.weight"].sum(1, keepdim=True))
+
+
+
+def test_plain_name_without_pretrained_is_random(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = build_run(resolve_config(ltreg.get_method("ce"), {"backbone": "test_resnet", "output_dir": str(tmp_path)}))
+    assert run.cfg.pretrained is False and "pretrained weights" not in capsys.readouterr().out
+    torch.manual_seed(0)  # build_run seeds 0 before the model: timm's own initialisation, nothing loaded
+    assert torch.equal(run.model.backbone.conv1[0].weight, timm.create_model("test_resnet", num_classes=0, in_chans=1).conv1[0].weight)
 
 
 def test_missing_weights_stop_with_the_name_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,6 +176,15 @@ def test_init_from_a_finished_run_and_a_run_folder_as_backbone(tmp_path: Path, c
     got = run.model.state_dict()
     assert all(torch.equal(got[k].cpu(), v) for k, v in trained.items() if k.startswith("backbone."))
     assert not torch.equal(got["classifier.weight"].cpu(), trained["classifier.weight"])
+    # a timm model folder (no ltreg heads) with --init-from: backbone (stem adapted to 1 channel), heads random
+    torch.manual_seed(5)
+    source = timm.create_model("test_resnet", num_classes=0)
+    timm.models.save_for_hf(source, tmp_path / "timm-folder", safe_serialization=True)
+    run = build_run(resolve_config(ltreg.get_method("ce"), {"init_from": str(tmp_path / "timm-folder"),
+                                                            "backbone": "test_resnet", "output_dir": str(tmp_path / "e")}))
+    said = capsys.readouterr().out
+    assert "backbone loaded, heads kept random (no ltreg_heads.safetensors" in said and "from 3 to 1 channel" in said
+    assert_initial_backbone_is(source.state_dict(), run.model.backbone.state_dict())
     # a different architecture is refused before anything is built on it, naming the fix
     with pytest.raises(ConfigError, match="holds a 'resnet8' backbone but this run builds 'resnet20'.*--backbone resnet8"):
         build_run(resolve_config(ltreg.get_method("ce"), {"init_from": str(first), "backbone": "resnet20",
