@@ -110,11 +110,21 @@ def test_hf_hub_backbone_trains_from_the_pushed_weights_online_and_offline(hub: 
         x = torch.randn(3, 1, 8, 8)
         with torch.no_grad():
             same = torch.allclose(model(x), ours.predict(x), atol=1e-5)
+        import contextlib, io
+        from ltreg.config import resolve_config
+        from ltreg.run import build_run
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):  # --init-from the Hub repo of that run: backbone and classifier
+            run = build_run(resolve_config(ltreg.get_method("ce"), {"init_from": "org/finetuned", "backbone":
+                            "test_resnet", "output_dir": os.environ["WORK"] + "/again"}))
+        init = buf.getvalue().strip() == "init-from org/finetuned@main: backbone loaded, classifier loaded" and all(
+            torch.equal(v, run.model.state_dict()[k]) for k, v in ours.state_dict().items())
         card = open(out + "/README.md").read()
         rows = ("| pretrained | True |", "| backbone_weights | hf-hub:org/tiny-timm |", "| backbone | test_resnet |")
-        print(json.dumps({"architecture": config["architecture"], "same": same, "card": all(r in card for r in rows)}))
+        print(json.dumps({"architecture": config["architecture"], "same": same, "card": all(r in card for r in rows),
+                          "init": init}))
     """)
-    assert result == {"architecture": "test_resnet", "same": True, "card": True}
+    assert result == {"architecture": "test_resnet", "same": True, "card": True, "init": True}
 
 
 def test_tagged_name_loads_the_tag_weights_and_pretrained_picks_the_default_tag(hub: HubServer, tmp_path: Path) -> None:

@@ -81,9 +81,9 @@ def _weights_of(name: str) -> str:
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file or cfg.state_dict):
         arch = split_model_name_tag(name)[0]
         tags = timm.list_pretrained(f"{arch}.*")[:6]
-        hint = f" Tags with weights: {', '.join(tags)}." if tags else " timm has no weights for this architecture."
-        raise ConfigError(f"backbone {name}: timm has no pretrained weights for it (--pretrained, or the tag).{hint} "
-                          f"Drop --pretrained to train from random weights, or pick a tagged name / hf-hub: repo")
+        hint = f" Its tags with weights: {', '.join(tags)}." if tags else ""
+        raise ConfigError(f"backbone {name}: timm has no pretrained weights for {name}.{hint} Drop --pretrained to "
+                          f"train from random weights, or pick a tagged name (timm.list_pretrained()) or an hf-hub: repo")
     return f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else (cfg.url or cfg.file or "timm")
 
 
