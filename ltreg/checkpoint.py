@@ -252,7 +252,7 @@ class Checkpoints:
         """
         verify_manifest(path, f"checkpoint {path}")
         state = TrainerState.read(path / STATE)
-        if fingerprint is not None and state.fingerprint != fingerprint:
+        if fingerprint is not None and state.fingerprint and state.fingerprint != fingerprint:
             diff = [f"{k}: {state.fingerprint.get(k)!r} in the run, {fingerprint.get(k)!r} now"
                     for k in sorted(set(state.fingerprint) | set(fingerprint)) if state.fingerprint.get(k) != fingerprint.get(k)]
             raise CheckpointError(

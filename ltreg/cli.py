@@ -43,6 +43,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         elif f.name == "milestones":
             p.add_argument(flag, type=lambda s: [int(x) for x in s.split(",") if x], default=None,
                            help="comma-separated epochs for schedule=step")
+        elif f.name == "opt_betas":
+            p.add_argument(flag, type=lambda s: [float(x) for x in s.split(",") if x], default=None,
+                           help="comma-separated betas of Adam-family optimizers, e.g. 0.9,0.999")
         else:
             p.add_argument(flag, default=None, help=f"default {f.default!r}" if f.default is not dataclasses.MISSING else None)
 

@@ -10,6 +10,7 @@ first, from the highest layer that names one, because its defaults are the lowes
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import os
 import typing
@@ -36,20 +37,32 @@ class TrainConfig:
     imbalance: float | None = None  # None: the builder's default
     profile: str | None = None  # "exp" | "step"; None: the builder's default (fixed benchmarks have none)
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # more builder arguments, e.g. split_dir
-    backbone: str | None = None  # None: the data set's default
+    backbone: str | None = None  # a timm name (resnet50), a tagged one (resnet50.a1_in1k: pretrained), hf-hub:org/name or a folder
+    pretrained: bool = field(default=False, metadata={"recipe": True})  # timm's weights for the backbone (a tag, hf-hub: or folder implies it)
+    init_from: str | None = field(default=None, metadata={"recipe": True})  # an ltreg run / model folder or Hub repo to start stage 1 from
     epochs: int = field(default=30, metadata={"recipe": True})
     batch_size: int = field(default=64, metadata={"recipe": True})  # global batch, split over processes
     lr: float = field(default=0.05, metadata={"recipe": True})
     momentum: float = field(default=0.9, metadata={"recipe": True})
     weight_decay: float = field(default=5e-4, metadata={"recipe": True})
     nesterov: bool = field(default=False, metadata={"recipe": True})
-    schedule: str = field(default="cosine", metadata={"recipe": True})  # cosine | step | constant
+    optimizer: str = field(default="sgd", metadata={"recipe": True})  # sgd | nesterov | adamw | lamb | lars | ... (timm's names)
+    opt_eps: float | None = field(default=None, metadata={"recipe": True})  # None: the optimizer's default
+    opt_betas: list[float] | None = field(default=None, metadata={"recipe": True})  # Adam-family betas; None: default
+    layer_decay: float | None = field(default=None, metadata={"recipe": True})  # layer-wise lr decay (timm's), e.g. 0.75
+    wd_skip_norm_bias: bool = field(default=False, metadata={"recipe": True})  # no weight decay on norms / biases (timm's)
+    schedule: str = field(default="cosine", metadata={"recipe": True})  # cosine | step | constant | onecycle | poly
     warmup_epochs: int = field(default=0, metadata={"recipe": True})
+    warmup_lr: float = field(default=0.0, metadata={"recipe": True})  # lr the warm-up (or onecycle) starts from
+    min_lr: float = field(default=0.0, metadata={"recipe": True})  # lr at the end of cosine / poly / onecycle
+    onecycle_pct: float = field(default=0.3, metadata={"recipe": True})  # share of the steps onecycle rises over
+    poly_power: float = field(default=1.0, metadata={"recipe": True})  # exponent of schedule=poly
     milestones: list[int] = field(default_factory=list, metadata={"recipe": True})  # for schedule=step
     lr_decay: float = field(default=0.1, metadata={"recipe": True})
     stage2_epochs: int | None = field(default=None, metadata={"recipe": True})  # None: the rebalancer's default
     stage2_lr: float | None = field(default=None, metadata={"recipe": True})
     stage2_batch_size: int | None = field(default=None, metadata={"recipe": True})
+    stage2_optimizer: str = field(default="sgd", metadata={"recipe": True})  # the rebalancer's stage (momentum SGD)
     holdout_fraction: float = field(default=0.1, metadata={"recipe": True})  # for rebalancers that tune on held-out training data
     min_free_mb: int = 200  # free disk space the run folder needs before training starts
     seed: int = field(default=0, metadata={"recipe": True})
@@ -81,6 +94,76 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             _check_type("TrainConfig", f.name, getattr(self, f.name), hints[f.name])
         check_settings(self)
+        self._check_optim()
+        self._check_init()
+
+    def _check_optim(self) -> None:
+        """Every optimizer / schedule setting given must be used: a setting the choice ignores is an error."""
+        from ltreg.optim import optimizer_names, optimizer_traits
+
+        checks = [
+            ("warmup_lr", 0 <= self.warmup_lr < self.lr, f"in [0, lr={self.lr})"),
+            ("min_lr", 0 <= self.min_lr < self.lr, f"in [0, lr={self.lr})"),
+            ("onecycle_pct", 0 < self.onecycle_pct < 1, "in (0, 1)"),
+            ("poly_power", 0 < self.poly_power < math.inf, "> 0 and finite"),
+            ("layer_decay", self.layer_decay is None or 0 < self.layer_decay <= 1, "in (0, 1] (or none: no layer decay)"),
+            ("opt_eps", self.opt_eps is None or 0 < self.opt_eps < 1, "in (0, 1)"),
+            ("opt_betas", self.opt_betas is None or (len(self.opt_betas) == 2 and all(
+                isinstance(b, (int, float)) and 0 <= b < 1 for b in self.opt_betas)), "two numbers in [0, 1), e.g. 0.9,0.999"),
+        ]
+        for name, ok, want in checks:
+            if not ok:  # NaN fails every comparison, so it is refused too
+                raise SettingError(f"{flag(name)} must be {want}, got {getattr(self, name)!r}", [name])
+        names = optimizer_names()
+        for key in ("optimizer", "stage2_optimizer"):
+            if getattr(self, key) not in names:
+                close = difflib.get_close_matches(getattr(self, key), names, n=3)
+                raise ConfigError(f"{key} {getattr(self, key)!r} is not an optimizer ltreg or timm knows"
+                                  + (f"; did you mean {', '.join(close)}?" if close else "")
+                                  + " (sgd, nesterov, adamw, lamb, lars, ... : timm.optim.list_optimizers())")
+        momentum, betas, eps = optimizer_traits(self.optimizer)
+        momentum = momentum or optimizer_traits(self.stage2_optimizer)[0]  # stage 2 uses --momentum too
+        flag = f"--optimizer {self.optimizer}"
+        if self.nesterov and self.optimizer != "sgd":
+            raise ConfigError(f"nesterov applies to --optimizer sgd, not {self.optimizer!r}; drop --nesterov "
+                              f"(or use --optimizer nesterov)")
+        if not momentum and self.momentum != 0.9:
+            raise ConfigError(f"momentum={self.momentum} is not used by {flag} nor --stage2-optimizer "
+                              f"{self.stage2_optimizer}; drop --momentum")
+        if self.opt_betas is not None and not betas:
+            raise ConfigError(f"opt_betas is not used by {flag} (no betas); drop --opt-betas")
+        if self.opt_eps is not None and not eps:
+            raise ConfigError(f"opt_eps is not used by {flag} (no eps); drop --opt-eps")
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ConfigError(f"schedule onecycle has its own warm-up (onecycle_pct={self.onecycle_pct}); "
+                              f"pass --warmup-epochs 0 (got {self.warmup_epochs})")
+        if self.warmup_lr and not self.warmup_epochs and self.schedule != "onecycle":
+            raise ConfigError(f"warmup_lr={self.warmup_lr} needs a warm-up: pass --warmup-epochs N "
+                              f"(or --schedule onecycle), or drop --warmup-lr")
+        if self.min_lr and self.schedule not in ("cosine", "poly", "onecycle"):
+            raise ConfigError(f"min_lr applies to schedule cosine, poly or onecycle, not {self.schedule!r}; drop --min-lr")
+
+    def _check_init(self) -> None:
+        """Where the initial weights come from must be one source, named once."""
+        from ltreg.models.backbones import implies_pretrained
+
+        if self.backbone is not None and implies_pretrained(self.backbone):
+            self.pretrained = True  # a tag, hf-hub: repo or folder names weights: they are loaded (and said so)
+        if self.init_from is not None and self.pretrained:
+            raise ConfigError(f"--init-from {self.init_from} gives the initial weights, and so does --pretrained / "
+                              f"the backbone {self.backbone!r}: pass one of them (a plain --backbone ARCH with "
+                              f"--init-from)")
+
+    def _check_init(self) -> None:
+        """Where the initial weights come from must be one source, named once."""
+        from ltreg.models.backbones import implies_pretrained
+
+        if self.backbone is not None and implies_pretrained(self.backbone):
+            self.pretrained = True  # a tag, hf-hub: repo or folder names weights: they are loaded (and said so)
+        if self.init_from is not None and self.pretrained:
+            raise ConfigError(f"--init-from {self.init_from} gives the initial weights, and so does --pretrained / "
+                              f"the backbone {self.backbone!r}: pass one of them (a plain --backbone ARCH with "
+                              f"--init-from)")
 
     @property
     def run_dir(self) -> Path:
@@ -96,9 +179,24 @@ class TrainConfig:
 
     def recipe_items(self) -> dict[str, Any]:
         """The settings that change the result, as run (the model card's recipe table); one value each."""
+        from ltreg.optim import optimizer_traits
+
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("recipe")}
+        drop = set()
         if self.schedule != "step":
-            out.pop("milestones"), out.pop("lr_decay")
+            drop |= {"milestones", "lr_decay"}
+        if self.schedule != "onecycle":
+            drop.add("onecycle_pct")
+        if self.schedule != "poly":
+            drop.add("poly_power")
+        if not optimizer_traits(self.optimizer)[0] and not optimizer_traits(self.stage2_optimizer)[0]:
+            drop.add("momentum")  # stage 2 (a rebalancer) uses it with its SGD
+        if self.optimizer != "sgd":
+            drop.add("nesterov")
+        out = {k: v for k, v in out.items() if k not in drop}
+        if self.pretrained and self.backbone:  # where the weights came from (the card's backbone row is the arch)
+            out["backbone_weights"] = self.backbone if "." in self.backbone or ":" in self.backbone or "/" in self.backbone \
+                else f"{self.backbone} (timm's default pretrained tag)"
         return out
 
     def fingerprint(self) -> dict[str, Any]:

@@ -33,7 +33,16 @@ from ltreg.data.views import ViewDataset, collate
 from ltreg.errors import LtregError
 from ltreg.evaluate import DataPasses
 from ltreg.method import ConfigError, PartRef, build_part
+from ltreg.models.backbones import load_initial_weights
 from ltreg.models.ltmodel import LTModel, LTModelConfig
+from ltreg.optim import (
+    OptimSettings,
+    build_optimizer,
+    param_groups,
+    split_decay,
+    stage1_schedule,
+    stage2_schedule,
+)
 from ltreg.registry import registry
 from ltreg.runlog import check_tracker
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
@@ -173,6 +182,7 @@ def build_run(rc: RunConfig) -> Run:
     if _needs_holdout(spec.rebalance) and holdout is None:  # before any part indexes the training set
         train_set, holdout = carve_holdout(train_set, cfg.holdout_fraction, cfg.seed)
     model = LTModel(model_config(rc, train_set))
+    load_initial_weights(model, cfg.backbone, cfg.pretrained, cfg.init_from, say=acc.print)
     if acc.num_processes > 1 and cfg.sync_bn:  # batch statistics of the global batch, as on one process
         model = sync_batchnorm(model, acc.device)
     if cfg.channels_last:
@@ -343,10 +353,10 @@ def stage1_setup(run: Run) -> StageSetup:
     module = StepModule(run.model, trainable, run.parts.loss, run.parts.hooks(), query)
     params = [p for p in module.parameters() if p.requires_grad]
     loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size)
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                nesterov=cfg.nesterov)
+    settings = OptimSettings.stage1(cfg)
+    optimizer = build_optimizer(param_groups(run.model, params, settings), settings)
     steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
-    factor = lr_factor(cfg.epochs * steps, steps, cfg.warmup_epochs, cfg.schedule, cfg.milestones, cfg.lr_decay)
+    factor = stage1_schedule(cfg, cfg.epochs * steps, steps)
     module, loader, optimizer, scheduler = _prepare(run, module, loader, optimizer, factor)
     run.state.class_counts = run.state.class_counts.to(acc.device)
     return StageSetup(1, cfg.epochs, steps, module, loader, optimizer, scheduler, run.parts.hooks())
@@ -363,13 +373,13 @@ def stage2_setup(run: Run) -> StageSetup | None:
     lr = cfg.stage2_lr or reb.lr or cfg.lr
     if groups and isinstance(groups[0], dict):
         groups = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    settings = OptimSettings.stage2(cfg, lr)
+    optimizer = build_optimizer(split_decay(groups, settings), settings)
     sampler = build_part("sampler", PartRef(reb.sampler, **getattr(reb, "sampler_kwargs", {})), run.config.hparams,
                          run.ctx)
     loader = make_loader(run, reb.views, sampler, cfg.stage2_batch_size or cfg.batch_size)
     steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
     trainable = {"rebalancer": reb} if any(p.requires_grad for p in reb.parameters()) else {}
     module = StepModule(run.model, trainable, reb.loss, [], None)
-    module, loader, optimizer, scheduler = _prepare(run, module, loader, optimizer,
-                                                    lr_factor(epochs * steps, steps, 0, "cosine", [], 1.0))
+    module, loader, optimizer, scheduler = _prepare(run, module, loader, optimizer, stage2_schedule(epochs * steps, steps))
     return StageSetup(2, epochs, steps, module, loader, optimizer, scheduler, [])

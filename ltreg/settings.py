@@ -97,7 +97,7 @@ BOUNDS: dict[str, Bound] = {
 
 #: Settings with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "schedule": ("cosine", "step", "constant"),
+    "schedule": ("cosine", "step", "constant", "onecycle", "poly"),
     "mixed_precision": ("no", "fp16", "bf16"),
 }
 

@@ -29,7 +29,7 @@ OLD_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar100-lt": {"backbone": "resnet32", "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 2e-4,
                     "warmup_epochs": 5},
     "imagenet-lt": {"backbone": "resnet50", "epochs": 90, "batch_size": 256, "lr": 0.1},
-    "places-lt": {"backbone": "resnet152", "epochs": 30, "batch_size": 256, "lr": 0.02},
+    "places-lt": {"backbone": "resnet152.tv_in1k", "pretrained": True, "epochs": 30, "batch_size": 256, "lr": 0.02},
     "inat2018": {"backbone": "resnet50", "epochs": 90, "batch_size": 256, "lr": 0.1, "weight_decay": 1e-4},
     "hf-lt": {},
     "imagefolder-lt": {},

@@ -389,7 +389,8 @@ places_lt = split_file_benchmark(
     IMAGENET_MEAN,
     IMAGENET_STD,
     "Places-LT (365 classes, 62.5K train, 36.5K balanced test) from its split files; root = Places365-Standard.",
-    dict(backbone="resnet152", epochs=30, batch_size=256, lr=0.02),
+    # the protocol (Liu et al., OLTR 2019) fine-tunes an ImageNet-pretrained ResNet-152 (torchvision's weights)
+    dict(backbone="resnet152.tv_in1k", pretrained=True, epochs=30, batch_size=256, lr=0.02),
 )
 inat2018 = split_file_benchmark(
     "inat2018",

@@ -66,6 +66,10 @@ class CifarResNet(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's parameter groups (stem, then each stage or block): layer-wise lr decay reads them."""
+        return {"stem": r"^conv1|bn1", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
+
     def get_classifier(self) -> nn.Module:
         return self.fc
 
