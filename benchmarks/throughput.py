@@ -447,6 +447,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         goal = "-" if r["goal"] is None else f">={r['goal']:.2f}"
         verdict = "info" if r["passed"] is None else ("pass" if r["passed"] else "FAIL")
         print(f"{r['mode']:<6} {r['median'][a]:>12.1f} {r['median'][b]:>12.1f} {r['ratio']:>7.3f} {goal:>7}  {verdict}")
+    if any(r["mode"] == "data" for r in results):
+        print("(data: the 'ltreg' column is ltreg's loader with its default num_workers, 'plain' the same loader "
+              "with num_workers=0)")
     print()
     for r in results:
         a, b = r["sides"]
