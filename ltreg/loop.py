@@ -8,6 +8,7 @@ resumes from the last checkpoint bit-identically (``--resume``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -71,9 +72,7 @@ def run_epoch(run: Run, st: StageSetup, epoch: int, log: RunLog) -> dict[str, An
     bad_mask: Tensor | None = None
     steps = 0
     bar = log.progress(st.steps_per_epoch, f"stage {st.stage} epoch {epoch + 1}/{st.epochs}")
-    for i, batch in enumerate(st.loader):
-        if i >= st.steps_per_epoch:
-            break
+    for i, batch in enumerate(itertools.islice(st.loader, st.steps_per_epoch)):  # no batch past the last step
         state.step = i
         for h in st.hooks:
             batch = h.transform_batch(batch, state)
