@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import os
 import typing
 from dataclasses import dataclass, field

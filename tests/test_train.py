@@ -47,9 +47,8 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path, tiny):
     base = {**tiny, "epochs": 3}
     full = ltreg.train("ce", output_dir=str(tmp_path / "full"), **base)
     part = resolve_config(ltreg.get_method("ce"), {**base, "output_dir": str(tmp_path / "part")})
-    from ltreg.trainer import Trainer
-
     from ltreg import loop as loop_module
+    from ltreg.trainer import Trainer
 
     trainer = Trainer(part)
     original = loop_module.run_epoch
