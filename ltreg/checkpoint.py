@@ -128,6 +128,14 @@ def load_module_tensors(path: Path, modules: dict[str, nn.Module]) -> None:
         raise CheckpointError(f"{path} is corrupt or truncated ({exc})") from exc
     for prefix, mod in modules.items():
         mine = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        want = mod.state_dict()
+        diff = [f"{k}: missing" for k in want if k not in mine] + [f"{k}: not in this run" for k in mine if k not in want]
+        diff += [f"{k}: {tuple(mine[k].shape)} in the checkpoint, {tuple(v.shape)} now" for k, v in want.items()
+                 if k in mine and mine[k].shape != v.shape]
+        if diff:  # named here: torch's own message is many lines long
+            raise CheckpointError(f"{path} does not fit this run's {prefix} ({'; '.join(diff[:4])}"
+                                  f"{' ...' if len(diff) > 4 else ''}): it was written by a run with another data set "
+                                  f"or model. Resume with the run's own settings, or train into a new --output-dir")
         try:
             mod.load_state_dict(mine)
         except RuntimeError as exc:
@@ -216,11 +224,17 @@ class Checkpoints:
         acc.wait_for_everyone()  # every process has written its RNG state before the rename
         final = self.root / name
         if acc.is_main_process:
-            save_file(module_tensors(modules), str(tmp / WEIGHTS))
-            write_atomic(tmp / STATE, json.dumps(asdict(state), indent=1, default=str))
-            write_manifest(tmp)
+            try:
+                save_file(module_tensors(modules), str(tmp / WEIGHTS))
+                write_atomic(tmp / STATE, json.dumps(asdict(state), indent=1, default=str))
+                write_manifest(tmp)
+            except BaseException:  # e.g. a full disk: drop the partial folder, keep the previous checkpoint
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             previous = self.latest()
-            if final.exists():
+            if final.is_symlink() or final.is_file():  # never followed: removed as the entry it is
+                final.unlink()
+            elif final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
             write_atomic(self.root / POINTER, name)
@@ -242,6 +256,13 @@ class Checkpoints:
                 f"missing or invalid. Write the name of the one to continue from into {self.root / POINTER} "
                 f"(e.g. `echo {found[-1].name} > {self.root / POINTER}`), or start over with --overwrite"
             )
+        pointer = self.root / POINTER
+        if path is None and (pointer.exists() or pointer.is_symlink()):  # it names something that is not ours
+            raise CheckpointError(
+                f"the '{POINTER}' pointer {pointer} does not name a checkpoint folder inside {self.root} (it must "
+                f"hold a plain name like stage1-epoch-3; links and paths are never followed), and there is no "
+                f"checkpoint to continue from. Delete {pointer} to train from the start, or start over with --overwrite"
+            )
         return path
 
     def load(self, path: Path, modules: dict[str, nn.Module], fingerprint: dict[str, Any] | None = None) -> TrainerState:
@@ -259,10 +280,11 @@ class Checkpoints:
                 f"--resume would continue {path.parent.parent} with other settings than it was trained with ("
                 + "; ".join(diff[:6]) + "). Resume with the same settings, or train into a new --output-dir"
             )
+        load_module_tensors(path / WEIGHTS, modules)  # first: a shape mismatch is named tensor by tensor
         try:
             self.accelerator.load_state(str(path))
         except Exception as exc:  # noqa: BLE001 - accelerate/torch raise many kinds for a bad state file
+            first = (str(exc).strip().splitlines() or [""])[0]
             raise CheckpointError(f"cannot load the optimizer / scheduler / RNG state of {path} "
-                                  f"({type(exc).__name__}: {exc})") from exc
-        load_module_tensors(path / WEIGHTS, modules)
+                                  f"({type(exc).__name__}: {first})") from exc
         return state
