@@ -191,8 +191,15 @@ class Checkpoints:
             return None
         return path
 
+    def _check_root(self) -> None:
+        """``checkpoints/`` must be a real folder of the run: through a link, saving and deleting would act elsewhere."""
+        if self.root.is_symlink():
+            raise CheckpointError(f"{self.root} is a symbolic link ({self.root.resolve()}): ltreg writes and deletes "
+                                  f"checkpoints only inside the run folder. Remove the link, or pass --output-dir")
+
     def existing(self) -> list[Path]:
         """Checkpoint folders present, pointer or not (by name, oldest first)."""
+        self._check_root()
         if not self.root.is_dir():
             return []
         found = [p for p in self.root.iterdir() if self._confined(p.name) is not None]
@@ -200,6 +207,7 @@ class Checkpoints:
 
     def latest(self) -> Path | None:
         """The folder ``latest`` names, if it is a checkpoint folder inside root; else None."""
+        self._check_root()
         pointer = self.root / POINTER
         if not pointer.is_file() or pointer.is_symlink():
             return None
@@ -213,6 +221,7 @@ class Checkpoints:
         """Write checkpoint ``name`` (collective: every process calls it), then move the pointer."""
         if not NAME.match(name):
             raise CheckpointError(f"invalid checkpoint name {name!r}")
+        self._check_root()
         acc = self.accelerator
         tmp = self.root / f".tmp-{name}"
         if acc.is_main_process:
