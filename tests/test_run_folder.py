@@ -375,3 +375,21 @@ def test_interrupted_in_stage2_resumes_to_the_uninterrupted_weights(tmp_path: Pa
     assert_same_weights(full.model.state_dict(), resumed.model.state_dict())
     assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
     assert full.metrics["top1"] == resumed.metrics["top1"]
+
+
+def test_checkpoints_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ltreg.checkpoint import CheckpointError, Checkpoints
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "stage1-epoch-1").mkdir(parents=True)
+    (elsewhere / "latest").write_text("stage1-epoch-1")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    ck = Checkpoints(run, SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None))
+    for call in (ck.latest, ck.existing, ck.resume_point):
+        with pytest.raises(CheckpointError, match="symbolic link"):
+            call()
+    assert (elsewhere / "stage1-epoch-1").is_dir()
