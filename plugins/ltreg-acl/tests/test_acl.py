@@ -214,3 +214,17 @@ def test_quick_recipe_runs(tmp_path):
                          max_steps_per_epoch=1, output_dir=str(tmp_path / "quick"))
     assert all(math.isfinite(r["loss"]) for r in result.history)
     assert result.config.hparams["temperature"] == 0.05
+
+
+def test_cifar_recipe_follows_gpaco_views_and_projection():
+    """GPaCo's CIFAR setting: crop+flip+AutoAugment+Cutout ('cifar') + SimAugment, projection 32; ImageNet-LT keeps
+    RandAugment + SimAugment and 128. The missing MoCo queue is said plainly in the recipe."""
+    for name in ("cifar100-lt-if100", "cifar10-lt-if10"):
+        r = METHOD.recipe(name)
+        hp_ = METHOD.hparams.replace(**r.hparams)
+        assert METHOD.views_for(hp_) == ("cifar", "sim")
+        assert METHOD.model_for(hp_).proj_dim == 32
+        assert "NO MoCo queue" in r.description
+    hp_ = METHOD.hparams.replace(**METHOD.recipe("imagenet-lt").hparams)
+    assert METHOD.views_for(hp_) == ("rand", "sim") and METHOD.model_for(hp_).proj_dim == 128
+    assert METHOD.model.proj_dim == 128  # spec.model stays concrete (the defaults) for code that reads it
