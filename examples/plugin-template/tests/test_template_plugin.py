@@ -76,3 +76,27 @@ def test_the_registry_finds_the_method_and_its_loss():
     assert spec is METHOD and spec.stages == 1
     assert ltreg.registry("losses").get("template-supcon-la") is SupConLALoss
     assert ltreg.registry("samplers").entry(spec.sampler.name).dist == "ltreg"  # a core part, reused by name
+
+
+@pytest.mark.parametrize("views", [2, 1])
+def test_whole_loss_module_matches_naive_total(views):
+    """SupConLALoss.forward(outputs, batch, state) against the naive total, with distinct term weights."""
+    z, logits, labels, counts = _inputs(views=views)
+    mod = SupConLALoss(temperature=0.2, tau=1.0, con_weight=0.7, ce_weight=1.3)
+    out = mod(Outputs(z, logits, z), Batch(torch.zeros(6, views, 1, 2, 2), labels, torch.arange(6)),
+              StepState(counts, 4))
+    ref = naive_supcon_la(z, logits, labels, counts, temperature=0.2, tau=1.0, con_weight=0.7, ce_weight=1.3)
+    torch.testing.assert_close(out.total, ref, rtol=1e-10, atol=1e-12)
+    for g, w in zip(torch.autograd.grad(out.total, (z, logits)), torch.autograd.grad(ref, (z, logits))):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_logit_adjustment_favours_tail_classes():
+    """With equal logits, the adjusted CE pushes a tail-class sample harder than a head-class one."""
+    counts = torch.tensor([90.0, 10.0], dtype=torch.float64)
+    z = F.normalize(torch.ones(2, 1, 3, dtype=torch.float64), dim=-1)
+    logits = torch.zeros(2, 1, 2, dtype=torch.float64, requires_grad=True)
+    out = SupConLALoss(con_weight=0.0)(Outputs(z, logits, z), Batch(torch.zeros(2, 1, 1, 2, 2), torch.tensor([0, 1]),
+                                                                     torch.arange(2)), StepState(counts, 2))
+    (g,) = torch.autograd.grad(out.total, logits)
+    assert g[1, 0, 1].abs() > g[0, 0, 0].abs()

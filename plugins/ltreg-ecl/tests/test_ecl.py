@@ -242,7 +242,7 @@ def test_auto_weights_from_epoch0_means_survive_resume_and_can_be_switched_off()
     assert reduced.count((3,)) == 2  # the epoch-0 sums are reduced over processes, once per module
     fixed_loss = ECLLoss(temperature=TAU, auto_weights=False)
     fixed = fixed_loss(*args, state_for(protos, epoch=0))
-    torch.testing.assert_close(fixed_loss.targets, torch.tensor([0.7, 0.3, 0.5]))
+    torch.testing.assert_close(fixed_loss.targets, torch.tensor([0.7, 0.3, 0.5], dtype=torch.float64))
     torch.testing.assert_close(fixed.total, sum(w * p for w, p in zip(fixed_loss.targets, fixed.parts.values())), **TOL)
 
 
@@ -338,3 +338,24 @@ def test_cifar_recipes_use_a_cifar_stem_and_print_no_paper_number():
     net = timm.create_model("resnet32", num_classes=0)
     assert net.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (8, 8)
     assert "[paper:" in next(x for x in text.splitlines() if x.strip().startswith("imagenet-lt:"))
+
+
+@pytest.mark.parametrize("contribution", ["balanced", "bcl"])
+def test_loss_module_weights_each_term_by_its_own_target(contribution):
+    """auto_weights off: L = 0.7 L_LC + 0.3 L_BC-ECL + 0.5 L_CC-GE with distinct weights, so that a swap of two
+    terms' weights (or views) shows in the value and the gradients."""
+    protos = make_prototypes()
+    z, logits = step_inputs()
+    mod = ECLLoss(temperature=TAU, contribution=contribution, auto_weights=False, weight_lc=0.7, weight_con=0.3,
+                  weight_align=0.5)
+    out = mod(Outputs(z=z, logits=logits, features=z), Batch(torch.zeros(B, 3, 1, 1, 1), LABELS, torch.arange(B)),
+              state_for(protos))
+    want = naive_total(z, logits, LABELS, protos, TAU, weights=(0.7, 0.3, 0.5), contribution=contribution)
+    torch.testing.assert_close(out.total, want, **TOL)
+    params = [z, logits, protos.model.classifier.weight, protos.transform.weight, protos.transform.bias]
+    got = torch.autograd.grad(out.total, params)
+    for g, w in zip(got, torch.autograd.grad(want, params)):
+        torch.testing.assert_close(g, w, **TOL)
+    g_z, g_logits = got[0], got[1]
+    assert g_logits[:, 1:].abs().sum() == 0 and g_logits[:, 0].abs().sum() > 0  # only view 0 is classified
+    assert g_z[:, 0].abs().sum() == 0 and g_z[:, 1:].abs().sum() > 0  # only views 1, 2 are contrasted
