@@ -364,7 +364,9 @@ def test_default_omega_up_weights_tail_classes():
     keys = F.normalize(q + 0.3 * torch.randn(len(y), 8, generator=g, dtype=torch.float64), dim=1)
     cs = ContrastSet(keys, y, None, torch.empty(len(y), 0, dtype=torch.long))
     prior = counts / counts.sum()
-    form = ltreg.get_method("rebsupcon").hparams.omega_form
+    from ltreg_rebsupcon import METHOD
+
+    form = METHOD.hparams.omega_form
     assert RebSupConLoss(num_classes=3).omega_form == form
     omega = reb_supcon(q, y, cs, prior, temperature=0.2, omega_form=form).omega
     assert omega[2] > omega[1] > omega[0]
