@@ -284,7 +284,7 @@ def naive_total(z, zk, logits, queue, queue_y, protos, y, counts, qq, qk, *, tau
     zq = z[:, 0]
     cols = torch.cat([zk, queue])
     col_y = [int(v) for v in torch.cat([y, queue_y])]
-    b, n = len(y), sum(1 for v in col_y if v >= 0)
+    b = len(y)
     f = counts / counts.sum()
 
     def l_i(qi, yi):
