@@ -333,3 +333,22 @@ def test_whole_loss_float64_values_and_gradients(warm: bool, init) -> None:
     torch.testing.assert_close(loss.total, ref, rtol=1e-10, atol=1e-12)
     for a, r in zip(leaves, ref_leaves):
         torch.testing.assert_close(a.grad, r.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_loss_argument_bounds_and_errors() -> None:
+    for frac in (0.0, 1.0):
+        assert ICCLLoss(warmup_fraction=frac).warmup_fraction == frac
+    assert ICCLLoss(uniform_weight_after_warmup=0.0, interp_weight=0.0).interp_weight == 0.0
+    for kw, msg in (({"warmup_fraction": 1.01}, "warmup_fraction must be in"),
+                    ({"warmup_fraction": -0.1}, "warmup_fraction must be in"),
+                    ({"uniform_weight_after_warmup": -1.0}, "ICCL loss weights must be >= 0"),
+                    ({"interp_weight": -1.0}, "ICCL loss weights must be >= 0"),
+                    ({"temperature": 0.0}, "temperature must be > 0")):
+        with pytest.raises(ValueError, match=msg):
+            ICCLLoss(**kw)
+    out, b = outputs(4, 1), batch(4, mixed=False)
+    for protos in (None, object()):
+        with pytest.raises(ValueError, match=r"reads class centroids from state.prototypes: declare prototypes=PartRef"):
+            ICCLLoss()(out, b, state(0, 4, protos))
+    with pytest.raises(ValueError, match="equal numbers"):
+        ICCLLoss()(outputs(4, 3), batch(4, mixed=True), state(3, 4, centroids()))
