@@ -177,7 +177,11 @@ class Recipe:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the method needs from the model: classifier type and projection head shape."""
+    """What the method needs from the model: classifier type and projection head shape.
+
+    Any field may be an :class:`hp` reference (``ModelSpec(proj_dim=hp("proj_dim"))``) so that a recipe or
+    ``--hp`` sets it (ICCL's smaller CIFAR embedding); :meth:`resolve` substitutes the run's values.
+    """
 
     classifier: str = "linear"  # "linear" | "cosine"
     cosine_scale: float = 30.0
@@ -188,6 +192,12 @@ class ModelSpec:
     #: classifier, trained by the rebalancer in stage 2). Distributed training relies on it: DDP is
     #: told that every trainable parameter receives a gradient each step.
     train_heads: tuple[str, ...] = ("projector", "classifier")
+
+    def resolve(self, hparams: Any) -> ModelSpec:
+        """A copy with every :class:`hp` field replaced by that hyper-parameter's value in ``hparams``."""
+        refs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values = {k: getattr(hparams, v.name) for k, v in refs.items() if isinstance(v, hp)}
+        return dataclasses.replace(self, **values) if values else self
 
 
 @dataclass(frozen=True)
@@ -211,10 +221,22 @@ class MethodSpec:
     recipes: Mapping[str, Recipe] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
     reading: str = ""  # which reading of the paper is implemented, where it is ambiguous
+    model_template: ModelSpec | None = field(default=None, repr=False, compare=False)  # set from ``model``
 
     def __post_init__(self) -> None:
         if not self.views:
             raise ConfigError(f"method {self.name!r} declares no views")
+        # ``model`` may hold hp references: keep them in ``model_template`` and expose ``model`` resolved with
+        # the default hyper-parameters, so code that reads ``spec.model`` still gets concrete values.
+        template = self.model_template
+        if template is None or template.resolve(self.hparams) != self.model:  # a new model (dataclasses.replace)
+            template = self.model
+        object.__setattr__(self, "model_template", template)
+        object.__setattr__(self, "model", template.resolve(self.hparams))
+
+    def model_for(self, hparams: HParams) -> ModelSpec:
+        """The model a run with ``hparams`` (recipe and ``--hp`` overrides applied) builds: ``hp`` fields resolved."""
+        return self.model_template.resolve(hparams)
 
     @property
     def num_views(self) -> int:
@@ -262,7 +284,7 @@ class MethodSpec:
         for role, ref in self.parts().items():
             lines.append(f"  {role:<10} {ref.describe() if ref else '-'}")
         lines.append(f"  views      {', '.join(self.views_for(self.hparams))}")
-        m = self.model
+        m = self.model_for(self.hparams)
         lines.append(f"  model      classifier={m.classifier} proj_dim={m.proj_dim}")
         lines.append("  hyper-parameters:")
         for f in dataclasses.fields(self.hparams):

@@ -144,7 +144,7 @@ def _needs_holdout(ref: PartRef | None) -> bool:
 
 def model_config(rc: RunConfig, train: LTDataset) -> LTModelConfig:
     """The LTModel the method's spec and the data ask for."""
-    m = rc.spec.model
+    m = rc.spec.model_for(rc.hparams)  # model fields may be hp(...) references (e.g. a recipe's projection size)
     return LTModelConfig(backbone=rc.cfg.backbone or "resnet8", num_classes=train.num_classes, in_chans=train.channels,
                          classifier=m.classifier, cosine_scale=m.cosine_scale, proj_dim=m.proj_dim,
                          proj_hidden=m.proj_hidden, proj_bn=m.proj_bn)
@@ -337,7 +337,7 @@ def freeze_unused_heads(run: Run) -> None:
     """Freeze the model heads stage 1 does not train (``ModelSpec.train_heads``): their parameters get no
     gradient, as on one process, and DDP needs no search for unused parameters."""
     for head in ("projector", "classifier"):
-        if head not in run.config.spec.model.train_heads:
+        if head not in run.config.spec.model_for(run.config.hparams).train_heads:
             getattr(run.model, head).requires_grad_(False)
 
 

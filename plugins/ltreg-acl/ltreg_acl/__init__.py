@@ -10,6 +10,7 @@ the loss), inference ``argmax u``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
 from ltreg_acl.loss import NEG_WEIGHTS, POSITIVES, ACLLoss, acl, negative_weights
@@ -31,6 +32,20 @@ class ACLHParams(HParams):
                                                          "help": "negative weights omega: dataset 1/n_c (normalised), batch 1/|B_c|, none [D]"})
     positives: str = field(default="per-positive", metadata={"choices": POSITIVES,
                                                              "help": "per-positive denominators, or same-image views dropped from a shared denominator [R]"})
+    augment: Literal["rand", "cifar"] = field(default="rand", metadata={
+        "choices": ("rand", "cifar"),
+        "help": "first view: RandAugment (GPaCo ImageNet-LT) or crop+flip+AutoAugment+Cutout (GPaCo CIFAR) [D]"})
+    proj_dim: int = field(default=128, metadata={"min": 1, "help": "projection size d [D: GPaCo 128, CIFAR 32]"})
+
+
+class ACLSpec(MethodSpec):
+    """ACL's spec: ``augment="cifar"`` replaces the first (RandAugment) view by GPaCo's CIFAR pipeline."""
+
+    def views_for(self, hparams: HParams) -> tuple[str, ...]:
+        views = super().views_for(hparams)
+        if getattr(hparams, "augment", "rand") == "cifar":
+            return ("cifar", *views[1:])
+        return views
 
 
 def _recipes() -> dict[str, Recipe]:
@@ -44,9 +59,12 @@ def _recipes() -> dict[str, Recipe]:
             note = f"; paper: previous best {deltas[imb]} (no absolute number)" if ds == "cifar100-lt" else ""
             out[f"{ds}-if{imb}"] = Recipe(
                 f"{ds} IF {imb}, ResNet-32, 400 epochs, batch 128, SGD 0.1 cosine (10 warm-up), wd 5e-4, "
-                f"tau 0.05, alpha 0.01, V 2 [D: GPaCo]{note}",
+                f"tau 0.05, alpha 0.01, V 2, views crop+flip+AutoAugment+Cutout / SimAugment, projection 32 "
+                f"[D: GPaCo CIFAR]; NO MoCo queue (GPaCo CIFAR has a 1,024 queue; ACL here contrasts the "
+                f"batch only, one encoder){note}",
                 train={**cifar, "dataset": ds, "imbalance": float(imb)},
-                hparams={"temperature": 0.05, "alpha": 0.01, "beta": 1.0, "num_views": 2},
+                hparams={"temperature": 0.05, "alpha": 0.01, "beta": 1.0, "num_views": 2, "augment": "cifar",
+                         "proj_dim": 32},
             )
     out["imagenet-lt"] = Recipe(
         "ImageNet-LT, ResNet-50, 400 epochs, batch 128, SGD 0.04 cosine (10 warm-up), wd 5e-4, tau 0.2, "
@@ -58,7 +76,7 @@ def _recipes() -> dict[str, Recipe]:
     return out
 
 
-METHOD = MethodSpec(
+METHOD = ACLSpec(
     name="acl",
     summary="aligned contrastive loss: per-positive denominators, 1/n_c-weighted negatives, class centres + log prior",
     citation="Ma, Cui, Kazuki, Subramanian, Jayashree, Pranata, Zhang, Aligned Contrastive Loss for Long-Tailed "
@@ -68,12 +86,13 @@ METHOD = MethodSpec(
     hparams=ACLHParams(),
     sampler=PartRef("instance"),
     views=("rand", "sim"),
-    model=ModelSpec(classifier="linear", proj_dim=128),
+    model=ModelSpec(classifier="linear", proj_dim=hp("proj_dim")),  # resolved per run: METHOD.model_for(hparams)
     recipes=_recipes(),
     reading="[R] reconstruction from the abstract (paper body unreadable): every view an anchor (GPaCo, one "
             "encoder); each positive alone with the negatives in its denominator; negatives weighted "
             "omega_c = (1/n_c)/mean_k(1/n_k) [D]; PaCo-style centres u + log pi (own centre weight beta, sample "
-            "positives alpha); one stage, predict argmax u. Switches: neg_weight=batch|none, positives=same-image.",
+            "positives alpha); one stage, predict argmax u. Switches: neg_weight=batch|none, positives=same-image. "
+            "CIFAR recipes: GPaCo's CIFAR views (cifar + sim) and projection 32, but no MoCo queue (batch only).",
 )
 
-__all__ = ["METHOD", "ACLHParams", "ACLLoss", "acl", "negative_weights"]
+__all__ = ["METHOD", "ACLHParams", "ACLSpec", "ACLLoss", "acl", "negative_weights"]

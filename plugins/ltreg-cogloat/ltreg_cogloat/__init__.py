@@ -30,7 +30,8 @@ class CoGloATHParams(HParams):
     proco_temperature: str = field(default="base", metadata={
         "choices": ("base", "adaptive"), "help": "[D] tau of L_ProCo: the base tau or tau_i"})
     alpha: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": "[D] alpha L_CoGloAT + (1-alpha) L_ProCo"})
-    key_momentum: float = field(default=0.999, metadata={"min": 0, "max": 1, "help": "[D] momentum of the key encoder"})
+    key_momentum: float = field(default=0.999, metadata={"min": 0, "max": 1, "schedule": "ema",
+                                                          "help": "[D] momentum of the key encoder"})
     queue_size: int = field(default=4096, metadata={"min": 1, "help": "[D] queue length (4,096 CIFAR, 65,536 ImageNet)"})
     allow_self: bool = field(default=True, metadata={
         "help": "[D] a class with ONE image uses the query itself (another augmentation) as its global positives"})

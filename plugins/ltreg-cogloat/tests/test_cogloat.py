@@ -281,3 +281,80 @@ def test_quick_recipe_runs_on_cpu(tmp_path):
                       hparams={"coreset_selection": "random"}, output_dir=str(tmp_path / "quick"))
     assert res.config.backbone == "resnet32" and res.config.stage2_epochs == 1
     assert all(math.isfinite(r["loss"]) for r in res.history) and "top1" in res.metrics
+
+
+# -- defaults, the no-global-positive path, errors (mutation-testing survivors) -----------------------------------
+def test_defaults_seed_and_reductions():
+    mod = CoGloATLoss()
+    h = METHOD.hparams
+    assert (mod.temperature, mod.gamma, mod.seed, mod.alpha) == (0.07, 0.07, 0, 0.5) == (h.temperature, h.gamma, 0,
+                                                                                            h.alpha)
+    assert CoGloATLoss.from_context(SimpleNamespace(seed=7)).seed == 7
+    assert CoGloATLoss.from_context(SimpleNamespace(seed=7), seed=2).seed == 2
+    assert CoGloATLoss(alpha=0.0).alpha == 0.0 and CoGloATLoss(alpha=1.0).alpha == 1.0
+    g = torch.Generator().manual_seed(8)
+    a, pos, cols = unit(3, D, g=g), unit(3, 2, D, g=g), unit(5, D, g=g)
+    y, col_y, own = torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1, 0, 2]), torch.arange(3).unsqueeze(1)
+    torch.testing.assert_close(cogloat(a, y, pos, cols, col_y, own).loss,
+                               cogloat(a, y, pos, cols, col_y, own, temperature=0.07).loss, rtol=0, atol=0)
+    protos = unit(2, 3, D, g=g)
+    mean = proco(a, y, protos)
+    none = proco(a, y, protos, temperature=0.07, reduction="none")
+    torch.testing.assert_close(mean.loss, none.loss.mean(), rtol=1e-12, atol=0)
+    assert torch.equal(mean.num_pos, none.num_pos) and mean.num_pos.tolist() == [1.0, 1.0, 1.0]
+    tau = adaptive_temperature(torch.tensor([0, 1]), torch.tensor([10, 5]), 0.1)  # integer counts
+    assert tau.dtype == torch.float32 and torch.allclose(tau, torch.tensor([1.0, 0.55]))
+
+
+def test_module_without_global_positives_uses_the_own_key_only():
+    """No k-global sampler (no ``positives_z``): P(i) = {i+}, the key of the anchor's other view."""
+    x = step_inputs()
+    (z,) = leaves(x["z"])
+    b = 4
+    state = StepState(class_counts=x["counts"], num_classes=4, memory=SimpleNamespace(queue_z=x["queue"],
+                                                                                      queue_labels=x["qy"]))
+    out = CoGloATLoss(gamma=0.1, alpha=1.0)(
+        Outputs(z=z, logits=z.new_zeros(b, 2, 4), features=z, extra={"key_z": x["keys"]}),
+        Batch(images=torch.zeros(b, 2, 1, 2, 2), targets=x["y"], index=torch.arange(b)), state)
+    tau_i = 0.1 + 0.9 * x["counts"][x["y"]] / 40.0
+    want = naive_cogloat(z[:, 0], x["y"], z.new_zeros(b, 0, D), torch.cat([x["keys"], x["queue"]]),
+                         torch.cat([x["y"], x["qy"]]), torch.arange(4), tau_i, "unsupervised")
+    torch.testing.assert_close(out.total, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grads(out.total, [z])[0], grads(want, [z])[0], rtol=1e-9, atol=1e-10)
+
+
+def test_errors_name_the_setting():
+    for kw, msg in (({"negatives": "all"}, "negatives must be"), ({"proco_temperature": "x"}, "proco_temperature"),
+                    ({"alpha": 1.5}, "alpha must be"), ({"alpha": -0.1}, "alpha must be")):
+        with pytest.raises(ValueError, match=msg):
+            CoGloATLoss(**kw)
+    g = torch.Generator().manual_seed(9)
+    a, pos, cols = unit(2, D, g=g), unit(2, 1, D, g=g), unit(3, D, g=g)
+    y, col_y, own = torch.tensor([0, 1]), torch.tensor([0, 1, 1]), torch.arange(2).unsqueeze(1)
+    with pytest.raises(ValueError, match="negatives must be"):
+        cogloat(a, y, pos, cols, col_y, own, negatives="all")
+    with pytest.raises(ValueError, match="memory_positives are given exactly"):
+        cogloat(a, y, pos, cols, col_y, own, negatives="k-positive")
+    with pytest.raises(ValueError, match="memory_positives are given exactly"):
+        cogloat(a, y, pos, cols, col_y, own, memory_positives=own)
+    x = step_inputs()
+    out = Outputs(z=x["z"], logits=x["z"], features=x["z"], extra={"key_z": x["keys"]})
+    with pytest.raises(ValueError, match="the cogloat loss needs the 'moco'"):
+        CoGloATLoss()(out, Batch(torch.zeros(4, 2, 1, 2, 2), x["y"], torch.arange(4)), StepState(x["counts"], 4))
+    state = StepState(x["counts"], 4, memory=SimpleNamespace(queue_z=x["queue"], queue_labels=x["qy"]))
+    with pytest.raises(ValueError, match="coreset"):
+        CoGloATLoss(alpha=0.5)(out, Batch(torch.zeros(4, 2, 1, 2, 2), x["y"], torch.arange(4)), state)
+
+
+def test_proco_uses_both_views_and_both_prototype_sets():
+    """Paper (ProCo with two coreset prototype sets): each of the two query-encoder views is contrasted with each of
+    the two prototype sets; changing either set or either view changes the loss."""
+    x = step_inputs()
+    base = run_module(CoGloATLoss(alpha=0.0), x, x["z"]).total
+    for q in (0, 1):
+        y = dict(x, protos=x["protos"].clone())
+        y["protos"][q] = F.normalize(y["protos"][q] + 0.5, dim=-1)
+        assert not torch.isclose(run_module(CoGloATLoss(alpha=0.0), y, x["z"]).total, base)
+    z2 = x["z"].clone()
+    z2[:, 1] = F.normalize(z2[:, 1] + 0.5, dim=-1)
+    assert not torch.isclose(run_module(CoGloATLoss(alpha=0.0), x, z2).total, base)

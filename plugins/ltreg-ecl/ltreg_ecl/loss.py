@@ -123,7 +123,9 @@ class ECLLoss(nn.Module):
             raise ValueError(f"ECL contribution must be 'balanced' or 'bcl', got {contribution!r}")
         self.temperature, self.contribution, self.auto_weights = temperature, contribution, auto_weights
         self.cls_view, self.views = cls_view, tuple(views)
-        self.register_buffer("targets", torch.tensor([weight_lc, weight_con, weight_align]), persistent=False)
+        # float64: the target weights enter a float64 loss exactly (0.7 is not a float32 number)
+        self.register_buffer("targets", torch.tensor([weight_lc, weight_con, weight_align], dtype=torch.float64),
+                             persistent=False)
         self.register_buffer("epoch0_sum", torch.zeros(3))
         self.register_buffer("epoch0_steps", torch.zeros(()))
         self.register_buffer("weights", torch.ones(3))
@@ -156,5 +158,6 @@ class ECLLoss(nn.Module):
         lc = logit_adjusted_ce(outputs.logits[:, self.cls_view], batch.targets, state.prior.log())
         align = cc_ge(protos.model.classifier.weight, p)
         w = self.loss_weights(torch.stack([t.detach().float() for t in (lc, con, align)]), state)
+        w = w.to(torch.promote_types(lc.dtype, torch.float32))
         total = w[0] * lc + w[1] * con + w[2] * align
         return LossOutput(total, {"lc": lc.detach(), "bc_ecl": con.detach(), "cc_ge": align.detach()})

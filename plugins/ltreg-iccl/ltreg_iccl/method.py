@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg.method import ConfigError, HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
 
 CITATION = ("Tiong, Li, Lin, Li, Xiong, Hoi. Improving Tail-Class Representation with Centroid Contrastive "
             "Learning (ICCL). arXiv:2110.10048, 2021")
@@ -21,7 +21,7 @@ class ICCLHParams(HParams):
     mix_alpha: float = field(default=1.0, metadata={
         "min": 0, "min_exclusive": True, "help": "lam ~ Beta(alpha, alpha); 1 = U(0,1) [P] (Beta(2,2) slightly better)"})
     centroid_momentum: float = field(default=0.99, metadata={
-        "min": 0, "max": 0.999999, "help": "EMA momentum m of the class centroids [D]"})
+        "min": 0, "max": 0.999999, "schedule": "ema", "help": "EMA momentum m of the class centroids [D]"})
     warmup_fraction: float = field(default=0.5, metadata={
         "min": 0, "max": 1, "help": "T_w / epochs: uniform branch only (L_ce + L_cc) before T_w [P: about half]"})
     uniform_weight_after_warmup: float = field(default=1.0, metadata={
@@ -39,6 +39,11 @@ class ICCLHParams(HParams):
         "help": "stage 2 fine-tunes the backbone (CIFAR) instead of freezing it (ImageNet-LT, iNat) [P]"})
     stage2_backbone_lr_scale: float = field(default=0.1, metadata={
         "min": 0, "min_exclusive": True, "help": "backbone lr / classifier lr when fine-tuned in stage 2 [D]"})
+    proj_dim: int = field(default=128, metadata={
+        "min": 1, "help": "embedding size d of the projection head [D: 128; CIFAR recipes 32, the paper's smaller "
+                          "CIFAR value was stripped]"})
+    colour_jitter: bool = field(default=False, metadata={
+        "help": "colour jitter on the view (ImageNet-LT recipe [P]); needs the 'jitter' view modifier"})
 
     @property
     def stage2_freeze_backbone(self) -> bool:
@@ -48,7 +53,7 @@ class ICCLHParams(HParams):
 
 _CIFAR = {"epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 2e-4, "warmup_epochs": 5, "schedule": "step",
           "milestones": [160, 180], "lr_decay": 0.01, "backbone": "resnet32"}
-_CIFAR_HP = {"uniform_weight_after_warmup": 0.0, "stage2_finetune_backbone": True}
+_CIFAR_HP = {"uniform_weight_after_warmup": 0.0, "stage2_finetune_backbone": True, "proj_dim": 32}
 _CIFAR_PAPER = {"cifar100-lt": {100: 46.6, 50: 51.6, 10: 62.1}, "cifar10-lt": {100: 82.1, 50: 84.7, 10: 89.7}}
 
 
@@ -61,10 +66,11 @@ def _recipes() -> dict[str, Recipe]:
                 f"warm-up, stage 2 fine-tunes the backbone at lr x0.1",
                 train={**_CIFAR, "dataset": ds, "imbalance": float(imb)}, hparams=_CIFAR_HP, paper={"All": top1})
     out["imagenet-lt-x50"] = Recipe(
-        "ImageNet-LT, ResNeXt-50 32x4d, 90 epochs (T_w 45), batch 128, SGD 0.05 cosine, wd 5e-4; stage 2 on the "
-        "frozen backbone",
+        "ImageNet-LT, ResNeXt-50 32x4d, 90 epochs (T_w 45), batch 128, SGD 0.05 cosine, wd 5e-4, flip + crop + "
+        "colour jitter; stage 2 on the frozen backbone",
         train={"dataset": "imagenet-lt", "backbone": "resnext50_32x4d", "epochs": 90, "batch_size": 128, "lr": 0.05,
                "weight_decay": 5e-4, "schedule": "cosine"},
+        hparams={"colour_jitter": True},
         paper={"All": 54.0, "Many": 60.7, "Medium": 52.9, "Few": 39.0})
     for epochs, paper in ((90, {"All": 70.5, "Many": 67.6, "Medium": 70.2, "Few": 71.6}),
                           (200, {"All": 72.5, "Many": 72.1, "Medium": 72.3, "Few": 72.9})):
@@ -77,7 +83,23 @@ def _recipes() -> dict[str, Recipe]:
     return out
 
 
-ICCL = MethodSpec(
+class ICCLSpec(MethodSpec):
+    """ICCL's spec: ``colour_jitter`` appends the ``+jitter`` modifier (flip + crop + colour jitter, Kang et al.'s
+    ImageNet-LT augmentation, which the paper follows) to the view pipeline."""
+
+    def views_for(self, hparams: HParams) -> tuple[str, ...]:
+        views = super().views_for(hparams)
+        if not getattr(hparams, "colour_jitter", False):
+            return views
+        from ltreg.data import views as _views
+
+        if "jitter" not in getattr(_views, "MODIFIERS", ()):
+            raise ConfigError("ICCL colour_jitter=True needs the 'jitter' view modifier in ltreg.data.views "
+                              "(not there yet); run with --hp colour_jitter=false to train without it")
+        return tuple(f"{v}+jitter" for v in views)
+
+
+ICCL = ICCLSpec(
     name="iccl",
     summary="interpolative centroid contrastive learning: uniform + interpolative branch over EMA class centroids, "
             "then KD classifier rebalancing",
@@ -93,7 +115,7 @@ ICCL = MethodSpec(
                       temperature=hp("kd_temperature"), freeze_backbone=hp("stage2_freeze_backbone"),
                       backbone_lr_scale=hp("stage2_backbone_lr_scale")),
     views=("cls",),
-    model=ModelSpec(classifier="linear", proj_dim=128),
+    model=ModelSpec(classifier="linear", proj_dim=hp("proj_dim")),  # per run: ICCL.model_for(hparams)
     recipes=_recipes(),
     reading=(
         "x^a instance-balanced, x^b class-aware (n_c^-gamma), x^I = lam x^a + (1-lam) x^b with one lam ~ U(0,1) per "
@@ -101,7 +123,8 @@ ICCL = MethodSpec(
         "batch mean on a class's first appearance; uninitialised classes are out of the centroid softmax. Warm-up "
         "(epoch < round(warmup_fraction * epochs)): L_ce + L_cc on x^a only, without mixing. Then "
         "L = w_u L_ce + w_I (L_icc + mixup CE of u(x^I)). Stage 2: drop the projector, class-aware gamma' = 1, "
-        "CE + beta_kd T^2 KL(teacher || student) from the stage-1 classifier (CE weight 1). Embedding d = 128 on "
-        "every benchmark (the CIFAR value was stripped from the paper)."
+        "CE + beta_kd T^2 KL(teacher || student) from the stage-1 classifier (CE weight 1). Embedding d = proj_dim: "
+        "128 [D], 32 on CIFAR [D] (the paper uses a smaller CIFAR value, stripped from the text). ImageNet-LT view: "
+        "flip + crop + colour jitter (colour_jitter, needs the 'jitter' view modifier)."
     ),
 )

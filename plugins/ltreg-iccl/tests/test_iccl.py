@@ -107,14 +107,14 @@ def test_stage2_switch_reaches_kd_rebalance(finetune: bool) -> None:
 def test_recipes_carry_paper_numbers_and_cifar_switches() -> None:
     cfg = resolve_config(ICCL, {"recipe": "cifar100-lt-if100"}).cfg
     assert (cfg.dataset, cfg.imbalance, cfg.backbone, cfg.epochs) == ("cifar100-lt", 100.0, "resnet32", 200)
-    assert cfg.hparams == {"uniform_weight_after_warmup": 0.0, "stage2_finetune_backbone": True}
+    assert cfg.hparams == {"uniform_weight_after_warmup": 0.0, "stage2_finetune_backbone": True, "proj_dim": 32}
     assert ICCL.recipe("cifar100-lt-if100").paper == {"All": 46.6}
     assert [ICCL.recipe(f"cifar10-lt-if{i}").paper["All"] for i in (100, 50, 10)] == [82.1, 84.7, 89.7]
     assert [ICCL.recipe(f"cifar100-lt-if{i}").paper["All"] for i in (100, 50, 10)] == [46.6, 51.6, 62.1]
     assert ICCL.recipe("imagenet-lt-x50").paper == {"All": 54.0, "Many": 60.7, "Medium": 52.9, "Few": 39.0}
     assert ICCL.recipe("inat2018-r50").paper["All"] == 70.5
     big = resolve_config(ICCL, {"recipe": "imagenet-lt-x50"}).cfg
-    assert big.backbone == "resnext50_32x4d" and big.hparams == {}
+    assert big.backbone == "resnext50_32x4d" and big.hparams == {"colour_jitter": True}
     with pytest.raises(ConfigError, match="warmup_fraction"):
         ICCL.hparams.replace(warmup_fraction="1.5")
 
@@ -250,3 +250,105 @@ def test_trains_both_phases_and_kd_stage_on_digits(tmp_path) -> None:
     assert bool(ema.initialized.all())
     torch.testing.assert_close(ema.centers.norm(dim=1), torch.ones(ema.centers.shape[0]))
     assert 0 <= result.metrics["top1"] <= 100 and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+# -- per-recipe projection size (ModelSpec hp references) and the ImageNet-LT colour jitter ------------------
+def test_projection_size_is_set_per_recipe() -> None:
+    """``ModelSpec(proj_dim=hp("proj_dim"))``: ``model_for`` resolves it per run; ``spec.model`` keeps the default."""
+    cifar = ICCL.hparams.replace(**ICCL.recipe("cifar100-lt-if100").hparams)
+    big = ICCL.hparams.replace(**ICCL.recipe("imagenet-lt-x50").hparams)
+    assert ICCL.model_for(cifar).proj_dim == 32 and ICCL.model_for(big).proj_dim == 128
+    assert ICCL.model_for(ICCL.hparams.replace(proj_dim="64")).proj_dim == 64  # --hp proj_dim=64
+    assert ICCL.model.proj_dim == 128 and ICCL.model_template.proj_dim == ltreg.hp("proj_dim")
+    assert "proj_dim=128" in ICCL.describe()
+    import dataclasses
+
+    assert dataclasses.replace(ICCL, summary="x").model_for(cifar).proj_dim == 32  # the template survives replace
+    plain = dataclasses.replace(ICCL, model=ltreg.ModelSpec(proj_dim=16))
+    assert plain.model_for(cifar).proj_dim == 16  # a concrete model replaces the template
+
+
+def test_imagenet_recipe_asks_for_colour_jitter() -> None:
+    big = ICCL.hparams.replace(**ICCL.recipe("imagenet-lt-x50").hparams)
+    assert big.colour_jitter and not ICCL.hparams.colour_jitter
+    from ltreg.data import views
+
+    if "jitter" in views.MODIFIERS:
+        assert ICCL.views_for(big) == ("cls+jitter",)
+    else:
+        with pytest.raises(ConfigError, match="jitter"):
+            ICCL.views_for(big)
+    assert ICCL.views_for(ICCL.hparams) == ("cls",)
+
+
+# -- the whole loss module in float64: values and gradients against a differentiable per-sample total ---------
+def naive64(z, logits, ya, yb, lam, c, valid, tau, warm, w_u, w_i):
+    """Paper §3.3-3.4: p(k|z) = exp(z.c_k/tau) / sum_j exp(z.c_j/tau) over initialised centroids;
+    warm-up L = L_ce + L_cc; then L = w_u L_ce + w_I (L_icc + L_ce^I), L_icc = -[lam log p(y^a|z^I) +
+    (1-lam) log p(y^b|z^I)], L_ce^I = -[lam log s(u^I)_{y^a} + (1-lam) log s(u^I)_{y^b}]; means over samples."""
+    n = len(ya)
+
+    def logp(zi, k):
+        if k not in valid:
+            return zi.sum() * 0
+        den = sum(torch.exp(zi @ c[j] / tau) for j in valid)
+        return torch.log(torch.exp(zi @ c[k] / tau) / den)
+
+    def log_soft(u, k):
+        return u[k] - torch.log(sum(torch.exp(u[j]) for j in range(len(u))))
+
+    ce = -sum(log_soft(logits[i, 0], int(ya[i])) for i in range(n)) / n
+    if warm:
+        return ce - sum(logp(z[i, 0], int(ya[i])) for i in range(n)) / n
+    icc = -sum(lam[i] * logp(z[i, 1], int(ya[i])) + (1 - lam[i]) * logp(z[i, 1], int(yb[i])) for i in range(n)) / n
+    mix = -sum(lam[i] * log_soft(logits[i, 1], int(ya[i])) + (1 - lam[i]) * log_soft(logits[i, 1], int(yb[i]))
+               for i in range(n)) / n
+    return w_u * ce + w_i * (icc + mix)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+@pytest.mark.parametrize("init", [None, [0, 2, 3]])
+def test_whole_loss_float64_values_and_gradients(warm: bool, init) -> None:
+    ema = centroids(init)
+    c64 = ema.centers.double()
+    ema64 = EMACentroids(C, D).double()
+    ema64.centers.copy_(c64)
+    ema64.initialized.copy_(ema.initialized)
+    g = torch.Generator().manual_seed(5)
+    b = batch(9, mixed=not warm)
+    z = F.normalize(torch.randn(9, 1 if warm else 2, D, generator=g, dtype=torch.float64), dim=-1)
+    u = torch.randn(9, 1 if warm else 2, C, generator=g, dtype=torch.float64)
+    leaves = [z.clone().requires_grad_(), u.clone().requires_grad_()]
+    w_u, w_i = 0.3, 0.7
+    loss = ICCLLoss(0.15, 0.5, uniform_weight_after_warmup=w_u, interp_weight=w_i)(
+        Outputs(leaves[0], leaves[1], torch.zeros(9, z.shape[1], 1, dtype=torch.float64)), b,
+        state(0 if warm else 3, 4, ema64))
+    assert loss.total.dtype == torch.float64
+    loss.total.backward()
+    ref_leaves = [z.clone().requires_grad_(), u.clone().requires_grad_()]
+    valid = [k for k in range(C) if bool(ema.initialized[k])]
+    lam = b.extra.get("lam", torch.zeros(9)).double()
+    ref = naive64(ref_leaves[0], ref_leaves[1], b.targets, b.extra["targets_b"], lam, c64, valid, 0.15, warm, w_u, w_i)
+    ref.backward()
+    torch.testing.assert_close(loss.total, ref, rtol=1e-10, atol=1e-12)
+    for a, r in zip(leaves, ref_leaves):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_loss_argument_bounds_and_errors() -> None:
+    for frac in (0.0, 1.0):
+        assert ICCLLoss(warmup_fraction=frac).warmup_fraction == frac
+    assert ICCLLoss(uniform_weight_after_warmup=0.0, interp_weight=0.0).interp_weight == 0.0
+    for kw, msg in (({"warmup_fraction": 1.01}, "warmup_fraction must be in"),
+                    ({"warmup_fraction": -0.1}, "warmup_fraction must be in"),
+                    ({"uniform_weight_after_warmup": -1.0}, "ICCL loss weights must be >= 0"),
+                    ({"interp_weight": -1.0}, "ICCL loss weights must be >= 0"),
+                    ({"temperature": 0.0}, "temperature must be > 0")):
+        with pytest.raises(ValueError, match=msg):
+            ICCLLoss(**kw)
+    out, b = outputs(4, 1), batch(4, mixed=False)
+    for protos in (None, object()):
+        with pytest.raises(ValueError, match=r"reads class centroids from state.prototypes: declare prototypes=PartRef"):
+            ICCLLoss()(out, b, state(0, 4, protos))
+    with pytest.raises(ValueError, match="equal numbers"):
+        ICCLLoss()(outputs(4, 3), batch(4, mixed=True), state(3, 4, centroids()))

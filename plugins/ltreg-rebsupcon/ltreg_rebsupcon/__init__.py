@@ -2,8 +2,10 @@
 
 Parts: core ``moco`` memory (query view 0 = RandAugment, key view 1 = SimAugment), core ``learnable``
 prototypes (K = 3 C unless set [D], Sinkhorn 3 iterations, eps 0.05, re-normalised after each step [D]),
-the plugin's ``rebsupcon`` loss, instance-balanced sampling, no rebalancing stage. See ``loss.py`` and
-the README for the equations and the readings ([R] / [D] tags follow methods.md).
+the plugin's ``rebsupcon`` loss, instance-balanced sampling. The paper's total ``L = L_proto + L_reb`` trains
+no classifier, so stage 2 is core ``crt`` (a re-initialised linear classifier on the frozen backbone,
+class-balanced sampling) [D]. See ``loss.py`` and the README for the equations and the readings ([R] / [D]
+tags follow methods.md).
 """
 
 from __future__ import annotations
@@ -24,23 +26,35 @@ class RebSupConHParams(HParams):
     alpha: float = field(default=0.5, metadata={"min": 0, "help": "alpha of omega(c)"})
     beta: float = field(default=0.1, metadata={"min": 0, "help": "beta of omega_f(c) = beta / (f(c) + eps)"})
     eps: float = field(default=1e-5, metadata={**_POS, "help": "eps of omega_f(c)"})
-    omega_form: Literal["printed", "inverse"] = field(default="printed", metadata={
-        "choices": ("printed", "inverse"), "help": "[R] printed 1/(1 + a g w_f) or inverse 1 + a g w_f"})
+    omega_form: Literal["printed", "inverse"] = field(default="inverse", metadata={
+        "choices": ("printed", "inverse"),
+        "help": "[R] inverse 1 + a g w_f (up-weights rare / hard classes, the paper's stated effect) or printed 1/(1 + a g w_f)"})
     positives: Literal["samples", "centres"] = field(default="samples", metadata={
         "choices": ("samples", "centres"), "help": "[R] z_c = same-class keys (SupCon) or PaCo class centres"})
     grad_ema: bool = field(default=False, metadata={"help": "[D] EMA-smooth the class gradient statistic g_c over steps"})
-    grad_ema_momentum: float = field(default=0.9, metadata={"min": 0, "max": 1, "help": "[D] momentum of the g_c EMA"})
+    grad_ema_momentum: float = field(default=0.9, metadata={"min": 0, "max": 1, "schedule": "ema",
+                                                             "help": "[D] momentum of the g_c EMA"})
     lambda_swap: float = field(default=0.5, metadata={"min": 0, "help": "lambda1: swapped prediction"})
     lambda_agg: float = field(default=0.3, metadata={"min": 0, "help": "lambda2: aggregation"})
     lambda_sep: float = field(default=0.2, metadata={"min": 0, "help": "lambda3: separation"})
     delta: float = field(default=1.0, metadata={"min": 0, "help": "separation margin on squared prototype distances"})
-    cls_weight: float = field(default=1.0, metadata={"min": 0, "help": "[D] weight of the Balanced-Softmax classifier loss"})
+    cls_weight: float = field(default=0.0, metadata={
+        "min": 0, "help": "weight of a joint Balanced-Softmax classifier loss; 0 = the paper's total (classifier from stage 2)"})
+    stage2_epochs: int = field(default=10, metadata={"min": 0, "help": "[D] cRT epochs (class-balanced, frozen backbone)"})
+    stage2_reinit: bool = field(default=True, metadata={
+        "help": "cRT re-initialises the classifier; False keeps a jointly trained one (cls_weight > 0)"})
     num_prototypes: int | None = field(default=None, metadata={"min": 1, "help": "K (None: 3 x C [D]; 3000 ImageNet-LT)"})
     sinkhorn_eps: float = field(default=0.05, metadata={**_POS, "help": "entropy weight psi of Sinkhorn-Knopp"})
     sinkhorn_iters: int = field(default=3, metadata={"min": 1, "help": "Sinkhorn-Knopp iterations"})
     normalize_prototypes: bool = field(default=True, metadata={"help": "[D] L2-normalise prototypes after each step"})
     queue_size: int = field(default=1024, metadata={"min": 1, "help": "[D] 1,024 CIFAR / 8,192 ImageNet-LT, iNat"})
-    key_momentum: float = field(default=0.999, metadata={"min": 0, "max": 1, "help": "[D] momentum of the key encoder"})
+    key_momentum: float = field(default=0.999, metadata={"min": 0, "max": 1, "schedule": "ema",
+                                                          "help": "[D] momentum of the key encoder"})
+
+    @property
+    def train_heads(self) -> tuple[str, ...]:
+        """Stage 1 trains the classifier only when the joint classifier term is on (``cls_weight > 0``)."""
+        return ("projector", "classifier") if self.cls_weight > 0 else ("projector",)
 
 
 _TRAIN = {"epochs": 400, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 0}
@@ -48,7 +62,7 @@ _C100 = {100: 52.7, 50: 56.5, 10: 64.8}
 
 
 def _recipes() -> dict[str, Recipe]:
-    """Paper settings (Table 2): 400 epochs, SGD 0.9, wd 5e-4, cosine to 0, no warm-up reported, one stage."""
+    """Paper settings (Table 2): 400 epochs, SGD 0.9, wd 5e-4, cosine to 0, no warm-up reported; cRT stage 2 [D]."""
     out = {}
     for ds in ("cifar10-lt", "cifar100-lt"):
         for imb in (100, 50, 10):
@@ -89,16 +103,18 @@ METHOD = MethodSpec(
     prototypes=PartRef("learnable", num_prototypes=hp("num_prototypes"), sinkhorn_eps=hp("sinkhorn_eps"),
                        sinkhorn_iters=hp("sinkhorn_iters"), normalize_after_step=hp("normalize_prototypes")),
     memory=PartRef("moco", momentum=hp("key_momentum"), queue_size=hp("queue_size"), key_view=1),
-    rebalance=None,
+    rebalance=PartRef("crt", epochs=hp("stage2_epochs"), reinit=hp("stage2_reinit")),
     views=("rand", "sim"),
     query_views=(0,),  # the SimAugment key view goes through the momentum encoder only
-    model=ModelSpec(classifier="linear", proj_dim=128, proj_hidden=256),
+    model=ModelSpec(classifier="linear", proj_dim=128, proj_hidden=256, train_heads=hp("train_heads")),
     recipes=_recipes(),
-    reading="One stage. SupCon over keys + queue (positives = same-class keys) [R] weighted per anchor by "
-            "omega(y_i) = 1/(1 + alpha g_c beta/(n_c/N + eps)) as printed [R] (switch omega_form=inverse), g_c = "
-            "global-batch class mean of ||dL_i/dz_i|| [D], omega detached, L_reb normalised by the anchor count; "
-            "K = 3C unless set [D], prototypes re-normalised each step [D]; linear classifier trained jointly "
-            "with Balanced Softmax on the query view [D], raw logits at test; no rebalancing stage.",
+    reading="SupCon over keys + queue (positives = same-class keys) [R] weighted per anchor by "
+            "omega(y_i) = 1 + alpha g_c beta/(n_c/N + eps) [R: the reading that up-weights rare, hard classes as the "
+            "paper says omega does; the printed 1/(1 + ...) down-weights them: switch omega_form=printed], g_c = "
+            "global-batch class mean of ||dL_i/dq_i|| w.r.t. the projected query q_i, not the parameters theta [D], "
+            "omega detached, L_reb normalised by the anchor count; K = 3C unless set [D], prototypes re-normalised "
+            "each step [D]; total L = L_reb + L_proto as in the paper (cls_weight = 0; > 0 adds a joint "
+            "Balanced-Softmax classifier [D]); stage 2 = cRT on the frozen backbone, 10 epochs [D].",
 )
 
 __all__ = ["METHOD", "RebSupConHParams"]

@@ -1,19 +1,23 @@
 """Reb-SupCon loss (methods.md §4.3): rebalanced MoCo SupCon + prototype-aware module + classifier.
 
-``L = L_reb + L_proto + cls_weight * L_cls`` with, for query anchors ``q_i`` (view 0) against the
+``L = L_reb + L_proto + cls_weight * L_cls`` (the paper's total is ``L_reb + L_proto``: ``cls_weight`` is 0 by
+default and the classifier is trained by a cRT stage 2) with, for query anchors ``q_i`` (view 0) against the
 gathered keys and the labelled queue:
 
 * ``L_reb = sum_i omega(y_i) L_i / #{anchors with a positive}`` (global batch), ``L_i`` the SupCon
   loss of the core :func:`~ltreg.losses.contrastive_loss` (positives = same-class keys + queue).
   Normalised by the anchor count, not by ``sum omega``: the paper writes a plain sum over anchors.
-* ``omega(c) = 1 / (1 + alpha g_c omega_f(c))`` (``"printed"``) or ``1 + alpha g_c omega_f(c)``
-  (``"inverse"``, methods.md flags the contradiction [R]), ``omega_f(c) = beta / (f(c) + eps)``,
-  ``f(c) = n_c / N`` [D], ``g_c`` the mean over the global batch's class-c anchors of
-  ``||dL_i / dq_i||`` [D] (one ``autograd.grad`` on a detached copy; optional EMA across steps [D]);
-  omega is a constant in the backward.
+* ``omega(c) = 1 + alpha g_c omega_f(c)`` (``"inverse"``, default [R]) or ``1 / (1 + alpha g_c omega_f(c))``
+  (``"printed"``). The paper states that omega focuses the gradient on tail / hard classes ("we allocate more
+  attention to classes with higher learning difficulty"; Fig. 2; lower head accuracy as its limitation); only
+  the inverse reading does that, the printed formula damps exactly those classes. ``omega_f(c) = beta / (f(c) + eps)``,
+  ``f(c) = n_c / N`` [D], ``g_c`` the mean over the global batch's class-c anchors of ``||dL_i / dq_i||`` [D]:
+  the gradient w.r.t. the projected query ``q_i``, a per-sample proxy for the paper's gradient w.r.t. the
+  parameters theta (which would need one backward pass per sample); one ``autograd.grad`` on a detached copy,
+  optional EMA across steps [D]. omega is a constant in the backward.
 * ``L_proto = l1 * swapped prediction + l2 * aggregation + l3 * separation`` over the learnable
   prototypes with Sinkhorn assignments (no gradient).
-* ``L_cls`` = Balanced Softmax of the linear classifier on the query view [D].
+* ``L_cls`` = Balanced Softmax of the linear classifier on the query view [D], weight ``cls_weight`` (0: off).
 """
 
 from __future__ import annotations
@@ -92,9 +96,10 @@ def class_mean(values: Tensor, labels: Tensor, num_classes: int, mask: Tensor | 
 
 def rebalance_factor(
     grad_c: Tensor, prior: Tensor, *, alpha: float = 0.5, beta: float = 0.1, eps: float = 1e-5,
-    form: OmegaForm = "printed",
+    form: OmegaForm = "inverse",
 ) -> Tensor:
-    """``omega(c)`` ``[C]``: ``1 / (1 + alpha g_c beta / (f_c + eps))`` as printed, or its ``"inverse"`` reading."""
+    """``omega(c)`` ``[C]``: ``1 + alpha g_c beta / (f_c + eps)`` (``"inverse"`` [R], up-weights rare classes with
+    large gradients, the paper's stated effect) or ``1 / (1 + ...)`` as printed (``"printed"``, damps them)."""
     x = alpha * grad_c * (beta / (prior.to(grad_c.dtype) + eps))
     if form == "printed":
         return 1.0 / (1.0 + x)
@@ -122,7 +127,7 @@ def reb_supcon(
     alpha: float = 0.5,
     beta: float = 0.1,
     eps: float = 1e-5,
-    omega_form: OmegaForm = "printed",
+    omega_form: OmegaForm = "inverse",
     positives: Positives = "samples",
     logits: Tensor | None = None,
     gather: Callable[[Tensor], Tensor] = _identity,
@@ -178,7 +183,7 @@ class RebSupConLoss(nn.Module):
         alpha: float = 0.5,
         beta: float = 0.1,
         eps: float = 1e-5,
-        omega_form: OmegaForm = "printed",
+        omega_form: OmegaForm = "inverse",
         positives: Positives = "samples",
         grad_ema: bool = False,
         grad_ema_momentum: float = 0.9,
@@ -186,7 +191,7 @@ class RebSupConLoss(nn.Module):
         lambda_agg: float = 0.3,
         lambda_sep: float = 0.2,
         delta: float = 1.0,
-        cls_weight: float = 1.0,
+        cls_weight: float = 0.0,
         query_view: int = 0,
     ) -> None:
         super().__init__()
@@ -238,7 +243,7 @@ class RebSupConLoss(nn.Module):
                                       temperature=self.temperature, delta=self.delta)
         l_proto = self.lambdas[0] * l1 + self.lambdas[1] * l2 + self.lambdas[2] * l3
         l_cls = balanced_softmax(logits, batch.targets, state.class_counts)
-        total = l_reb + l_proto + self.cls_weight * l_cls
+        total = l_reb + l_proto + self.cls_weight * l_cls if self.cls_weight else l_reb + l_proto
         parts = {"reb": l_reb, "swap": l1, "agg": l2, "sep": l3, "cls": l_cls,
                  "omega": reb.omega[batch.targets].mean()}
         return LossOutput(total, {k: v.detach() for k, v in parts.items()})

@@ -9,10 +9,17 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from ltreg_rebsupcon.loss import RebSupConLoss, prototype_losses, reb_supcon
+from ltreg_rebsupcon.loss import (
+    RebSupConLoss,
+    anchor_losses,
+    class_mean,
+    prototype_losses,
+    reb_supcon,
+    rebalance_factor,
+)
 
 import ltreg
-from ltreg.losses import ContrastSet
+from ltreg.losses import ContrastSet, state_contrast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -167,7 +174,8 @@ def test_prototype_losses_match_naive_values_and_gradients():
     zk = F.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=1)
     c = F.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=1)
     c[4] = F.normalize(c[0] + 0.3, dim=0)  # a close pair: the separation hinge is active
-    qq = torch.rand(4, 5, generator=g, dtype=torch.float64).softmax(1)
+    c = c * torch.tensor([1.0, 0.8, 1.1, 0.9, 1.05], dtype=torch.float64)[:, None]  # not all of one norm
+    qq = torch.rand(4, 5, generator=g, dtype=torch.float64).softmax(1) * 1.7  # rows need not sum to 1
     qk = torch.rand(4, 5, generator=g, dtype=torch.float64).softmax(1)
     a = [zq.clone().requires_grad_(), c.clone().requires_grad_()]
     got = prototype_losses(a[0], zk, a[1], qq, qk, temperature=0.2, delta=1.0)
@@ -195,7 +203,8 @@ def test_grad_ema_switch():
 
 def test_spec_parts_recipes_and_errors():
     spec = ltreg.get_method("rebsupcon")
-    assert (spec.memory.name, spec.prototypes.name, spec.loss.name, spec.rebalance) == ("moco", "learnable", "rebsupcon", None)
+    assert (spec.memory.name, spec.prototypes.name, spec.loss.name, spec.rebalance.name) == ("moco", "learnable", "rebsupcon", "crt")
+    assert spec.hparams.cls_weight == 0 and spec.hparams.omega_form == "inverse" and spec.stages == 2
     assert spec.views == ("rand", "sim") and spec.memory.kwargs["key_view"] == 1
     for ds in ("cifar10-lt", "cifar100-lt"):
         for imb in (100, 50, 10):
@@ -223,7 +232,8 @@ def _test_images(n: int = 16) -> torch.Tensor:
 def test_trains_through_registry_and_reloads(tmp_path):
     result = ltreg.train("rebsupcon", epochs=1, max_steps_per_epoch=3, batch_size=32, stage2_epochs=1,
                          eval_batch_size=512, output_dir=str(tmp_path / "run"))
-    row = result.history[-1]
+    row = [r for r in result.history if "reb" in r][-1]  # the last stage-1 row (stage 2 is cRT)
+    assert any("ce" in r for r in result.history)
     for key in ("loss", "reb", "swap", "agg", "sep", "cls"):
         assert math.isfinite(row[key]), key
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "config.json").is_file()
@@ -238,4 +248,233 @@ def test_quick_recipe_runs(tmp_path):
     result = ltreg.train("rebsupcon", recipe="cifar100-lt-if100", quick=True, dataset="digits-lt",
                          batch_size=32, max_steps_per_epoch=1, eval_batch_size=512, output_dir=str(tmp_path / "quick"))
     assert result.config.backbone == "resnet32" and result.config.lr == 0.02
-    assert all(math.isfinite(r["loss"]) for r in result.history) and len(result.history) == 2
+    assert all(math.isfinite(r["loss"]) for r in result.history) and len(result.history) == 3  # 2 stage-1 + 1 cRT
+
+
+# -- the whole loss module against the paper's total, written from the paper (Lv et al. 2025, §3.3-3.4) --------
+class _Memory:
+    def __init__(self, z, labels):
+        self.queue_z, self.queue_labels = z, labels
+
+
+class _Protos:
+    """Learnable prototypes stand-in: ``assign`` is a fixed soft assignment (no gradient), distinct per input."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def prototypes(self):
+        return self.c
+
+    def assign(self, z):
+        return torch.softmax(z.detach() @ self.c.detach().T / 0.3 + torch.arange(self.c.shape[0]) * 0.1, dim=1)
+
+
+def _module_inputs(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 3])
+    b, d, k = len(y), 4, 5
+    zq = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    zk = F.normalize(zq + 0.5 * torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    z = torch.stack([zq, F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)], 1)
+    logits = torch.randn(b, 2, C, generator=g, dtype=torch.float64)
+    queue = F.normalize(torch.randn(6, d, generator=g, dtype=torch.float64), dim=1)
+    queue_y = torch.tensor([0, 2, -1, 1, 0, 5])
+    protos = F.normalize(torch.randn(k, d, generator=g, dtype=torch.float64), dim=1)
+    protos[4] = F.normalize(protos[0] + 0.2, dim=0)  # separation hinge active
+    counts = torch.tensor([600.0, 200.0, 60.0, 20.0, 10.0, 6.0], dtype=torch.float64)
+    return z, zk, logits, queue, queue_y, protos, y, counts
+
+
+def naive_total(z, zk, logits, queue, queue_y, protos, y, counts, qq, qk, *, tau, alpha, beta, eps, lambdas, delta,
+                cls_weight, form, positives="samples"):
+    """L = L_reb + l1 L1 + l2 L2 + l3 L3 (+ cls_weight Balanced Softmax), loops over samples and classes."""
+    zq = z[:, 0]
+    cols = torch.cat([zk, queue])
+    col_y = [int(v) for v in torch.cat([y, queue_y])]
+    b = len(y)
+    f = counts / counts.sum()
+
+    def l_i(qi, yi, i, detach=False):
+        den = sum(torch.exp(qi @ cols[j] / tau) for j in range(len(col_y)) if col_y[j] >= 0)
+        if positives == "centres":  # z_c read as class centres u_ic + log pi_c, one softmax with all columns
+            u = logits[i, 0].detach() if detach else logits[i, 0]
+            centre = [u[c] + torch.log(f[c]) for c in range(C)]
+            return -torch.log(torch.exp(centre[yi]) / (den + sum(torch.exp(x) for x in centre))), 1
+        pos = [j for j in range(len(col_y)) if col_y[j] == yi]
+        return -sum(torch.log(torch.exp(qi @ cols[p] / tau) / den) for p in pos) / len(pos), len(pos)
+
+    norms, losses, has = [], [], []
+    for i in range(b):
+        leaf = zq[i].detach().clone().requires_grad_(True)
+        li, npos = l_i(leaf, int(y[i]), i, detach=True)
+        norms.append(torch.autograd.grad(li, leaf)[0].norm().item())
+        losses.append(l_i(zq[i], int(y[i]), i)[0])
+        has.append(npos > 0)
+    omega = []
+    for c in range(C):
+        m = [norms[i] for i in range(b) if int(y[i]) == c and has[i]]
+        g_c = sum(m) / len(m) if m else 0.0
+        x = alpha * g_c * beta / (float(f[c]) + eps)
+        omega.append(1 + x if form == "inverse" else 1 / (1 + x))
+    l_reb = sum(omega[int(y[i])] * losses[i] for i in range(b)) / sum(has)
+    kk = protos.shape[0]
+    l1 = l2 = 0.0
+    for i in range(b):
+        pq = torch.softmax(torch.stack([zq[i] @ protos[j] / tau for j in range(kk)]), 0)
+        pk = torch.softmax(torch.stack([zk[i].detach() @ protos[j] / tau for j in range(kk)]), 0)
+        for j in range(kk):
+            l1 = l1 - (qk[i, j] * torch.log(pq[j]) + qq[i, j] * torch.log(pk[j])) / (2 * b)
+            l2 = l2 + qq[i, j] * ((zq[i] - protos[j]) ** 2).sum() / b
+    l3 = sum(torch.clamp(delta - ((protos[j] - protos[j2]) ** 2).sum(), min=0)
+             for j in range(kk) for j2 in range(kk) if j != j2)
+    total = l_reb + lambdas[0] * l1 + lambdas[1] * l2 + lambdas[2] * l3
+    if cls_weight:
+        bal = [-torch.log_softmax(logits[i, 0] + torch.log(counts), 0)[int(y[i])] for i in range(b)]
+        total = total + cls_weight * sum(bal) / b
+    return total, torch.tensor(omega, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("positives", ["samples", "centres"])
+@pytest.mark.parametrize("form", ["inverse", "printed"])
+@pytest.mark.parametrize("cls_weight", [0.0, 0.37])
+def test_whole_loss_module_matches_paper_total(form, cls_weight, positives):
+    """forward(outputs, batch, state) == the paper's L = L_reb + L_proto (+ optional classifier term), values
+    and gradients w.r.t. z, logits and prototypes, with distinct term weights so that a swap shows."""
+    z, zk, logits, queue, queue_y, protos, y, counts = _module_inputs()
+    kw = dict(tau=0.2, alpha=0.7, beta=0.13, eps=0.02, lambdas=(0.61, 0.29, 0.17), delta=0.9)
+    mod = RebSupConLoss(num_classes=C, temperature=kw["tau"], alpha=kw["alpha"], beta=kw["beta"], eps=kw["eps"],
+                        omega_form=form, lambda_swap=0.61, lambda_agg=0.29, lambda_sep=0.17, delta=0.9,
+                        cls_weight=cls_weight, positives=positives)
+    leaves = [t.clone().requires_grad_() for t in (z, logits, protos)]
+    p = _Protos(leaves[2])
+    state = ltreg.StepState(counts, C, memory=_Memory(queue, queue_y), prototypes=p)
+    out = mod(ltreg.Outputs(leaves[0], leaves[1], torch.zeros(len(y), 2, 3, dtype=torch.float64), {"key_z": zk}),
+              ltreg.Batch(torch.zeros(len(y), 2, 1, 2, 2), y, torch.arange(len(y))), state)
+    out.total.backward()
+    ref_leaves = [t.clone().requires_grad_() for t in (z, logits, protos)]
+    rp = _Protos(ref_leaves[2])
+    ref, ref_omega = naive_total(ref_leaves[0], zk, ref_leaves[1], queue, queue_y, ref_leaves[2], y, counts,
+                                 rp.assign(ref_leaves[0][:, 0]), rp.assign(zk), cls_weight=cls_weight, form=form,
+                                 positives=positives, **kw)
+    ref.backward()
+    torch.testing.assert_close(out.total, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out.parts["omega"], ref_omega[y].mean(), rtol=1e-9, atol=1e-12)
+    for a, r in zip(leaves, ref_leaves):
+        if r.grad is None:  # the paper's total trains no classifier
+            assert a.grad is None or not a.grad.any()
+        else:
+            torch.testing.assert_close(a.grad, r.grad, rtol=1e-8, atol=1e-10)
+    assert (leaves[1].grad is not None) == bool(cls_weight or positives == "centres")
+
+
+def test_default_omega_up_weights_tail_classes():
+    """Paper: omega focuses the gradient on tail / hard classes (Fig. 2, limitations). On a long-tailed batch
+    (6,000 vs 60 images) the default reading gives the tail class the larger weight; 'printed' does the opposite."""
+    g = torch.Generator().manual_seed(0)
+    counts = torch.tensor([6000.0, 600.0, 60.0], dtype=torch.float64)
+    y = torch.tensor([0] * 12 + [1] * 4 + [2] * 2)
+    q = F.normalize(torch.randn(len(y), 8, generator=g, dtype=torch.float64), dim=1)
+    keys = F.normalize(q + 0.3 * torch.randn(len(y), 8, generator=g, dtype=torch.float64), dim=1)
+    cs = ContrastSet(keys, y, None, torch.empty(len(y), 0, dtype=torch.long))
+    prior = counts / counts.sum()
+    from ltreg_rebsupcon import METHOD
+
+    form = METHOD.hparams.omega_form
+    assert RebSupConLoss(num_classes=3).omega_form == form
+    omega = reb_supcon(q, y, cs, prior, temperature=0.2, omega_form=form).omega
+    assert omega[2] > omega[1] > omega[0]
+    printed = reb_supcon(q, y, cs, prior, temperature=0.2, omega_form="printed").omega
+    assert printed[2] < printed[0]
+
+
+# -- defaults, switches and errors of the loss module (each one a mutant of loss.py without them) ----------------
+def test_module_defaults_are_the_method_defaults():
+    from ltreg_rebsupcon import METHOD
+
+    h, mod = METHOD.hparams, RebSupConLoss(num_classes=3)
+    assert (mod.temperature, mod.alpha, mod.beta, mod.eps) == (h.temperature, h.alpha, h.beta, h.eps)
+    assert (mod.omega_form, mod.positives, mod.use_ema, mod.ema_momentum) == (h.omega_form, h.positives, h.grad_ema,
+                                                                              h.grad_ema_momentum)
+    assert mod.lambdas == (h.lambda_swap, h.lambda_agg, h.lambda_sep) == (0.5, 0.3, 0.2)
+    assert (mod.delta, mod.cls_weight, mod.query_view) == (h.delta, h.cls_weight, 0)
+    q, y, cs, logits, prior = _inputs()
+    explicit = reb_supcon(q, y, cs, prior, temperature=0.05, alpha=0.5, beta=0.1, eps=1e-5, omega_form="inverse",
+                          positives="samples")
+    default = reb_supcon(q, y, cs, prior)
+    torch.testing.assert_close(default.loss, explicit.loss, rtol=0, atol=0)
+    torch.testing.assert_close(anchor_losses(q, y, cs, temperature=0.3).loss,
+                               anchor_losses(q, y, cs, temperature=0.3, positives="samples").loss, rtol=0, atol=0)
+    g = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    pr = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    torch.testing.assert_close(rebalance_factor(g, pr), 1 + 0.5 * g * 0.1 / (pr + 1e-5), rtol=1e-12, atol=0)
+    zq, c = F.normalize(torch.randn(3, 4, dtype=torch.float64), dim=1), torch.randn(5, 4, dtype=torch.float64)
+    qq = torch.rand(3, 5, dtype=torch.float64)
+    assert prototype_losses(zq, zq, c, qq, qq, temperature=0.2)[2] == prototype_losses(zq, zq, c, qq, qq,
+                                                                                       temperature=0.2, delta=1.0)[2]
+
+
+def test_dtypes_follow_the_queries():
+    """float32 queries with a float64 prior: omega is applied in the loss's dtype (no silent upcast)."""
+    q, y, cs, logits, prior = _inputs()
+    res = reb_supcon(q.float(), y, cs._replace(z=cs.z.float()), prior)
+    assert res.loss.dtype == torch.float32
+    assert rebalance_factor(torch.ones(6), prior).dtype == torch.float32
+
+
+def test_class_mean_without_mask_and_presence():
+    v, lab = torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0, 0, 2])
+    means, present = class_mean(v, lab, 4)
+    torch.testing.assert_close(means, torch.tensor([2.0, 0.0, 5.0, 0.0]))
+    assert present.tolist() == [True, False, True, False]
+    means, present = class_mean(v, lab, 4, torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(means, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert present.tolist() == [True, False, False, False]
+
+
+def test_grad_ema_through_the_module_keeps_absent_classes():
+    """Two steps with grad_ema on: classes of step 2 are EMA-updated, a class absent from step 2 keeps its value."""
+    z, zk, logits, queue, queue_y, protos, y, counts = _module_inputs()
+    mod = RebSupConLoss(num_classes=C, temperature=0.2, grad_ema=True, grad_ema_momentum=0.6)
+    kw = dict(temperature=0.2)
+
+    def step(idx):
+        state = ltreg.StepState(counts, C, memory=_Memory(queue, queue_y), prototypes=_Protos(protos))
+        mod(ltreg.Outputs(z[idx], logits[idx], z[idx], {"key_z": zk[idx]}),
+            ltreg.Batch(torch.zeros(len(idx), 2, 1, 2, 2), y[idx], torch.arange(len(idx))), state)
+        cs = state_contrast(z[idx][:, :1], ltreg.Outputs(z[idx], logits[idx], z[idx], {"key_z": zk[idx]}),
+                            ltreg.Batch(torch.zeros(len(idx), 2, 1, 2, 2), y[idx], torch.arange(len(idx))), state,
+                            include_views=False)
+        return reb_supcon(z[idx][:, 0], y[idx], cs, counts / counts.sum(), **kw).grad_c
+
+    g1 = step(torch.tensor([0, 1, 2, 3, 4, 5]))  # classes 0, 1, 2
+    torch.testing.assert_close(mod.grad_ema, g1.float())
+    g2 = step(torch.tensor([0, 1, 2, 6]))  # classes 0 and 3; class 1 and 2 absent
+    want = g1.clone()
+    want[0] = 0.6 * g1[0] + 0.4 * g2[0]
+    want[3] = g2[3]
+    torch.testing.assert_close(mod.grad_ema, want.float())
+    assert mod.grad_seen.tolist() == [True, True, True, True, False, False]
+
+
+def test_errors_name_the_missing_part():
+    with pytest.raises(ValueError, match="omega_form"):
+        RebSupConLoss(num_classes=3, omega_form="flipped")
+    with pytest.raises(ValueError, match="positives must be"):
+        RebSupConLoss(num_classes=3, positives="keys")
+    assert RebSupConLoss(num_classes=3, positives="centres").positives == "centres"
+    with pytest.raises(ValueError, match="omega_form"):
+        rebalance_factor(torch.ones(2), torch.ones(2), form="flipped")
+    q, y, cs, logits, prior = _inputs()
+    for kw in ({}, {"logits": logits}, {"log_prior": prior.log()}):
+        with pytest.raises(ValueError, match="classifier logits"):
+            anchor_losses(q, y, cs, temperature=0.3, positives="centres", **kw)
+    z, zk, logits, queue, queue_y, protos, y, counts = _module_inputs()
+    batch = ltreg.Batch(torch.zeros(len(y), 2, 1, 2, 2), y, torch.arange(len(y)))
+    mod = RebSupConLoss(num_classes=C)
+    mem, pro = _Memory(queue, queue_y), _Protos(protos)
+    cases = [({}, mem, pro, "moco"), ({"key_z": zk}, None, pro, "moco"), ({"key_z": zk}, mem, None, "learnable"),
+             ({"key_z": zk}, mem, object(), "learnable")]
+    for extra, m, p, msg in cases:
+        with pytest.raises(ValueError, match=f"Reb-SupCon needs the '{msg}'"):
+            mod(ltreg.Outputs(z, logits, z, extra), batch, ltreg.StepState(counts, C, memory=m, prototypes=p))
