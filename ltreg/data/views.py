@@ -19,7 +19,7 @@ from ltreg.data.lt import LTDataset
 from ltreg.step import Batch, Extra
 
 PIPELINES = ("none", "cls", "crop", "sim", "rand", "cifar")
-MODIFIERS = ("erase",)
+MODIFIERS = ("erase", "jitter")  # +erase: random erasing; +jitter: colour jitter 0.4 (Kang et al.)
 
 
 class Cutout(torch.nn.Module):
@@ -72,6 +72,8 @@ def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor]:
                 v2.RandAugment(num_ops=2, magnitude=10)]
     elif base == "cifar":
         ops += crop + flip + [v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)]
+    if "jitter" in mods:  # on the uint8 image, before normalisation (brightness / contrast / saturation 0.4)
+        ops.append(v2.ColorJitter(0.4, 0.4, 0.4 if c == 3 else 0.0, 0.0))
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean) * (c // len(data.mean)),
                                                                   list(data.std) * (c // len(data.std)))]
     if base == "cifar":
