@@ -123,17 +123,17 @@ class TrainConfig:
                                   + " (sgd, nesterov, adamw, lamb, lars, ... : timm.optim.list_optimizers())")
         momentum, betas, eps = optimizer_traits(self.optimizer)
         momentum = momentum or optimizer_traits(self.stage2_optimizer)[0]  # stage 2 uses --momentum too
-        flag = f"--optimizer {self.optimizer}"
+        opt_flag = f"--optimizer {self.optimizer}"
         if self.nesterov and self.optimizer != "sgd":
             raise ConfigError(f"nesterov applies to --optimizer sgd, not {self.optimizer!r}; drop --nesterov "
                               f"(or use --optimizer nesterov)")
         if not momentum and self.momentum != 0.9:
-            raise ConfigError(f"momentum={self.momentum} is not used by {flag} nor --stage2-optimizer "
+            raise ConfigError(f"momentum={self.momentum} is not used by {opt_flag} nor --stage2-optimizer "
                               f"{self.stage2_optimizer}; drop --momentum")
         if self.opt_betas is not None and not betas:
-            raise ConfigError(f"opt_betas is not used by {flag} (no betas); drop --opt-betas")
+            raise ConfigError(f"opt_betas is not used by {opt_flag} (no betas); drop --opt-betas")
         if self.opt_eps is not None and not eps:
-            raise ConfigError(f"opt_eps is not used by {flag} (no eps); drop --opt-eps")
+            raise ConfigError(f"opt_eps is not used by {opt_flag} (no eps); drop --opt-eps")
         if self.schedule == "onecycle" and self.warmup_epochs:
             raise ConfigError(f"schedule onecycle has its own warm-up (onecycle_pct={self.onecycle_pct}); "
                               f"pass --warmup-epochs 0 (got {self.warmup_epochs})")
