@@ -137,7 +137,7 @@ def run_task(task: tuple[str, float, int, argparse.Namespace, Path]) -> dict[str
     return run_one(method, imbalance, seed, args, out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _train_size(data_name: str, imbalance: float, seed: int) -> int:
     from ltreg.data.build import DataArgs, build_data
 

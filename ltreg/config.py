@@ -10,8 +10,8 @@ first, from the highest layer that names one, because its defaults are the lowes
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -342,8 +342,3 @@ def _quick_values(values: dict[str, Any]) -> dict[str, Any]:
         "batch_size": min(batch, 64),
         "quick": False,
     }
-
-
-def quick(cfg: TrainConfig) -> TrainConfig:
-    """The same recipe at CPU scale: 2 epochs of at most 10 steps, a small backbone, 1 stage-2 epoch."""
-    return dataclasses.replace(cfg, **_quick_values(cfg.to_dict()))

@@ -8,7 +8,6 @@ method's parts -> checkpoints. Nothing here trains: :mod:`ltreg.loop` runs what 
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -305,23 +304,6 @@ def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int) -
                         pin_memory=run.accelerator.device.type == "cuda")
     loader.view_dataset, loader.ltreg_sampler = vds, sampler  # type: ignore[attr-defined]
     return loader
-
-
-def lr_factor(total: int, steps_per_epoch: int, warmup_epochs: int, schedule: str, milestones: list[int],
-              decay: float) -> Callable[[int], float]:
-    """The learning-rate multiplier at each step: linear warm-up, then cosine / step / constant."""
-    warm = warmup_epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-        if schedule == "step":
-            return decay ** sum(step // max(1, steps_per_epoch) >= m for m in milestones)
-        return 1.0
-
-    return factor
 
 
 def _prepare(run: Run, module: StepModule, loader: DataLoader, optimizer: torch.optim.Optimizer,

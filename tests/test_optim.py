@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,26 @@ from ltreg.config import TrainConfig, resolve_config
 from ltreg.method import ConfigError
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.optim import OptimSettings, build_optimizer, lr_schedule, param_groups, split_decay
-from ltreg.run import lr_factor
 
 OPTIMIZERS = {"sgd": "SGD", "nesterov": "SGD", "adamw": "AdamW", "adam": "Adam", "lamb": "Lamb", "lars": "Lars",
               "lion": "Lion"}
+
+
+def lr_factor(total: int, steps_per_epoch: int, warmup_epochs: int, schedule: str, milestones: list[int],
+              decay: float) -> Callable[[int], float]:
+    """ltreg 0.1's schedule (warm-up, then cosine / step / constant): the default must equal it to the bit."""
+    warm = warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        if schedule == "step":
+            return decay ** sum(step // max(1, steps_per_epoch) >= m for m in milestones)
+        return 1.0
+
+    return factor
 
 
 def small_model() -> LTModel:

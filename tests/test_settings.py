@@ -14,7 +14,7 @@ import torch
 
 import ltreg
 from ltreg.cli import main
-from ltreg.config import TrainConfig, quick, resolve_config
+from ltreg.config import resolve_config
 from ltreg.data.lt import DataError, LTDataset, TensorSource
 from ltreg.errors import ConfigError, LtregError, UsageError
 
@@ -78,7 +78,7 @@ def test_valid_settings_still_resolve():
     cfg = resolve(max_steps_per_epoch=None, lr_decay="1", schedule="step", milestones=[5], epochs=10,
                   warmup_epochs=2, stage2_epochs="0", push_to_hub="org/name")
     assert cfg.lr_decay == 1.0 and cfg.stage2_epochs == 0
-    assert quick(TrainConfig(epochs=200, warmup_epochs=5)).epochs == 2
+    assert resolve(epochs=200, warmup_epochs=5, quick=True).epochs == 2
 
 
 def test_unknown_data_arg_is_a_named_error():
