@@ -154,17 +154,6 @@ class TrainConfig:
                               f"the backbone {self.backbone!r}: pass one of them (a plain --backbone ARCH with "
                               f"--init-from)")
 
-    def _check_init(self) -> None:
-        """Where the initial weights come from must be one source, named once."""
-        from ltreg.models.backbones import implies_pretrained
-
-        if self.backbone is not None and implies_pretrained(self.backbone):
-            self.pretrained = True  # a tag, hf-hub: repo or folder names weights: they are loaded (and said so)
-        if self.init_from is not None and self.pretrained:
-            raise ConfigError(f"--init-from {self.init_from} gives the initial weights, and so does --pretrained / "
-                              f"the backbone {self.backbone!r}: pass one of them (a plain --backbone ARCH with "
-                              f"--init-from)")
-
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or os.path.join("runs", f"{self.method}-{self.dataset}"))

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import make_dataset
 
-from ltreg.data.infer import holdout, infer_format, infer_thresholds, normalisation
+from ltreg.data.infer import dataset_fields, holdout, infer_format
 from ltreg.data.lt import DataError, DataLayoutError, LTData, LTDataset, make_lt_indices
 from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
 
@@ -207,26 +207,12 @@ def imagefolder_lt(
     channels = fmt[0] if channels is None else channels
     image_size = fmt[1] if image_size is None else image_size
     resize = fmt[2] if resize is None else resize
-    counts = np.bincount(targets[train], minlength=len(classes))
-    if many_thr is None or few_thr is None:
-        many, few, note = infer_thresholds(counts)
-        many_thr, few_thr = (many if many_thr is None else many_thr), (few if few_thr is None else few_thr)
-        notes.append(note)
     size = image_size if resize else None
     src = FileSource(train_scan.paths, channels, size)
-    common = dict(
-        num_classes=len(classes),
-        class_names=classes,
-        channels=channels,
-        image_size=image_size,
-        allow_flip=True,
-        mean=normalisation(channels)[0],
-        std=normalisation(channels)[1],
-        many_thr=many_thr,
-        few_thr=few_thr,
-        info={"source": str(base), "imbalance": imbalance, "profile": profile, "seed": seed,
-              "layout": "flat" if "flat" in roles else sorted(roles), "skipped": len(skipped),
-              "skipped_files": skipped[:20], "inferred": "; ".join(notes)},
+    common = dataset_fields(
+        classes, channels, image_size, np.bincount(targets[train], minlength=len(classes)), many_thr, few_thr, notes,
+        {"source": str(base), "imbalance": imbalance, "profile": profile, "seed": seed,
+         "layout": "flat" if "flat" in roles else sorted(roles), "skipped": len(skipped), "skipped_files": skipped[:20]},
     )
 
     def split(s: Scan) -> tuple[FileSource, np.ndarray]:

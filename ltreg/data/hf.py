@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ltreg.data.infer import holdout, infer_format, infer_thresholds, normalisation
+from ltreg.data.infer import dataset_fields, holdout, infer_format
 from ltreg.data.lt import DataError, DataLayoutError, LTData, LTDataset, make_lt_indices, subset_source
 from ltreg.data.sources import HFSource
 
@@ -198,25 +198,13 @@ def hf_lt(
         channels = c if channels is None else channels
         image_size = s if image_size is None else image_size
         resize = r if resize is None else resize
-    if many_thr is None or few_thr is None:
-        many, few, t_note = infer_thresholds(np.bincount(y_all[idx], minlength=num_classes))
-        many_thr, few_thr = (many if many_thr is None else many_thr), (few if few_thr is None else few_thr)
-        notes.append(t_note)
     size = image_size if resize else None
     train_src = HFSource(train_ds, img, channels, size, name=f"{root}[{train_name}]")
     test_src = train_src if test_name is None else HFSource(test_ds, img, channels, size, name=f"{root}[{test_name}]")
-    common: dict[str, Any] = dict(
-        num_classes=num_classes,
-        class_names=class_names,
-        channels=channels,
-        image_size=image_size,
-        allow_flip=True,
-        mean=normalisation(channels)[0],
-        std=normalisation(channels)[1],
-        many_thr=many_thr,
-        few_thr=few_thr,
-        info={"source": root, "imbalance": imbalance, "profile": profile, "seed": seed, "image_column": img,
-              "label_column": lab, "inferred": "; ".join(notes)},
+    common = dataset_fields(
+        class_names, channels, image_size, np.bincount(y_all[idx], minlength=num_classes), many_thr, few_thr, notes,
+        {"source": root, "imbalance": imbalance, "profile": profile, "seed": seed, "image_column": img,
+         "label_column": lab},
     )
     test_part = (subset_source(test_src, test_idx), y_te) if test_idx is not None else (test_src, y_te)
     data = LTData(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,20 @@ def infer_thresholds(counts: np.ndarray) -> tuple[int, int, str]:
     many, few = min(100, n_max // 5), min(20, n_max // 25)
     why = "the literature's" if (many, few) == (100, 20) else f"largest class {n_max} / 5 and / 25"
     return many, few, f"thresholds many > {many} / few < {few} ({why})"
+
+
+def dataset_fields(class_names: list[str], channels: int, image_size: int, counts: np.ndarray,
+                   many_thr: int | None, few_thr: int | None, notes: list[str], info: dict[str, Any]) -> dict[str, Any]:
+    """The ``LTDataset`` fields a folder or table builder shares between its splits: classes, format,
+    normalisation, and the many / few thresholds (inferred from the training counts when not given, noted)."""
+    if many_thr is None or few_thr is None:
+        many, few, note = infer_thresholds(counts)
+        many_thr, few_thr = (many if many_thr is None else many_thr), (few if few_thr is None else few_thr)
+        notes.append(note)
+    mean, std = normalisation(channels)
+    return dict(num_classes=len(class_names), class_names=class_names, channels=channels, image_size=image_size,
+                allow_flip=True, mean=mean, std=std, many_thr=many_thr, few_thr=few_thr,
+                info={**info, "inferred": "; ".join(notes)})
 
 
 def holdout(
