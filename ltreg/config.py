@@ -321,13 +321,19 @@ def _quick_values(values: dict[str, Any]) -> dict[str, Any]:
     ints = all(isinstance(v, int) for v in (epochs, batch)) and (steps is None or isinstance(steps, int))
     if not ints:  # a wrong type: leave it for TrainConfig to name
         return {}
-    return {
+    small = backbone if backbone in ("resnet8", "resnet20", "resnet32") else "resnet8"
+    out = {
         "epochs": min(epochs, 2),
         "warmup_epochs": 0,
         "milestones": [],
         "max_steps_per_epoch": min(steps or 10, 10),
         "stage2_epochs": 1,
-        "backbone": backbone if backbone in ("resnet8", "resnet20", "resnet32") else "resnet8",
+        "backbone": small,
         "batch_size": min(batch, 64),
         "quick": False,
     }
+    if small != backbone:  # a small random backbone: the weights of the one it replaces do not apply
+        out.update(pretrained=False, init_from=None)
+    if values.get("schedule") != "onecycle":
+        out["warmup_lr"] = 0.0  # no warm-up left to start from it
+    return out

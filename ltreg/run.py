@@ -32,7 +32,7 @@ from ltreg.data.views import ViewDataset, collate
 from ltreg.errors import LtregError
 from ltreg.evaluate import DataPasses
 from ltreg.method import ConfigError, PartRef, build_part
-from ltreg.models.backbones import load_initial_weights
+from ltreg.models.backbones import load_initial_weights, resolve_arch
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.optim import (
     OptimSettings,
@@ -144,7 +144,8 @@ def _needs_holdout(ref: PartRef | None) -> bool:
 def model_config(rc: RunConfig, train: LTDataset) -> LTModelConfig:
     """The LTModel the method's spec and the data ask for."""
     m = rc.spec.model_for(rc.hparams)  # model fields may be hp(...) references (e.g. a recipe's projection size)
-    return LTModelConfig(backbone=rc.cfg.backbone or "resnet8", num_classes=train.num_classes, in_chans=train.channels,
+    arch, source_args = resolve_arch(rc.cfg.backbone or "resnet8")  # a tag / hf-hub: / folder -> its architecture
+    return LTModelConfig(backbone=arch, backbone_kwargs=source_args, num_classes=train.num_classes, in_chans=train.channels,
                          classifier=m.classifier, cosine_scale=m.cosine_scale, proj_dim=m.proj_dim,
                          proj_hidden=m.proj_hidden, proj_bn=m.proj_bn)
 

@@ -48,7 +48,7 @@ class Progress:
 
     def show(self, **values: float) -> None:
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
 
     def close(self) -> None:
         if self.bar is not None:

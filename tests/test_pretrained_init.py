@@ -27,7 +27,7 @@ from hubserver import HubServer, hub_env  # noqa: E402
 import ltreg  # noqa: E402
 from ltreg.config import TrainConfig, resolve_config  # noqa: E402
 from ltreg.method import ConfigError  # noqa: E402
-from ltreg.models.backbones import load_initial_weights  # noqa: E402
+from ltreg.models.backbones import load_initial_weights, resolve_arch  # noqa: E402
 from ltreg.models.ltmodel import LTModel, LTModelConfig  # noqa: E402
 from ltreg.run import build_run  # noqa: E402
 
@@ -154,7 +154,9 @@ def test_missing_weights_stop_with_the_name_and_the_fix(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError, match="backbone resnet8: timm has no pretrained weights.*Drop --pretrained"):
         load_initial_weights(model, "resnet8", True, None)
     with pytest.raises(ConfigError, match="backbone hf-hub:org/absent: cannot read its config.json"):
-        LTModel(LTModelConfig(backbone="hf-hub:org/absent", num_classes=5, in_chans=1))
+        resolve_arch("hf-hub:org/absent")
+    with pytest.raises(ConfigError, match="backbone must be a timm architecture name"):  # a config is data: no source
+        LTModelConfig(backbone="hf-hub:org/absent", num_classes=5, in_chans=1)
     with pytest.raises(ConfigError, match="not a folder here.*hf-hub:org/absent"):
         TrainConfig(backbone="org/absent")
     with pytest.raises(ConfigError, match="--init-from runs/x gives the initial weights.*pass one of them"):

@@ -97,4 +97,4 @@ def test_cli_errors_name_the_thing(tmp_path, subprocess_env):
     proc = run_cli(["info", "ldam-drw"], subprocess_env)
     assert proc.returncode == 0 and "drw_start_epoch" in proc.stdout and "cifar100-lt-if100" in proc.stdout
     proc = run_cli(["list"], subprocess_env)
-    assert proc.returncode == 0 and "balanced-softmax" in proc.stdout and "ltreg 0.1.0" in proc.stdout
+    assert proc.returncode == 0 and "balanced-softmax" in proc.stdout and f"ltreg {ltreg.__version__}" in proc.stdout

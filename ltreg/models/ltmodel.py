@@ -22,7 +22,6 @@ import ltreg.models.cifar_resnet  # noqa: F401 - registers resnet8/20/32/... int
 from ltreg.card import RunCard
 from ltreg.hub import push_run
 from ltreg.models import pretrained
-from ltreg.models.backbones import resolve_arch
 from ltreg.models.config import LTModelConfig, ModelConfigError
 from ltreg.models.heads import CosineLinear, projector
 from ltreg.step import Outputs
@@ -49,18 +48,15 @@ def create_backbone(name: str, in_chans: int, **kwargs: Any) -> nn.Module:
 class LTModel(nn.Module):
     """Backbone + projection head (normalised output) + classifier, all views in one pass.
 
-    ``config.backbone`` may name a source (``resnet18.a1_in1k``, ``hf-hub:org/name``, a folder): the
-    model is built with random weights as its plain architecture, which ``config`` then records
-    (:func:`ltreg.models.backbones.load_initial_weights` loads the source's weights).
+    ``config.backbone`` is a plain timm architecture: the run builder resolves a source the user names
+    (``resnet18.a1_in1k``, ``hf-hub:org/name``, a folder) with :func:`ltreg.models.backbones.resolve_arch`
+    and :func:`ltreg.models.backbones.load_initial_weights` loads its weights.
     """
 
     def __init__(self, config: LTModelConfig) -> None:
         super().__init__()
         if config.classifier not in ("linear", "cosine"):
             raise ModelConfigError(f"classifier must be 'linear' or 'cosine', got {config.classifier!r}")
-        arch, source_args = resolve_arch(config.backbone)  # a tag / hf-hub: / folder -> the plain architecture
-        if arch != config.backbone:
-            config.backbone, config.backbone_kwargs = arch, {**source_args, **config.backbone_kwargs}
         self.config = config
         self.backbone = create_backbone(config.backbone, config.in_chans, **config.backbone_kwargs)
         width = self.backbone.num_features
