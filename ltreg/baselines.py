@@ -38,8 +38,9 @@ class LAHParams(HParams):
 class LDAMHParams(HParams):
     max_margin: float = field(default=0.5, metadata={"min": 0, "help": "largest class margin (rarest class)"})
     scale: float = field(default=30.0, metadata={"min": 0, "min_exclusive": True, "help": "cosine logit scale s"})
-    drw_start_epoch: int = field(default=160, metadata={"min": 0, "schedule": "epochs",
-                                                        "help": "epoch from which DRW re-weights (160 of 200)"})
+    drw_start_epoch: int = field(default=160, metadata={"min": 0, "schedule": "epochs", "of_epochs": 200,
+                                                        "help": "epoch from which DRW re-weights: 160 of 200, "
+                                                                "moved to the same share of the run's epochs"})
     drw_beta: float = field(default=0.9999, metadata={"min": 0, "max": 1, "help": "effective-number beta of DRW"})
 
 
@@ -53,6 +54,12 @@ CE = MethodSpec(
     name="ce",
     summary="cross-entropy with instance-balanced sampling (the plain baseline)",
     citation="He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+    bibtex="""@inproceedings{he2016resnet,
+  title = {Deep Residual Learning for Image Recognition},
+  author = {He, Kaiming and Zhang, Xiangyu and Ren, Shaoqing and Sun, Jian},
+  booktitle = {CVPR},
+  year = {2016}
+}""",
     loss=PartRef("ce"),
     hparams=NoHParams(),
     model=ModelSpec(proj_dim=None),
@@ -65,6 +72,12 @@ LOGIT_ADJUST = MethodSpec(
     name="logit-adjust",
     summary="logit-adjusted cross-entropy: CE(u + t log pi, y), predict argmax u",
     citation="Menon et al., Long-tail learning via logit adjustment, ICLR 2021",
+    bibtex="""@inproceedings{menon2021logit,
+  title = {Long-tail learning via logit adjustment},
+  author = {Menon, Aditya Krishna and Jayasumana, Sadeep and Rawat, Ankit Singh and Jain, Himanshu and Veit, Andreas and Kumar, Sanjiv},
+  booktitle = {ICLR},
+  year = {2021}
+}""",
     loss=PartRef("logit-adjusted-ce", tau=hp("tau")),
     hparams=LAHParams(),
     model=ModelSpec(proj_dim=None),
@@ -75,6 +88,12 @@ BALANCED_SOFTMAX = MethodSpec(
     name="balanced-softmax",
     summary="balanced softmax: CE(u + log n_c, y), predict argmax u",
     citation="Ren et al., Balanced Meta-Softmax for Long-Tailed Visual Recognition, NeurIPS 2020",
+    bibtex="""@inproceedings{ren2020balanced,
+  title = {Balanced Meta-Softmax for Long-Tailed Visual Recognition},
+  author = {Ren, Jiawei and Yu, Cunjun and Sheng, Shunan and Ma, Xiao and Zhao, Haiyu and Yi, Shuai and Li, Hongsheng},
+  booktitle = {NeurIPS},
+  year = {2020}
+}""",
     loss=PartRef("balanced-softmax"),
     hparams=NoHParams(),
     model=ModelSpec(proj_dim=None),
@@ -85,6 +104,12 @@ LDAM_DRW = MethodSpec(
     name="ldam-drw",
     summary="LDAM margins (n_c^-1/4, cosine logits s=30) with deferred re-weighting",
     citation="Cao et al., Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss, NeurIPS 2019",
+    bibtex="""@inproceedings{cao2019ldam,
+  title = {Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss},
+  author = {Cao, Kaidi and Wei, Colin and Gaidon, Adrien and Arechiga, Nikos and Ma, Tengyu},
+  booktitle = {NeurIPS},
+  year = {2019}
+}""",
     loss=PartRef("ldam", max_margin=hp("max_margin"), s=hp("scale"), drw_start_epoch=hp("drw_start_epoch"),
                  reweight_beta=hp("drw_beta")),
     hparams=LDAMHParams(),
@@ -98,6 +123,18 @@ SUPCON = MethodSpec(
     name="supcon",
     summary="supervised contrastive pre-training (two SimAugment views), then cRT on the frozen backbone",
     citation="Khosla et al., Supervised Contrastive Learning, NeurIPS 2020; Kang et al., Decoupling, ICLR 2020",
+    bibtex="""@inproceedings{khosla2020supcon,
+  title = {Supervised Contrastive Learning},
+  author = {Khosla, Prannay and Teterwak, Piotr and Wang, Chen and Sarna, Aaron and Tian, Yonglong and Isola, Phillip and Maschinot, Aaron and Liu, Ce and Krishnan, Dilip},
+  booktitle = {NeurIPS},
+  year = {2020}
+}
+@inproceedings{kang2020decoupling,
+  title = {Decoupling Representation and Classifier for Long-Tailed Recognition},
+  author = {Kang, Bingyi and Xie, Saining and Rohrbach, Marcus and Yan, Zhicheng and Gordo, Albert and Feng, Jiashi and Kalantidis, Yannis},
+  booktitle = {ICLR},
+  year = {2020}
+}""",
     loss=PartRef("supcon", temperature=hp("temperature")),
     hparams=SupConHParams(),
     views=("sim", "sim"),

@@ -52,6 +52,7 @@ class RunCard:
 
     method: str | None = None
     citation: str = ""
+    bibtex: str = ""
     hparams: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     dataset: DatasetRecord | None = None
@@ -178,8 +179,10 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
     if model_cfg["classifier"] == "cosine":
         body += ["", "The classifier is cosine: timm's linear head holds `s * w_c / ||w_c||` with zero bias, so timm's "
                  "logits are ltreg's times the feature norm: the same predictions (argmax), not the same logits."]
-    if card.citation:
-        body += ["", "## Citation", "", card.citation]
+    if card.citation or card.bibtex:
+        body += ["", "## Citation", ""] + ([card.citation] if card.citation else [])
+        if card.bibtex:
+            body += ["", "```bibtex", card.bibtex.strip(), "```"]
     return f"---\n{data.to_yaml()}\n---\n" + "\n".join(body).rstrip() + "\n"
 
 

@@ -297,7 +297,8 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         origin = "; ".join(f"{name}={merged[name]!r} comes from {source[name]}" for name in defaulted)
         raise SettingError(f"{exc} ({origin}: override it with {' or '.join(map(flag, defaulted))})",
                            exc.names) from None
-    hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction)  # checked now
+    hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction, cfg.epochs,
+                            frozenset(cfg.hparams))  # checked now, not when the run is built
     check_dataset_kwargs(cfg)
     return RunConfig(spec, cfg, hparams)
 

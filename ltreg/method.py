@@ -221,6 +221,7 @@ class MethodSpec:
     recipes: Mapping[str, Recipe] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
     reading: str = ""  # which reading of the paper is implemented, where it is ambiguous
+    bibtex: str = ""  # BibTeX of the paper(s), for the model card
     model_template: ModelSpec | None = field(default=None, repr=False, compare=False)  # set from ``model``
 
     def __post_init__(self) -> None:

@@ -235,7 +235,7 @@ def run_card(run: Run, metrics: dict[str, Any]) -> RunCard:
                             class_names=list(train.class_names), many_thr=train.many_thr, few_thr=train.few_thr,
                             image_size=train.image_size, mean=list(train.mean), std=list(train.std),
                             info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id)
-    return RunCard(method=spec.name, citation=spec.citation, hparams=run.config.hparams.to_dict(),
+    return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=run.config.hparams.to_dict(),
                    recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
                    metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"))
 

@@ -36,6 +36,10 @@ def test_budget_fraction_reaches_the_method_warmup_and_stage2(tmp_path):
     assert rc.cfg.milestones == [4]  # 160, 180 of 200 -> 4, 4.5 of 5
     full = resolve_config(ltreg.get_method("ldam-drw"), {"recipe": "cifar100-lt-if100"})
     assert full.hparams.drw_start_epoch == 160 and full.cfg.warmup_epochs == 5
+    # DRW's epoch is declared "160 of 200": a 30-epoch run re-weights from epoch 24, unless the user names one
+    assert resolve_config(ltreg.get_method("ldam-drw"), {"epochs": 30}).hparams.drw_start_epoch == 24
+    given = resolve_config(ltreg.get_method("ldam-drw"), {"epochs": 30, "hparams": {"drw_start_epoch": 10}})
+    assert given.hparams.drw_start_epoch == 10
     result = ltreg.train("supcon", epochs=1, max_steps_per_epoch=2, batch_size=32, eval_batch_size=512,
                          stage2_epochs=4, budget_fraction=0.5, output_dir=str(tmp_path / "run"))
     assert [r["stage"] for r in result.history] == [1, 2, 2]  # 4 stage-2 epochs at half the budget: 2

@@ -73,3 +73,17 @@ def test_one_process_equals_two(runs, method):
         assert diff <= max(PARAM_ATOL, UPDATE_RTOL * moved), f"{key}: differs by {diff:.2e}, moved by {moved:.2e}"
     keys = [k for k in s1 if k in init and init[k].shape == s1[k].shape]
     assert any(not torch.equal(init[k], s1[k]) for k in keys), "training did not change the weights"
+
+
+def test_two_processes_on_a_cpu_machine_need_no_cpu_flag(tmp_path):
+    """Without --cpu, two launched processes train one run together (gloo), not two runs into one folder."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--num_processes", "2", "--main_process_port", str(_free_port()), "--multi_gpu",
+           "-m", "ltreg", "train", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "32",
+           "--eval-batch-size", "512", "--output-dir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in proc.stdout and proc.stdout.count("run folder:") == 1
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -51,6 +51,7 @@ def fake_meta(method: str = "ce") -> dict[str, Any]:
     """What a run's `RunCard` records (as a dict), for a 5-class toy run."""
     return {
         "method": method, "citation": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+        "bibtex": "@inproceedings{he2016resnet,\n  title = {Deep Residual Learning for Image Recognition},\n  year = {2016}\n}",
         "hparams": {"tau": 1.0}, "recipe": TrainConfig(method="ce", imbalance=40.0, seed=3).recipe_items(),
         "license": "apache-2.0",
         "dataset": {"name": "toy-lt", "info": {"profile": "exp", "imbalance": 40.0}, "class_counts": COUNTS,
@@ -205,6 +206,8 @@ def test_model_card_round_trips(hub: HubServer, tmp_path: Path) -> None:
     text = out["text"]
     assert "| Few | 2 | 21.12 |" in text and f"]({PLOT_FILE})" in text and "| weight_decay | 0.0005 |" in text
     assert "| hparams.tau | 1 |" in text and "He et al., Deep Residual Learning" in text
+    assert "```bibtex\n@inproceedings{he2016resnet," in text  # the method's BibTeX, as a block
+    assert "Parameters:" in text and "timm.data.create_transform" in text  # size, and a timm-only snippet
     assert 'timm.create_model("hf-hub:<repo_id>"' in text
 
 
@@ -295,3 +298,12 @@ def test_cli_train_push_to_hub_and_failed_cli_push(hub: HubServer, tmp_path: Pat
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"ltreg push {run.resolve()} --repo org/cli-run2" in proc.stderr
+
+
+def test_card_claims_no_license_or_dataset_it_was_not_given(tmp_path: Path) -> None:
+    meta = fake_meta()
+    meta["license"], meta["dataset"]["hub_id"] = None, None
+    toy_run(tmp_path / "run", meta=meta)
+    header = (tmp_path / "run" / "README.md").read_text().split("\n---\n", 1)[0]
+    assert "license:" not in header and "datasets:" not in header  # no license unless given; no Hub id, no datasets
+    assert "model-index:" in header and "ltreg:" in header

@@ -81,6 +81,12 @@ METHOD = ACLSpec(
     summary="aligned contrastive loss: per-positive denominators, 1/n_c-weighted negatives, class centres + log prior",
     citation="Ma, Cui, Kazuki, Subramanian, Jayashree, Pranata, Zhang, Aligned Contrastive Loss for Long-Tailed "
              "Recognition, arXiv 2506.01071 (CVPR 2025 DG-EBF workshop)",
+    bibtex="""@misc{ma2025acl,
+  title = {Aligned Contrastive Loss for Long-Tailed Recognition},
+  author = {Ma and Cui and Kazuki and Subramanian and Jayashree and Pranata and Zhang},
+  howpublished = {arXiv:2506.01071 (CVPR 2025 DG-EBF workshop)},
+  year = {2025}
+}""",
     loss=PartRef("acl", temperature=hp("temperature"), alpha=hp("alpha"), beta=hp("beta"),
                  neg_weight=hp("neg_weight"), positives=hp("positives")),
     hparams=ACLHParams(),

@@ -78,6 +78,12 @@ METHOD = MethodSpec(
     name="cogloat",
     summary="CoGloAT + ProCo: k-global positives, class-adaptive temperature, coreset prototypes (MoCo-v2), then cRT",
     citation="Bach, Tong, Hy, Nguyen, Nguyen-Tang, Global Contrastive Learning for Long-Tailed Classification, TMLR 2023",
+    bibtex="""@article{bach2023cogloat,
+  title = {Global Contrastive Learning for Long-Tailed Classification},
+  author = {Bach and Tong and Hy and Nguyen and Nguyen-Tang},
+  journal = {Transactions on Machine Learning Research (TMLR)},
+  year = {2023}
+}""",
     loss=PartRef("cogloat", temperature=hp("temperature"), gamma=hp("gamma"),
                  adaptive_temperature=hp("adaptive_temperature"), negatives=hp("negatives"), alpha=hp("alpha"),
                  proco_temperature=hp("proco_temperature")),

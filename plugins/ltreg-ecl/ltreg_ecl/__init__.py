@@ -70,6 +70,12 @@ METHOD = ECLSpec(
             "classifier-derived prototypes + classifier/prototype alignment, one stage",
     citation="Roh, Kim, Lee, Chun, Equilibrium contrastive learning for imbalanced image classification, "
              "arXiv 2602.09506 (IEEE TETCI)",
+    bibtex="""@misc{roh2026ecl,
+  title = {Equilibrium contrastive learning for imbalanced image classification},
+  author = {Roh and Kim and Lee and Chun},
+  howpublished = {arXiv:2602.09506 (IEEE TETCI)},
+  year = {2026}
+}""",
     loss=PartRef("ecl", temperature=hp("temperature"), contribution=hp("contribution"), auto_weights=hp("auto_weights"),
                  weight_lc=hp("weight_lc"), weight_con=hp("weight_con"), weight_align=hp("weight_align")),
     hparams=ECLHParams(),

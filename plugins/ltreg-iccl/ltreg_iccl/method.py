@@ -104,6 +104,12 @@ ICCL = ICCLSpec(
     summary="interpolative centroid contrastive learning: uniform + interpolative branch over EMA class centroids, "
             "then KD classifier rebalancing",
     citation=CITATION,
+    bibtex="""@misc{tiong2021iccl,
+  title = {Improving Tail-Class Representation with Centroid Contrastive Learning},
+  author = {Tiong and Li and Lin and Li and Xiong and Hoi},
+  howpublished = {arXiv:2110.10048},
+  year = {2021}
+}""",
     loss=PartRef("iccl", temperature=hp("temperature"), warmup_fraction=hp("warmup_fraction"),
                  uniform_weight_after_warmup=hp("uniform_weight_after_warmup"), interp_weight=hp("interp_weight")),
     hparams=ICCLHParams(),

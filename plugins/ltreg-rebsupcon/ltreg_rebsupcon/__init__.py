@@ -93,6 +93,13 @@ METHOD = MethodSpec(
     summary="Reb-SupCon: MoCo SupCon rebalanced by per-class gradient/frequency factors + learnable prototypes",
     citation="Lv, Lei, Zhang, Chen, Li, Rebalanced Supervised Contrastive Learning with Prototypes for "
              "Long-Tailed Visual Recognition, Big Data Cogn. Comput. 9(8):204, 2025",
+    bibtex="""@article{lv2025rebsupcon,
+  title = {Rebalanced Supervised Contrastive Learning with Prototypes for Long-Tailed Visual Recognition},
+  author = {Lv and Lei and Zhang and Chen and Li},
+  journal = {Big Data and Cognitive Computing},
+  volume = {9}, number = {8}, pages = {204},
+  year = {2025}
+}""",
     loss=PartRef("rebsupcon", temperature=hp("temperature"), alpha=hp("alpha"), beta=hp("beta"), eps=hp("eps"),
                  omega_form=hp("omega_form"), positives=hp("positives"), grad_ema=hp("grad_ema"),
                  grad_ema_momentum=hp("grad_ema_momentum"), lambda_swap=hp("lambda_swap"),
