@@ -983,3 +983,19 @@ def hub_env(server: HubServer, tmp_path: str | Path) -> dict[str, str]:
         "HF_HUB_OFFLINE": "0",
         "HF_DATASETS_OFFLINE": "0",
     }
+
+
+def run_client(server: HubServer, tmp_path: str | Path, script: str, timeout: float = 300, **env: str) -> Any:
+    """Run ``script`` in a fresh interpreter pointed at ``server`` (see :func:`hub_env`), from the repository
+    root with ``WORK`` = ``tmp_path``; its last stdout line parsed as JSON (None when it printed nothing)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, **hub_env(server, tmp_path), "WORK": str(tmp_path), **env}, timeout=timeout)
+    assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
+

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer, hub_env  # noqa: E402
+from hubserver import HubServer, hub_env, run_client  # noqa: E402
 
 import ltreg  # noqa: E402
 from ltreg.card import PLOT_FILE, RunCard  # noqa: E402
@@ -39,12 +39,6 @@ def hub() -> Iterator[HubServer]:
         yield server
 
 
-def run_client(server: HubServer, tmp_path: Path, script: str, **env: str) -> Any:
-    """Run `script` in a fresh interpreter pointed at `server`; return its last stdout line as JSON."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **hub_env(server, tmp_path), "WORK": str(tmp_path), **env}, timeout=120)
-    assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def fake_meta(method: str = "ce") -> dict[str, Any]:

@@ -7,14 +7,9 @@ second subprocess then runs with ``HF_HUB_OFFLINE=1`` from the cache the first o
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import timm
@@ -22,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer, hub_env  # noqa: E402
+from hubserver import HubServer, run_client  # noqa: E402
 
 import ltreg  # noqa: E402
 from ltreg.config import TrainConfig, resolve_config  # noqa: E402
@@ -68,12 +63,6 @@ def hub() -> Iterator[HubServer]:
         yield server
 
 
-def run_client(server: HubServer, tmp_path: Path, script: str, **env: str) -> Any:
-    """Run ``script`` in a fresh interpreter pointed at ``server``; its last stdout line as JSON."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **hub_env(server, tmp_path), "WORK": str(tmp_path), **env}, timeout=300)
-    assert proc.returncode == 0, f"client failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
 
 
 def assert_initial_backbone_is(pushed: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
