@@ -128,3 +128,8 @@ def test_every_installed_recipe_resolves_as_shipped_and_quick():
         for recipe in [None, *spec.recipes]:
             for q in (False, True):
                 resolve_config(spec, {"recipe": recipe, "quick": q})
+
+
+def test_unknown_weight_tag_is_named_before_any_work():
+    with pytest.raises(ConfigError, match=r"no weights tagged 'nope' for resnet18\. Its tags: resnet18\.a1_in1k"):
+        resolve(backbone="resnet18.nope")

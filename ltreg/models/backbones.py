@@ -39,7 +39,18 @@ def parse_backbone(name: str) -> tuple[str, str]:
             raise ConfigError(f"backbone {name!r} is not a folder here and not a timm name; for a Hub repo "
                               f"write hf-hub:{path}")
         return "dir", f"local-dir:{Path(path).resolve()}"
-    return ("tag" if "." in name else "arch"), name
+    if "." not in name:
+        return "arch", name
+    import timm
+    from timm.models import split_model_name_tag
+
+    arch = split_model_name_tag(name)[0]
+    if timm.is_model(arch) and name not in timm.list_pretrained(name):  # a tag timm does not know: never guess
+        tags = timm.list_pretrained(f"{arch}.*")[:6]
+        raise ConfigError(f"backbone {name!r}: timm has no weights tagged {name.split('.', 1)[1]!r} for {arch}. "
+                          + (f"Its tags: {', '.join(tags)}." if tags else f"{arch} has no pretrained weights in timm.")
+                          + f" Or pass --backbone {arch} to train from random weights")
+    return "tag", name
 
 
 def implies_pretrained(name: str) -> bool:
