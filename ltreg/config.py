@@ -297,6 +297,9 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         origin = "; ".join(f"{name}={merged[name]!r} comes from {source[name]}" for name in defaulted)
         raise SettingError(f"{exc} ({origin}: override it with {' or '.join(map(flag, defaulted))})",
                            exc.names) from None
+    if cfg.stage2_epochs is not None and "stage2_epochs" in {f.name for f in dataclasses.fields(spec.hparams)}:
+        # one knob per value: where the method exposes stage 2's length as a hyper-parameter, the flag sets it
+        cfg = dataclasses.replace(cfg, hparams={**cfg.hparams, "stage2_epochs": cfg.stage2_epochs}, stage2_epochs=None)
     hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction, cfg.epochs,
                             frozenset(cfg.hparams))  # checked now, not when the run is built
     check_dataset_kwargs(cfg)
