@@ -165,3 +165,11 @@ def test_train_on_split_folder_end_to_end(tmp_path: Path, tiny: dict) -> None:
     result = ltreg.train("ce", dataset="imagefolder-lt", data_root=str(root), output_dir=str(tmp_path / "run"),
                          **{**tiny, "epochs": 1, "max_steps_per_epoch": 1, "batch_size": 8})
     assert result.model.num_classes == 3 and len(result.metrics["per_class"]) == 3
+
+
+def test_a_given_image_size_is_not_reported_as_inferred(tmp_path) -> None:
+    from ltreg.data.infer import infer_format
+
+    channels, size, resize, note = infer_format([(20, 20)] * 4, ["L"] * 4, image_size=16)
+    assert (channels, size, resize) == (1, 16, False)
+    assert note == "channels 1 inferred from 4 images (all 20x20); given: image_size 16"

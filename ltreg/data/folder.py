@@ -201,12 +201,9 @@ def imagefolder_lt(
         layout = "split folders: " + ", ".join(f"{role} = {p.name}/" for role, p in roles.items())
     train = pool[_lt(targets[pool], len(classes), imbalance, profile, n_max, seed)]
     notes = [layout]
-    fmt = infer_format(train_scan.sizes, train_scan.modes)
-    if channels is None or image_size is None or resize is None:
-        notes.append(fmt[3])
-    channels = fmt[0] if channels is None else channels
-    image_size = fmt[1] if image_size is None else image_size
-    resize = fmt[2] if resize is None else resize
+    channels, image_size, resize, fmt_note = infer_format(train_scan.sizes, train_scan.modes, channels, image_size,
+                                                          resize)
+    notes.append(fmt_note)
     size = image_size if resize else None
     src = FileSource(train_scan.paths, channels, size)
     common = dataset_fields(

@@ -193,11 +193,9 @@ def hf_lt(
         notes.append(f"splits {train_name!r} / {test_name!r}")
     idx = pool if imbalance is None else pool[make_lt_indices(y_all[pool], num_classes, imbalance, profile, n_max, seed)]
     if channels is None or image_size is None or resize is None:
-        c, s, r, fmt_note = infer_format(*sample_format(train_ds, img))
+        channels, image_size, resize, fmt_note = infer_format(*sample_format(train_ds, img), channels, image_size,
+                                                              resize)
         notes.append(fmt_note.replace("inferred from", "inferred from a sample of"))
-        channels = c if channels is None else channels
-        image_size = s if image_size is None else image_size
-        resize = r if resize is None else resize
     size = image_size if resize else None
     train_src = HFSource(train_ds, img, channels, size, name=f"{root}[{train_name}]")
     test_src = train_src if test_name is None else HFSource(test_ds, img, channels, size, name=f"{root}[{test_name}]")

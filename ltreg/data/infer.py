@@ -24,25 +24,29 @@ def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def infer_format(
-    sizes: Sequence[tuple[int, int]], modes: Sequence[str]
+    sizes: Sequence[tuple[int, int]], modes: Sequence[str], channels: int | None = None,
+    image_size: int | None = None, resize: bool | None = None,
 ) -> tuple[int, int, bool, str]:
-    """``(channels, image_size, resize, note)`` from image sizes ``(w, h)`` and PIL modes.
+    """``(channels, image_size, resize, note)`` from image sizes ``(w, h)`` and PIL modes; a value given
+    is kept, and the note names only what was inferred.
 
     channels: 1 when every image is grey-level, else 3. image_size: the median shorter side, at most
     224. resize: True when the sizes differ and the size is small (< 96 px), so batches stack.
     """
+    given = {"image_size": image_size, "channels": channels, "resize": resize}
     if not sizes:
         raise DataError("no images to infer the image size from")
     wh = np.asarray(sizes, dtype=np.int64)
-    channels = 1 if all(m in GREY_MODES for m in modes) else 3
-    size = int(min(MAX_IMAGE_SIZE, np.median(wh.min(axis=1))))
+    channels = (1 if all(m in GREY_MODES for m in modes) else 3) if channels is None else channels
+    size = int(min(MAX_IMAGE_SIZE, np.median(wh.min(axis=1)))) if image_size is None else image_size
     same = bool((wh == wh[0]).all())
-    resize = not same and size < SMALL_IMAGE
+    resize = (not same and size < SMALL_IMAGE) if resize is None else resize
     shape = f"all {wh[0][0]}x{wh[0][1]}" if same else f"{int(wh.min())}..{int(wh.max())} px"
-    note = (
-        f"image_size {size} and channels {channels} inferred from {len(wh)} images ({shape}"
-        f"{', resized at load' if resize else ''})"
-    )
+    values = {"channels": channels, "image_size": size, "resize": resize}
+    inferred = [f"{k} {values[k]}" for k, v in given.items() if v is None and k != "resize"]
+    stated = [f"{k} {v}" for k, v in given.items() if v is not None]
+    note = (f"{' and '.join(inferred) or 'nothing'} inferred from {len(wh)} images ({shape}"
+            f"{', resized at load' if resize else ''})" + (f"; given: {', '.join(stated)}" if stated else ""))
     return channels, size, resize, note
 
 
