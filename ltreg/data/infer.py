@@ -45,8 +45,9 @@ def infer_format(
     values = {"channels": channels, "image_size": size, "resize": resize}
     inferred = [f"{k} {values[k]}" for k, v in given.items() if v is None and k != "resize"]
     stated = [f"{k} {v}" for k, v in given.items() if v is not None]
-    note = (f"{' and '.join(inferred) or 'nothing'} inferred from {len(wh)} images ({shape}"
-            f"{', resized at load' if resize else ''})" + (f"; given: {', '.join(stated)}" if stated else ""))
+    found = (f"{' and '.join(inferred)} inferred from {len(wh)} images ({shape}{', resized at load' if resize else ''})"
+             if inferred else "")
+    note = "; ".join(x for x in (found, f"given: {', '.join(stated)}" if stated else "") if x)
     return channels, size, resize, note
 
 
