@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ltreg.errors import LtregError  # noqa: E402
-from ltreg.method import (  # noqa: E402
+from ltreg.errors import (
     ConfigError,
+    LtregError,  # noqa: E402
+)
+from ltreg.method import (
     HParams,
     MethodSpec,
     ModelSpec,

@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ltreg.card import PLOT_FILE, REPO_PLACEHOLDER
-from ltreg.checkpoint import MANIFEST, CheckpointError, verify_manifest
-from ltreg.errors import LtregError
+from ltreg.checkpoint import MANIFEST, verify_manifest
+from ltreg.errors import CheckpointError, PushError
 from ltreg.models.config import folder_model_config
 from ltreg.version import __version__
 
@@ -47,10 +47,6 @@ PICKLE_PATTERNS = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt")
 MAX_CONFIG_BYTES = 4 * 2**20
 
 __all__ = ["CheckpointError", "PushError", "resolve", "read_config", "read_safetensors", "push_run", "MODEL_FILES"]
-
-
-class PushError(LtregError, RuntimeError):
-    """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
 def refuse_pickle(label: str, names: list[str]) -> CheckpointError:

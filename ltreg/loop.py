@@ -22,14 +22,11 @@ import ltreg.distributed as D
 from ltreg.card import RunCard
 from ltreg.checkpoint import TrainerState, write_atomic
 from ltreg.config import TrainConfig
+from ltreg.errors import NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
 from ltreg.models.ltmodel import LTModel
-from ltreg.run import Run, StageSetup, TrainingError, run_card, stage1_setup, stage2_setup
+from ltreg.run import Run, StageSetup, run_card, stage1_setup, stage2_setup
 from ltreg.runlog import RunLog
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss (or one of its parts) became NaN or infinite; the run stopped at the last good checkpoint."""
 
 
 @dataclass

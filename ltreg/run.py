@@ -29,9 +29,9 @@ from ltreg.config import RunConfig, TrainConfig
 from ltreg.data.build import build_data
 from ltreg.data.lt import LTData, LTDataset
 from ltreg.data.views import ViewDataset, collate
-from ltreg.errors import LtregError
+from ltreg.errors import ConfigError, TrainingError
 from ltreg.evaluate import DataPasses
-from ltreg.method import ConfigError, PartRef, build_part
+from ltreg.method import PartRef, build_part
 from ltreg.models.backbones import load_initial_weights, resolve_arch
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.optim import (
@@ -45,10 +45,6 @@ from ltreg.optim import (
 from ltreg.registry import registry
 from ltreg.runlog import check_tracker
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
-
-
-class TrainingError(LtregError, RuntimeError):
-    """A run that cannot go on; the message says what was kept and what to do."""
 
 
 @dataclass

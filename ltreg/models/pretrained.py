@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ltreg.card import PLOT_FILE, RunCard, model_card, plot_per_class
-from ltreg.checkpoint import CheckpointError, write_atomic, write_manifest
+from ltreg.checkpoint import write_atomic, write_manifest
+from ltreg.errors import CheckpointError, ModelConfigError, RegistryError
 from ltreg.hub import (
     CARD_FILE,
     CONFIG_FILE,
@@ -30,9 +31,9 @@ from ltreg.hub import (
     refuse_pickle,
     resolve,
 )
-from ltreg.models.config import LTModelConfig, ModelConfigError, folder_model_config
+from ltreg.models.config import LTModelConfig, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
-from ltreg.registry import IN_PROCESS, RegistryError, registry
+from ltreg.registry import IN_PROCESS, registry
 from ltreg.version import __version__
 
 
