@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ltreg.losses.contrastive import contrast_set, supcon
+from ltreg import contrast_set, supcon
 from ltreg_acl.loss import acl
 
 

@@ -23,9 +23,20 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ltreg.losses.contrastive import ContrastSet, centre_columns, contrast_set, global_mean, state_contrast
-from ltreg.losses.core import ContrastiveResult, contrastive_loss
-from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
+from ltreg import (
+    Batch,
+    ContrastiveResult,
+    ContrastSet,
+    LossOutput,
+    Outputs,
+    StepState,
+    centre_columns,
+    contrast_set,
+    contrastive_loss,
+    flatten_views,
+    global_mean,
+    state_contrast,
+)
 
 NegWeight = Literal["dataset", "batch", "none"]
 Positives = Literal["per-positive", "same-image"]

@@ -29,9 +29,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ltreg.losses.contrastive import contrast_set, global_mean, sample_positives
-from ltreg.losses.core import ContrastiveResult, contrastive_loss
-from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState, flatten_views
+from ltreg import (
+    Batch,
+    BuildContext,
+    ContrastiveResult,
+    LossOutput,
+    Outputs,
+    StepState,
+    contrast_set,
+    contrastive_loss,
+    flatten_views,
+    global_mean,
+    sample_positives,
+)
 
 Negatives = Literal["unsupervised", "supervised", "k-positive"]
 NEGATIVES = ("unsupervised", "supervised", "k-positive")

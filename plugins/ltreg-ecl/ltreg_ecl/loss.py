@@ -21,17 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.losses import (
+from ltreg import (
+    Batch,
     ContrastiveResult,
     ContrastSet,
+    LossOutput,
+    Outputs,
+    StepState,
     bcl,
     contrast_set,
     contrastive_loss,
+    flatten_views,
     global_mean,
     logit_adjusted_ce,
     state_contrast,
 )
-from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
 
 Contribution = Literal["balanced", "bcl"]
 _LOG_HALF = math.log(0.5)
