@@ -24,7 +24,9 @@ from ltreg.errors import (
     PushError,
     RebalanceError,
     RegistryError,
+    ResumeStateError,
     SettingError,
+    SpecError,
     TrainingError,
     UsageError,
 )
@@ -58,6 +60,9 @@ from ltreg.method import (
     ModelSpec,
     PartRef,
     Recipe,
+    Stage,
+    StageKind,
+    ViewPlan,
     get_method,
     hp,
     list_methods,
@@ -72,7 +77,10 @@ from ltreg.registry import (
     register_prototypes,
     register_rebalancer,
     register_sampler,
+    register_sampler_role,
+    register_stage,
     register_transform,
+    register_view,
     registry,
 )
 from ltreg.samplers import LabelSampler
@@ -91,6 +99,8 @@ _LAZY = {
     "evaluate_pretrained": "ltreg.evaluate",
     "RunCard": "ltreg.card",
     "DatasetRecord": "ltreg.card",
+    "ViewKind": "ltreg.data.views",
+    "ViewDataset": "ltreg.data.views",
 }
 
 
@@ -109,6 +119,8 @@ __all__ = [
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
     "register_sampler", "register_transform",
+    # what a method declares it needs from the core, and the open vocabularies it names
+    "ViewPlan", "Stage", "StageKind", "register_view", "register_sampler_role", "register_stage",
     # the step contract and the parts' bases
     "Batch", "BuildContext", "Extra", "LossOutput", "Outputs", "Part", "StepState", "flatten_views",
     "LabelSampler", "Rebalancer", "PairMixup",
@@ -118,7 +130,7 @@ __all__ = [
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",
-    "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError",
+    "RebalanceError", "CheckpointError", "ResumeStateError", "SpecError", "TrainingError", "NonFiniteLossError", "PushError",
     # models, training and evaluation (loaded on first use)
     *_LAZY,
 ]

@@ -22,10 +22,12 @@ import ltreg.distributed as D
 from ltreg.card import RunCard
 from ltreg.checkpoint import TrainerState, write_atomic
 from ltreg.config import TrainConfig
-from ltreg.errors import NonFiniteLossError
+from ltreg.errors import NonFiniteLossError, SpecError
 from ltreg.evaluate import evaluate, format_table
+from ltreg.method import StageKind
 from ltreg.models.ltmodel import LTModel
-from ltreg.run import Run, StageSetup, run_card, stage1_setup, stage2_setup
+from ltreg.registry import registry
+from ltreg.run import Run, StageSetup, run_card, stage1_setup
 from ltreg.runlog import RunLog
 
 
@@ -135,6 +137,14 @@ def _resume(run: Run, log: RunLog, stage: int) -> int:
     return saved.epoch
 
 
+def stage_kind(name: str) -> StageKind:
+    """The registered stage kind ``name`` (registry ``stages``)."""
+    kind = registry("stages").get(name)
+    if not isinstance(kind, StageKind):
+        raise SpecError(f"stage kind {name!r} is a {type(kind).__name__}, not a StageKind; register a StageKind")
+    return kind
+
+
 def fit(run: Run) -> RunResult:
     """Train every stage, evaluate on the test split, save the model folder; returns the :class:`RunResult`."""
     acc, cfg = run.accelerator, run.cfg
@@ -151,11 +161,12 @@ def fit(run: Run) -> RunResult:
     st1 = stage1_setup(run)
     _train_stage(run, st1, log, _resume(run, log, 1) if cfg.resume else 0)
     stage2_info: dict[str, Any] = {}
-    if run.parts.rebalancer is not None:
-        st2 = stage2_setup(run)
+    if run.config.spec.stage2 is not None:
+        kind = stage_kind(run.config.spec.stage2.kind)
+        st2 = kind.setup(run)
         if st2 is not None:
             _train_stage(run, st2, log, _resume(run, log, 2) if cfg.resume else 0)
-        stage2_info = run.parts.rebalancer.finalize(run.model, run.ctx) or {}
+        stage2_info = dict(kind.finish(run) or {})
     metrics = evaluate(run.passes, run.data.test, run.data.train)
     metrics["stage2"] = stage2_info
     log.final(metrics)
