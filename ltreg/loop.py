@@ -119,17 +119,23 @@ def _train_stage(run: Run, st: StageSetup, log: RunLog, start_epoch: int) -> Non
         row = run_epoch(run, st, epoch, log)
         if (epoch + 1) % run.cfg.checkpoint_every == 0 or epoch + 1 == st.epochs:
             name = f"stage{st.stage}-epoch-{epoch + 1}"
-            run.checkpoints.save(name, run.stateful(), TrainerState(st.stage, epoch + 1, [*log.history, row], fingerprint))
+            state = TrainerState(st.stage, epoch + 1, (epoch + 1) * st.steps_per_epoch, [*log.history, row], fingerprint)
+            run.checkpoints.save(name, run.stateful(), state)
             row["checkpoint"] = name
         log.epoch(row)
 
 
 def _resume(run: Run, log: RunLog, stage: int) -> int:
-    """Load the latest checkpoint if it belongs to ``stage`` (or a later one); the epoch to start at."""
+    """Load the latest checkpoint if it belongs to ``stage`` (or a later one); the epoch to start at.
+
+    The stage and epoch come from the checkpoint's state record, not from its folder's name."""
     path = run.checkpoints.resume_point()
-    if path is None or int(path.name[5]) < stage:
+    if path is None:
         return 0
-    if int(path.name[5]) > stage:  # this stage finished; the later stage loads the checkpoint
+    stood = run.checkpoints.state(path)
+    if stood.stage < stage:
+        return 0
+    if stood.stage > stage:  # this stage finished; the later stage loads the checkpoint
         return 10**9
     saved = run.checkpoints.load(path, run.stateful(), json.loads(json.dumps(run.cfg.fingerprint(), default=str)))
     log.history = list(saved.history)
