@@ -348,3 +348,30 @@ def test_loss_argument_bounds_and_errors() -> None:
             ICCLLoss()(out, b, state(0, 4, protos))
     with pytest.raises(ValueError, match="equal numbers"):
         ICCLLoss()(outputs(4, 3), batch(4, mixed=True), state(3, 4, centroids()))
+
+
+def test_interrupted_in_the_kd_stage_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch) -> None:
+    """The KD teacher is built by ``setup`` from the stage-1 classifier; a resumed stage 2 runs ``setup`` before
+    the checkpoint is loaded, so the checkpoint holds the rebalancer (its teacher) and restores it."""
+    from ltreg import loop as loop_module
+    from ltreg.trainer import Trainer
+
+    base = {**TINY, "max_steps_per_epoch": 2, "stage2_epochs": 2, "quiet": True}
+    full = ltreg.train("iccl", output_dir=str(tmp_path / "full"), **base)
+    trainer = Trainer(resolve_config(ICCL, {**base, "output_dir": str(tmp_path / "part")}))
+    original, calls = loop_module.run_epoch, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        if calls["n"] == 3:  # stage 1's two epochs and stage 2's first are done and checkpointed
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.undo()
+    resumed = ltreg.train("iccl", output_dir=str(tmp_path / "part"), resume=True, **base)
+    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
