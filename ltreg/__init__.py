@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ltreg.data.build import with_defaults
+from ltreg.data.lt import LTData, LTDataset
 from ltreg.errors import (
     CheckpointError,
     ConfigError,
@@ -109,6 +111,8 @@ __all__ = [
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
     "register_sampler", "register_transform",
+    # data sets
+    "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases
     "Batch", "BuildContext", "Extra", "LossOutput", "Outputs", "Part", "StepState", "flatten_views",
     "LabelSampler", "Rebalancer", "PairMixup",
