@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ltreg.data.build import with_defaults
+from ltreg.data.lt import LTData, LTDataset
 from ltreg.errors import (
     CheckpointError,
     ConfigError,
@@ -121,6 +123,8 @@ __all__ = [
     "register_sampler", "register_transform",
     # what a method declares it needs from the core, and the open vocabularies it names
     "ViewPlan", "Stage", "StageKind", "register_view", "register_sampler_role", "register_stage",
+    # data sets
+    "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases
     "Batch", "BuildContext", "Extra", "LossOutput", "Outputs", "Part", "StepState", "flatten_views",
     "LabelSampler", "Rebalancer", "PairMixup",

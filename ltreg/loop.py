@@ -27,8 +27,9 @@ from ltreg.evaluate import evaluate, format_table
 from ltreg.method import StageKind
 from ltreg.models.ltmodel import LTModel
 from ltreg.registry import registry
-from ltreg.run import Run, StageSetup, run_card, stage1_setup
+from ltreg.run import Run
 from ltreg.runlog import RunLog
+from ltreg.stages import StageSetup, stage1_setup
 
 
 @dataclass
@@ -178,7 +179,7 @@ def fit(run: Run) -> RunResult:
     log.final(metrics)
     if acc.is_main_process:
         write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
-        card: RunCard = run_card(run, metrics)
+        card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))
         log.say(f"run folder: {run.run_dir}")
