@@ -152,7 +152,8 @@ def plugin_parts() -> Iterator[dict]:
 def test_a_plugin_adds_a_view_kind_a_sampler_role_and_a_stage_kind_in_process(plugin_parts: dict,
                                                                                tmp_path: Path) -> None:
     from ltreg.config import resolve_config
-    from ltreg.run import build_run, make_loader
+    from ltreg.run import build_run
+    from ltreg.stages import make_loader
 
     probe = spec(views=ViewPlan(("upside-down", "cls")), sampler=PartRef("twin"),
                  stage2=Stage(PartRef("tau-norm"), kind="probe-stage"))
