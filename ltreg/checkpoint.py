@@ -98,7 +98,7 @@ class TrainerState:
 
     stage: int
     epoch: int
-    step: int = 0  # optimizer steps done in this stage
+    step: int = 0  # loop steps (batches) done in this stage: epoch * steps per epoch
     history: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
 

@@ -230,9 +230,9 @@ class ViewPlan:
 class StageKind:
     """A kind of stage after stage 1, as data, found by name in the ``stages`` registry.
 
-    ``setup(run)`` returns the stage's loop inputs (``ltreg.run.StageSetup``), or None when it trains nothing
+    ``setup(run)`` returns the stage's loop inputs (``ltreg.stages.StageSetup``), or None when it trains nothing
     (a post-hoc rebalancer); ``finish(run)`` runs after its epochs and returns what it chose (for the log and
-    the model card). The core's kind ``rebalance`` trains the declared rebalancer (``ltreg.run``).
+    the model card). The core's kind ``rebalance`` trains the declared rebalancer (``ltreg.stages``).
     """
 
     setup: Callable[[Any], Any]
