@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ltreg.distributed import unwrap as _unwrap
 from ltreg.errors import UsageError
-from ltreg.losses.classification import global_weight_factor
+from ltreg.losses.classification import global_weight_factor, ldam_margins
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState
 
 
@@ -60,12 +60,6 @@ def inverse_frequency_weights(counts: Tensor) -> Tensor:
     """Class weights proportional to 1 / n_c, normalised to mean 1."""
     w = 1.0 / counts.double().clamp_min(1)
     return (w / w.mean()).float()
-
-
-def ldam_margins(counts: Tensor, max_margin: float = 0.5) -> Tensor:
-    """LDAM margins Delta_c proportional to n_c^(-1/4), rescaled so that max_c Delta_c = max_margin."""
-    m = counts.double().clamp_min(1) ** -0.25
-    return (m * (max_margin / m.max())).float()
 
 
 def _reset_classifier(cls: nn.Module) -> None:

@@ -73,8 +73,17 @@ def balanced_softmax(logits: Tensor, targets: Tensor, counts: Tensor, weight: Te
 
 
 def ldam_margins(counts: Tensor, max_margin: float = 0.5) -> Tensor:
-    """LDAM margins ``proportional to n_c^(-1/4)``, rescaled so the largest is ``max_margin``."""
-    m = counts.to(torch.float64).pow(-0.25)
+    """LDAM margins ``Delta_c = C / n_c^(1/4)`` ``[C]``, with ``C`` set so the largest margin is ``max_margin``.
+
+    Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019,
+    arXiv 1906.07413), Eq. 13 [P]; ``max_margin = 0.5`` is the official code's ``max_m`` [C]. The paper defines
+    ``Delta_c`` for classes with ``n_c >= 1`` training images (``n_c = 0`` divides by zero, and the official code
+    has no guard), so a count below 1 is read as 1 [D]: an empty class gets the margin of a one-image class.
+    For counts >= 1 this is exactly ``n_c^(-1/4)`` (where the loss gave finite numbers before, they are
+    unchanged; an empty class used to make every LDAM loss NaN). Computed in float64, returned in the counts'
+    floating dtype (at least float32). The one margin function of ltreg: the LDAM loss and cRT's LDAM stage use it.
+    """
+    m = counts.to(torch.float64).clamp_min(1).pow(-0.25)
     return (m * (max_margin / m.max())).to(_float_dtype(counts))
 
 
