@@ -34,6 +34,29 @@ from ltreg.registry import (  # noqa: E402
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState  # noqa: E402
 from ltreg.version import __version__  # noqa: E402
 
+# isort: split
+# --- loss building blocks for plugins (one contrastive preamble, the core kernel, logit-level losses) ---
+from ltreg.losses import (  # noqa: E402
+    ContrastiveResult,
+    ContrastSet,
+    anchors_and_columns,
+    balanced_softmax,
+    bcl,
+    centre_columns,
+    contrast_set,
+    contrastive_loss,
+    global_mean,
+    logit_adjusted_ce,
+    mixup_ce,
+    paco,
+    sample_positives,
+    state_contrast,
+    supcon,
+)
+from ltreg.step import flatten_views  # noqa: E402
+
+# --- end of the loss building blocks ---
+
 
 def __getattr__(name: str) -> Any:
     """Heavy objects (timm, accelerate) load on first use, so ``ltreg list`` stays fast."""
@@ -61,4 +84,9 @@ __all__ = [
     "Outputs", "Part", "PartRef", "Recipe", "StepState", "get_method", "hp", "list_methods", "register_method",
     "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
     "register_sampler", "register_transform", "registry",
+]
+__all__ += [  # the loss building blocks above
+    "ContrastSet", "ContrastiveResult", "anchors_and_columns", "balanced_softmax", "bcl", "centre_columns",
+    "contrast_set", "contrastive_loss", "flatten_views", "global_mean", "logit_adjusted_ce", "mixup_ce", "paco",
+    "sample_positives", "state_contrast", "supcon",
 ]

@@ -10,7 +10,7 @@ memory, then its queue (``state.memory.queue_z`` / ``queue_labels``, -1 = empty 
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,11 @@ class ContrastSet(NamedTuple):
     def append(self, z: Tensor, labels: Tensor) -> ContrastSet:
         """Add columns at the end (e.g. prototypes); anchor positions are unchanged."""
         return self._replace(z=torch.cat([self.z, z]), labels=torch.cat([self.labels, labels]))
+
+    def loss(self, anchors: Tensor, anchor_labels: Tensor, **kwargs: Any) -> ContrastiveResult:
+        """:func:`~ltreg.losses.core.contrastive_loss` of ``anchors`` ``[N, D]`` against these columns, each
+        anchor's own column excluded; ``kwargs`` are the core's (temperature, positives, weights, ...)."""
+        return contrastive_loss(anchors, self.z, anchor_labels, self.labels, self_index=self.self_index, **kwargs)
 
 
 def contrast_set(
@@ -82,6 +87,16 @@ def contrast_set(
     own_index = torch.cat(own, 1) if own else torch.empty(b * v, 0, dtype=torch.long, device=z.device)
     columns = cols[0] if len(cols) == 1 else torch.cat(cols)  # no copy of the common single-part set
     return ContrastSet(columns, torch.cat(labs), self_index, own_index)
+
+
+def anchors_and_columns(
+    z: Tensor, labels: Tensor, contrast: ContrastSet | None = None
+) -> tuple[Tensor, Tensor, ContrastSet]:
+    """The preamble of every contrastive loss: the anchors ``z`` ``[B, V, D]`` flattened sample-major to
+    ``[N, D]``, their labels ``[N]``, and the columns: ``contrast`` (the step's global set, built by
+    :func:`state_contrast`) or, on raw tensors, the local views (:func:`contrast_set`)."""
+    cs = contrast if contrast is not None else contrast_set(z, labels)
+    return (*flatten_views(z, labels), cs)
 
 
 def sample_positives(
@@ -138,11 +153,8 @@ def supcon(
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
     """SupCon "all" mode (section 3.1): every view is an anchor, its positives are the other same-label columns."""
-    cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = flatten_views(z, labels)
-    return contrastive_loss(
-        a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, reduction=reduction
-    )
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
+    return cs.loss(a, ya, temperature=temperature, reduction=reduction)
 
 
 def kcl(
@@ -157,22 +169,12 @@ def kcl(
 ) -> ContrastiveResult:
     """KCL (section 3.2): positives are the anchor's own image (other views / own key) plus ``k`` same-label
     columns drawn uniformly without replacement; the denominator is every column."""
-    cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = flatten_views(z, labels)
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
     exclude = (
         cs.own_index if cs.self_index is None else torch.cat([cs.self_index.unsqueeze(1), cs.own_index], 1)
     )
     pos = torch.cat([cs.own_index, sample_positives(ya, cs.labels, k, exclude, generator)], 1)
-    return contrastive_loss(
-        a,
-        cs.z,
-        ya,
-        cs.labels,
-        temperature=temperature,
-        self_index=cs.self_index,
-        pos_index=pos,
-        reduction=reduction,
-    )
+    return cs.loss(a, ya, temperature=temperature, pos_index=pos, reduction=reduction)
 
 
 def bcl(
@@ -185,20 +187,9 @@ def bcl(
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
     """BCL (section 3.4): columns = views + the ``[C, D]`` class prototypes, denominator averaged per class."""
-    cs = (contrast if contrast is not None else contrast_set(z, labels)).append(
-        prototypes, torch.arange(prototypes.shape[0], device=labels.device)
-    )
-    a, ya = flatten_views(z, labels)
-    return contrastive_loss(
-        a,
-        cs.z,
-        ya,
-        cs.labels,
-        temperature=temperature,
-        self_index=cs.self_index,
-        class_average=True,
-        reduction=reduction,
-    )
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
+    cs = cs.append(prototypes, torch.arange(prototypes.shape[0], device=labels.device))
+    return cs.loss(a, ya, temperature=temperature, class_average=True, reduction=reduction)
 
 
 def paco(
@@ -216,16 +207,12 @@ def paco(
 ) -> ContrastiveResult:
     """PaCo / GPaCo (section 3.5): one softmax over the centre logits ``u + log pi`` (``logits`` ``[B, V, C]``)
     and the gamma-weighted sample logits; the centre of the label weighs beta, each sample positive alpha."""
-    cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = flatten_views(z, labels)
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
     centres, centre_pos = centre_columns(logits, log_prior, ya, beta)
-    return contrastive_loss(
+    return cs.loss(
         a,
-        cs.z,
         ya,
-        cs.labels,
         temperature=temperature,
-        self_index=cs.self_index,
         pos_weight=alpha,
         col_weight=None if gamma == 1.0 else gamma,
         extra_logits=centres,
@@ -242,19 +229,23 @@ def _select(x: Tensor, views: tuple[int, ...] | None) -> Tensor:
 def state_contrast(
     z: Tensor, outputs: Outputs, batch: Batch, state: StepState, *, include_views: bool = True
 ) -> ContrastSet:
-    """The step's global contrast set: gathered views (with gradient), gathered keys and the queue if present."""
+    """The step's global contrast set, the one place a contrastive loss meets other processes: the views of
+    the global batch (gathered with gradient; only when they are columns), the gathered key projections
+    ``outputs.extra["key_z"]`` of a momentum memory and its queue, when present. Without keys the views
+    are always columns (``include_views=False`` asks for keys + queue only)."""
     keys = outputs.extra.get(Extra.KEY_Z)
     memory = state.memory
+    views = include_views or keys is None
     return contrast_set(
         z,
         batch.targets,
-        global_z=state.gather(z),
+        global_z=state.gather(z) if views else None,
         global_labels=state.gather_nograd(batch.targets),
         offset=state.rank * len(batch),
         keys=state.gather_nograd(keys) if keys is not None else None,
         queue=memory.queue_z if memory is not None else None,
         queue_labels=memory.queue_labels if memory is not None else None,
-        include_views=include_views or keys is None,
+        include_views=views,
     )
 
 

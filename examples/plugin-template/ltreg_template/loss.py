@@ -16,9 +16,18 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ltreg.losses.classification import logit_adjusted_ce
-from ltreg.losses.contrastive import ContrastSet, global_mean, state_contrast, supcon
-from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
+from ltreg import (
+    Batch,
+    ContrastSet,
+    LossOutput,
+    Outputs,
+    StepState,
+    flatten_views,
+    global_mean,
+    logit_adjusted_ce,
+    state_contrast,
+    supcon,
+)
 
 
 def supcon_la(

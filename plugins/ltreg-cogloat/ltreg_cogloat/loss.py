@@ -29,9 +29,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ltreg.losses.contrastive import contrast_set, global_mean, sample_positives
-from ltreg.losses.core import ContrastiveResult, contrastive_loss
-from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState, flatten_views
+from ltreg import (
+    Batch,
+    BuildContext,
+    ContrastiveResult,
+    LossOutput,
+    Outputs,
+    StepState,
+    contrastive_loss,
+    flatten_views,
+    global_mean,
+    sample_positives,
+    state_contrast,
+)
 
 Negatives = Literal["unsupervised", "supervised", "k-positive"]
 NEGATIVES = ("unsupervised", "supervised", "k-positive")
@@ -142,13 +152,10 @@ class CoGloATLoss(nn.Module):
             positives = q.new_zeros(b, 0, q.shape[1])
         tau_i = adaptive_temperature(y, state.class_counts, self.gamma).to(q.device)
         tau = tau_i if self.adaptive else torch.full_like(tau_i, self.temperature)
-        labels_g = state.gather_nograd(y)
-        mem = state.memory
-        cs = contrast_set(q.unsqueeze(1), y, global_labels=labels_g, offset=state.rank * b,
-                          keys=state.gather_nograd(outputs.extra["key_z"]), queue=mem.queue_z,
-                          queue_labels=mem.queue_labels, include_views=False)
+        cs = state_contrast(q.unsqueeze(1), outputs, batch, state, include_views=False)  # keys + queue
         memory_positives = None
         if self.negatives == "k-positive":  # drawn for the global batch, sliced by rank: same on 1 or N processes
+            labels_g = state.gather_nograd(y)
             step = state.epoch * state.steps_per_epoch + state.step
             gen = torch.Generator(device=q.device).manual_seed(self.seed * 1_000_003 + step)
             own_g = torch.arange(labels_g.shape[0], device=q.device).unsqueeze(1)

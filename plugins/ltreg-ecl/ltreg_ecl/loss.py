@@ -21,17 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.losses import (
+from ltreg import (
+    Batch,
     ContrastiveResult,
     ContrastSet,
+    LossOutput,
+    Outputs,
+    StepState,
+    anchors_and_columns,
     bcl,
-    contrast_set,
-    contrastive_loss,
     global_mean,
     logit_adjusted_ce,
     state_contrast,
 )
-from ltreg.step import Batch, LossOutput, Outputs, StepState, flatten_views
 
 Contribution = Literal["balanced", "bcl"]
 _LOG_HALF = math.log(0.5)
@@ -55,13 +57,12 @@ def bc_ecl(
     numerator of that extra column carries its log-weight (``log 1/2`` where ``P_s(i)`` is non-empty), which adds
     ``1/2 * log 2`` to the loss; it is subtracted again (a constant: no effect on gradients).
     """
-    cs = contrast if contrast is not None else contrast_set(z, labels)
     if contribution == "bcl":
-        return bcl(z, labels, prototypes, temperature=temperature, contrast=cs, reduction=reduction)
+        return bcl(z, labels, prototypes, temperature=temperature, contrast=contrast, reduction=reduction)
     if contribution != "balanced":
         raise ValueError(f"BC-ECL contribution must be 'balanced' or 'bcl', got {contribution!r}")
+    anchors, anchor_labels, cs = anchors_and_columns(z, labels, contrast)
     num_classes = prototypes.shape[0]
-    anchors, anchor_labels = flatten_views(z, labels)
     dtype = torch.promote_types(anchors.dtype, torch.float32)
     with torch.autocast(anchors.device.type, enabled=False):
         valid = (cs.labels >= 0).to(dtype)
@@ -71,10 +72,9 @@ def bc_ecl(
         n_pos = (others * own).sum(1)  # |P_s(i)|
         proto_logits = anchors.to(dtype) @ prototypes.to(dtype).T / temperature
         extra = proto_logits + _LOG_HALF * (others > 0).to(dtype)
-        res = contrastive_loss(
-            anchors, cs.z, anchor_labels, cs.labels, temperature=temperature, self_index=cs.self_index,
-            col_weight=0.5, class_average=True, extra_logits=extra, extra_pos=own * n_pos.clamp_min(1).unsqueeze(1),
-            reduction="none",
+        res = cs.loss(
+            anchors, anchor_labels, temperature=temperature, col_weight=0.5, class_average=True, extra_logits=extra,
+            extra_pos=own * n_pos.clamp_min(1).unsqueeze(1), reduction="none",
         )
         per_anchor = res.loss + 0.5 * _LOG_HALF * (n_pos > 0).to(dtype)
     if reduction == "none":

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.losses.classification import mixup_ce
-from ltreg.step import Batch, LossOutput, Outputs, StepState
+from ltreg import Batch, LossOutput, Outputs, StepState, mixup_ce
 from ltreg_iccl.schedule import in_warmup
 
 

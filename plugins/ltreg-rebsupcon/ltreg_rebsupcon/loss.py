@@ -29,16 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.losses import (
+from ltreg import (
+    Batch,
+    BuildContext,
     ContrastiveResult,
     ContrastSet,
+    LossOutput,
+    Outputs,
+    StepState,
     balanced_softmax,
     global_mean,
     paco,
     state_contrast,
     supcon,
 )
-from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState
 
 OmegaForm = Literal["printed", "inverse"]
 Positives = Literal["samples", "centres"]
