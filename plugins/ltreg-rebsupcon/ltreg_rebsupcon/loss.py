@@ -23,6 +23,7 @@ gathered keys and the labelled queue:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -48,6 +49,29 @@ OmegaForm = Literal["printed", "inverse"]
 Positives = Literal["samples", "centres"]
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """Reb-SupCon's default numbers, written once: the functions' and the loss module's keyword defaults and
+    the method's hyper-parameters (``RebSupConHParams``) all read :data:`DEFAULTS`."""
+
+    temperature: float = 0.05  # [P] CIFAR-100-LT (0.2 ImageNet-LT / iNat, set by the recipes)
+    alpha: float = 0.5  # [P] rebalancing intensity of omega(c)
+    beta: float = 0.1  # [P] focal weight omega_f(c) = beta / (f(c) + eps)
+    eps: float = 1e-5  # [P]
+    omega_form: OmegaForm = "inverse"  # [R] the reading with the paper's stated effect (see the module doc)
+    positives: Positives = "samples"  # [R] z_c read as same-class keys
+    grad_ema: bool = False  # [D] no smoothing of g_c across steps
+    grad_ema_momentum: float = 0.9  # [D]
+    lambda_swap: float = 0.5  # [P] lambda1
+    lambda_agg: float = 0.3  # [P] lambda2
+    lambda_sep: float = 0.2  # [P] lambda3
+    delta: float = 1.0  # [P] separation margin
+    cls_weight: float = 0.0  # [D] 0: the paper's total L_proto + L_reb (the classifier comes from stage 2)
+
+
+DEFAULTS = Defaults()
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 
@@ -58,7 +82,7 @@ def anchor_losses(
     contrast: ContrastSet,
     *,
     temperature: float,
-    positives: Positives = "samples",
+    positives: Positives = DEFAULTS.positives,
     logits: Tensor | None = None,
     log_prior: Tensor | None = None,
 ) -> ContrastiveResult:
@@ -99,8 +123,8 @@ def class_mean(values: Tensor, labels: Tensor, num_classes: int, mask: Tensor | 
 
 
 def rebalance_factor(
-    grad_c: Tensor, prior: Tensor, *, alpha: float = 0.5, beta: float = 0.1, eps: float = 1e-5,
-    form: OmegaForm = "inverse",
+    grad_c: Tensor, prior: Tensor, *, alpha: float = DEFAULTS.alpha, beta: float = DEFAULTS.beta,
+    eps: float = DEFAULTS.eps, form: OmegaForm = DEFAULTS.omega_form,
 ) -> Tensor:
     """``omega(c)`` ``[C]``: ``1 + alpha g_c beta / (f_c + eps)`` (``"inverse"`` [R], up-weights rare classes with
     large gradients, the paper's stated effect) or ``1 / (1 + ...)`` as printed (``"printed"``, damps them)."""
@@ -127,12 +151,12 @@ def reb_supcon(
     contrast: ContrastSet,
     prior: Tensor,
     *,
-    temperature: float = 0.05,
-    alpha: float = 0.5,
-    beta: float = 0.1,
-    eps: float = 1e-5,
-    omega_form: OmegaForm = "inverse",
-    positives: Positives = "samples",
+    temperature: float = DEFAULTS.temperature,
+    alpha: float = DEFAULTS.alpha,
+    beta: float = DEFAULTS.beta,
+    eps: float = DEFAULTS.eps,
+    omega_form: OmegaForm = DEFAULTS.omega_form,
+    positives: Positives = DEFAULTS.positives,
     logits: Tensor | None = None,
     gather: Callable[[Tensor], Tensor] = _identity,
     smooth: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -152,7 +176,8 @@ def reb_supcon(
 
 
 def prototype_losses(
-    zq: Tensor, zk: Tensor, protos: Tensor, qq: Tensor, qk: Tensor, *, temperature: float, delta: float = 1.0
+    zq: Tensor, zk: Tensor, protos: Tensor, qq: Tensor, qk: Tensor, *, temperature: float,
+    delta: float = DEFAULTS.delta,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Swapped prediction L1 and aggregation L2 (means over the ``B`` local anchors), separation L3.
 
@@ -183,19 +208,19 @@ class RebSupConLoss(nn.Module):
         self,
         *,
         num_classes: int,
-        temperature: float = 0.05,
-        alpha: float = 0.5,
-        beta: float = 0.1,
-        eps: float = 1e-5,
-        omega_form: OmegaForm = "inverse",
-        positives: Positives = "samples",
-        grad_ema: bool = False,
-        grad_ema_momentum: float = 0.9,
-        lambda_swap: float = 0.5,
-        lambda_agg: float = 0.3,
-        lambda_sep: float = 0.2,
-        delta: float = 1.0,
-        cls_weight: float = 0.0,
+        temperature: float = DEFAULTS.temperature,
+        alpha: float = DEFAULTS.alpha,
+        beta: float = DEFAULTS.beta,
+        eps: float = DEFAULTS.eps,
+        omega_form: OmegaForm = DEFAULTS.omega_form,
+        positives: Positives = DEFAULTS.positives,
+        grad_ema: bool = DEFAULTS.grad_ema,
+        grad_ema_momentum: float = DEFAULTS.grad_ema_momentum,
+        lambda_swap: float = DEFAULTS.lambda_swap,
+        lambda_agg: float = DEFAULTS.lambda_agg,
+        lambda_sep: float = DEFAULTS.lambda_sep,
+        delta: float = DEFAULTS.delta,
+        cls_weight: float = DEFAULTS.cls_weight,
         query_view: int = 0,
     ) -> None:
         super().__init__()
