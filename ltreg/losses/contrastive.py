@@ -2,10 +2,19 @@
 
 Each loss has a functional form on raw tensors (``supcon``, ``kcl``, ``bcl``, ``paco``) and a module with
 the step signature ``forward(outputs, batch, state) -> LossOutput``. Anchors are the local views
-``outputs.z[:, views]`` (``[B, V, D]``, flattened sample-major to ``N = B * V``); the columns are the
-global set built by :func:`contrast_set`: the gathered views (each anchor's own column at
-``(rank * B + b) * V + v``), the gathered key projections ``outputs.extra["key_z"]`` of a momentum
+``outputs.z[:, views]`` (``[B, V, D]``, L2-normalised by the model, flattened sample-major to ``N = B * V``);
+the columns are the global set built by :func:`contrast_set`: the gathered views (each anchor's own column
+at ``(rank * B + b) * V + v``), the gathered key projections ``outputs.extra["key_z"]`` of a momentum
 memory, then its queue (``state.memory.queue_z`` / ``queue_labels``, -1 = empty slot, ignored).
+
+The preamble every contrastive loss shares (here and in the plugins) is written once:
+:func:`state_contrast` gathers the step's columns across processes, :func:`anchors_and_columns` flattens
+the anchors and picks the columns, :meth:`ContrastSet.loss` calls the core with each anchor's own column
+excluded, and :func:`global_mean` averages over the global batch's anchors that have a positive. The
+positive masks and denominators are built inside the core (:func:`~ltreg.losses.core.contrastive_loss`).
+
+Notation: ``s_ij = z_i . z_j``, temperature ``tau``, ``A(i)`` every column but the anchor's own,
+``P(i)`` the columns of ``A(i)`` with the anchor's label.
 """
 
 from __future__ import annotations
@@ -152,7 +161,12 @@ def supcon(
     contrast: ContrastSet | None = None,
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
-    """SupCon "all" mode (section 3.1): every view is an anchor, its positives are the other same-label columns."""
+    """SupCon ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(s_ip/tau) / sum_{a in A(i)} exp(s_ia/tau) ]``, mean
+    over the anchors with a positive.
+
+    Khosla et al., "Supervised Contrastive Learning" (NeurIPS 2020, arXiv 2004.11362), ``L^sup_out``, Eq. 2
+    [P], "all" mode: every view is an anchor. ``tau = 0.1`` [P: the paper's setting].
+    """
     a, ya, cs = anchors_and_columns(z, labels, contrast)
     return cs.loss(a, ya, temperature=temperature, reduction=reduction)
 
@@ -167,8 +181,14 @@ def kcl(
     contrast: ContrastSet | None = None,
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
-    """KCL (section 3.2): positives are the anchor's own image (other views / own key) plus ``k`` same-label
-    columns drawn uniformly without replacement; the denominator is every column."""
+    """KCL ``L_i = -1/(k+1) sum_{p in {i+} U P_k(i)} log[ exp(s_ip/tau) / sum_{a in A(i)} exp(s_ia/tau) ]``.
+
+    Kang, Li, Xie, Yan, Feng, "Exploring Balanced Feature Spaces for Representation Learning" (ICLR 2021;
+    no arXiv version), the k-positive contrastive loss [P] (equation number not checked here). Positives:
+    the anchor's own image ``i+`` (other views / own key) plus ``k`` same-label columns drawn uniformly
+    without replacement (fewer if not available); the denominator is every column. ``k = 6``,
+    ``tau = 0.07`` [P].
+    """
     a, ya, cs = anchors_and_columns(z, labels, contrast)
     exclude = (
         cs.own_index if cs.self_index is None else torch.cat([cs.self_index.unsqueeze(1), cs.own_index], 1)
@@ -186,7 +206,13 @@ def bcl(
     contrast: ContrastSet | None = None,
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
-    """BCL (section 3.4): columns = views + the ``[C, D]`` class prototypes, denominator averaged per class."""
+    """BCL ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(s_ip/tau) / sum_c 1/|B_c(i)| sum_{j in B_c(i)} exp(s_ij/tau) ]``.
+
+    Zhu, Wang, Chen, Chen, Jiang, "Balanced Contrastive Learning for Long-Tailed Visual Recognition"
+    (CVPR 2022, arXiv 2207.09052), class-averaging + class-complement [P] (equation number not checked
+    here): the columns are the views plus the ``[C, D]`` class prototypes (labels ``0..C-1``), ``B_c(i)``
+    the columns of class ``c`` other than the anchor, ``P(i) = B_y(i)``.
+    """
     a, ya, cs = anchors_and_columns(z, labels, contrast)
     cs = cs.append(prototypes, torch.arange(prototypes.shape[0], device=labels.device))
     return cs.loss(a, ya, temperature=temperature, class_average=True, reduction=reduction)
@@ -205,8 +231,15 @@ def paco(
     contrast: ContrastSet | None = None,
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
-    """PaCo / GPaCo (section 3.5): one softmax over the centre logits ``u + log pi`` (``logits`` ``[B, V, C]``)
-    and the gamma-weighted sample logits; the centre of the label weighs beta, each sample positive alpha."""
+    """PaCo / GPaCo ``L_i = -[ beta LP_i(x_iy) + alpha sum_{p in P(i)} LP_i(s_ip/tau) ] / (beta + alpha |P(i)|)``
+    with ``LP_i(t) = t - log( sum_c exp(x_ic) + gamma sum_{a in A(i)} exp(s_ia/tau) )`` and centre logits
+    ``x_ic = u_ic + log pi_c`` (``logits`` ``[B, V, C]``).
+
+    Cui, Zhong, Liu, Yu, Jia, "Parametric Contrastive Learning" (ICCV 2021, arXiv 2107.12028) and
+    "Generalized Parametric Contrastive Learning" (TPAMI 2023, arXiv 2209.12400), as their official code
+    writes it [C] (equation numbers not checked here); ``alpha = 0.05``, ``beta = gamma = 1``, ``tau = 0.2``
+    the ImageNet-LT settings [C].
+    """
     a, ya, cs = anchors_and_columns(z, labels, contrast)
     centres, centre_pos = centre_columns(logits, log_prior, ya, beta)
     return cs.loss(
