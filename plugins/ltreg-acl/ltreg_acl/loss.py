@@ -17,6 +17,10 @@ This is exactly the core's ``per_positive_denominator=True`` mode with ``pos_wei
 ``col_weight=omega[y_j]`` (positive columns are masked out of ``Neg_i`` by the core, so only negatives are
 re-weighted), ``extra_logits=u + log pi`` and ``extra_pos=beta * onehot(y)`` (the own centre is a positive,
 the other centres sit in ``Neg_i``).
+
+Defaults [D], GPaCo's ImageNet-LT values: ``alpha = 0.05``, ``beta = 1``, ``tau = 0.2``; negative weights
+``omega_c = (1/n_c) / mean_k (1/n_k)`` [D] (``neg_weight="batch"``: ``1/|B_c|``). ``positives="same-image"`` is
+the alternative reading [R] of "non-effective positives" (see :func:`acl`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""ECL's loss (methods.md §4.4, Appendix A §2): L = a * L_LC + b * L_BC-ECL + c * L_CC-GE.
+"""ECL's loss: L = a * L_LC + b * L_BC-ECL + c * L_CC-GE.
+
+Paper: Roh, Kim, Lee, Chun, "Equilibrium contrastive learning for imbalanced image classification",
+arXiv 2602.09506 (IEEE TETCI). Only its abstract, summary, README and architecture figure could be read, so no
+equation number can be cited: the terms below are read from those and from the code of its predecessor
+ProConDual (``suminRoh/ProConDual-main``). Tags: [C] the official README / figure, [C-pred] ProConDual's code,
+[R] a reconstruction of what the abstract says, [D] a default where every source is silent.
 
 * L_LC: logit-compensated cross-entropy ``CE(u + log pi, y)`` on the classification view [C-pred].
 * L_BC-ECL [R]: for anchor view ``i`` (label ``y``) against the 2B contrastive views and the C prototypes,

@@ -1,11 +1,11 @@
-"""Reb-SupCon for ltreg (Lv et al., BDCC 2025; methods.md §4.3): one stage, MoCo + rebalanced SupCon + prototypes.
+"""Reb-SupCon for ltreg (Lv et al., BDCC 2025, doi 10.3390/bdcc9080204): one stage, MoCo + rebalanced SupCon + prototypes.
 
 Parts: core ``moco`` memory (query view 0 = RandAugment, key view 1 = SimAugment), core ``learnable``
 prototypes (K = 3 C unless set [D], Sinkhorn 3 iterations, eps 0.05, re-normalised after each step [D]),
 the plugin's ``rebsupcon`` loss, instance-balanced sampling. The paper's total ``L = L_proto + L_reb`` trains
 no classifier, so stage 2 is core ``crt`` (a re-initialised linear classifier on the frozen backbone,
 class-balanced sampling) [D]. See ``loss.py`` and the README for the equations and the readings ([R] / [D]
-tags follow methods.md).
+tags: [P] paper, [R] reading, [D] default).
 """
 
 from __future__ import annotations

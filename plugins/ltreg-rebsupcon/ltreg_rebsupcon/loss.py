@@ -1,14 +1,20 @@
-"""Reb-SupCon loss (methods.md §4.3): rebalanced MoCo SupCon + prototype-aware module + classifier.
+"""Reb-SupCon loss: rebalanced MoCo SupCon + prototype-aware module + classifier.
+
+Paper: Lv, Lei, Zhang, Chen, Li, "Rebalancing in Supervised Contrastive Learning for Long-Tailed Visual
+Recognition", Big Data and Cognitive Computing 9(8):204, 2025, doi 10.3390/bdcc9080204 (no arXiv version; the
+copy read here has no equation numbers, so the displays are cited by section). Tags: [P] stated in the paper,
+[R] a reading of an ambiguous passage, [D] a default where it is silent.
 
 ``L = L_reb + L_proto + cls_weight * L_cls`` (the paper's total is ``L_reb + L_proto``: ``cls_weight`` is 0 by
 default and the classifier is trained by a cRT stage 2) with, for query anchors ``q_i`` (view 0) against the
 gathered keys and the labelled queue:
 
-* ``L_reb = sum_i omega(y_i) L_i / #{anchors with a positive}`` (global batch), ``L_i`` the SupCon
+* ``L_reb = sum_i omega(y_i) L_i / #{anchors with a positive}`` (global batch; §3.3.1, ``L_i`` and ``L_reb`` [P]),
+  ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(q_i . z_p / tau) / sum_{j in R(i)} exp(q_i . z_j / tau) ]`` the SupCon
   loss of the core :func:`~ltreg.losses.contrastive_loss` (positives = same-class keys + queue).
   Normalised by the anchor count, not by ``sum omega``: the paper writes a plain sum over anchors.
 * ``omega(c) = 1 + alpha g_c omega_f(c)`` (``"inverse"``, default [R]) or ``1 / (1 + alpha g_c omega_f(c))``
-  (``"printed"``). The paper states that omega focuses the gradient on tail / hard classes ("we allocate more
+  (``"printed"``, §3.3.1 [P]). The paper states that omega focuses the gradient on tail / hard classes ("we allocate more
   attention to classes with higher learning difficulty"; Fig. 2; lower head accuracy as its limitation); only
   the inverse reading does that, the printed formula damps exactly those classes. ``omega_f(c) = beta / (f(c) + eps)``,
   ``f(c) = n_c / N`` [D], ``g_c`` the mean over the global batch's class-c anchors of ``||dL_i / dq_i||`` [D]:
@@ -16,7 +22,8 @@ gathered keys and the labelled queue:
   parameters theta (which would need one backward pass per sample); one ``autograd.grad`` on a detached copy,
   optional EMA across steps [D]. omega is a constant in the backward.
 * ``L_proto = l1 * swapped prediction + l2 * aggregation + l3 * separation`` over the learnable
-  prototypes with Sinkhorn assignments (no gradient).
+  prototypes with Sinkhorn assignments (no gradient) (§3.3.2 [P]; formulas at :func:`prototype_losses`);
+  total ``L = L_proto + L_reb`` (§3.4 [P]).
 * ``L_cls`` = Balanced Softmax of the linear classifier on the query view [D], weight ``cls_weight`` (0: off).
 """
 
