@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
 from ltreg_acl.loss import NEG_WEIGHTS, POSITIVES, ACLLoss, acl, negative_weights
 
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg.method import ConfigError, HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg import ConfigError, HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
 
 CITATION = ("Tiong, Li, Lin, Li, Xiong, Hoi. Improving Tail-Class Representation with Centroid Contrastive "
             "Learning (ICCL). arXiv:2110.10048, 2021")
