@@ -23,15 +23,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ltreg.errors import LtregError
+from ltreg.errors import CheckpointError
 from ltreg.layout import CHECKPOINTS_DIR, MANIFEST, POINTER, RUN_FILES, STATE_WEIGHTS, TRAINER_STATE
 
 #: A checkpoint's folder name: what ``latest`` may hold (no separators, no dots in front).
 NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")
-
-
-class CheckpointError(LtregError, ValueError):
-    """A checkpoint or model folder that cannot be used as asked: missing, corrupt, mismatched or unsafe."""
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

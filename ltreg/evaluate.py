@@ -136,7 +136,7 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
     ``data_root`` / ``data_kwargs`` / ``dataset`` point elsewhere; ``split`` is ``test`` or ``val``
     (the data set's validation split). Split thresholds come from the rebuilt training set.
     """
-    from ltreg.checkpoint import CheckpointError
+    from ltreg.errors import CheckpointError
     from ltreg.models.ltmodel import LTModel
     from ltreg.models.pretrained import load_pretrained
 
@@ -166,7 +166,7 @@ def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
     """The data set arguments a model records, type-checked; from a Hub repo (``trusted`` False) its
     recorded folder and builder arguments are dropped (they are data, never paths to follow): pass
     ``--data-root`` / ``--data-arg``. A Hub data set id is kept, since it names no local path."""
-    from ltreg.checkpoint import CheckpointError
+    from ltreg.errors import CheckpointError
 
     raw = card.dataset.builder_args if card.dataset is not None else {}
     if not raw:
@@ -187,7 +187,7 @@ def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
 
 
 def _split(data: LTData, split: str, label: Any) -> LTDataset:
-    from ltreg.checkpoint import CheckpointError
+    from ltreg.errors import CheckpointError
 
     if split == "test":
         return data.test

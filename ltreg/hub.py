@@ -29,16 +29,9 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ltreg.card import REPO_PLACEHOLDER
-from ltreg.checkpoint import CheckpointError, verify_manifest
-from ltreg.errors import LtregError
-from ltreg.layout import (
-    CARD_FILE,
-    CONFIG_FILE,
-    MANIFEST,
-    MODEL_FILES,
-    REQUIRED_FILES,
-    WEIGHTS_FILE,
-)
+from ltreg.checkpoint import verify_manifest
+from ltreg.errors import CheckpointError, PushError
+from ltreg.layout import CARD_FILE, CONFIG_FILE, MANIFEST, MODEL_FILES, REQUIRED_FILES, WEIGHTS_FILE
 from ltreg.models.config import folder_model_config
 from ltreg.version import __version__
 
@@ -47,10 +40,6 @@ PICKLE_PATTERNS = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt")
 MAX_CONFIG_BYTES = 4 * 2**20
 
 __all__ = ["CheckpointError", "PushError", "resolve", "read_config", "read_safetensors", "push_run", "MODEL_FILES"]
-
-
-class PushError(LtregError, RuntimeError):
-    """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
 def refuse_pickle(label: str, names: list[str]) -> CheckpointError:

@@ -32,13 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltreg.distributed import unwrap as _unwrap
-from ltreg.errors import UsageError
+from ltreg.errors import RebalanceError
 from ltreg.losses.classification import global_weight_factor, ldam_margins
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState
-
-
-class RebalanceError(UsageError, ValueError):
-    """A rebalancer that cannot apply to this model or data."""
 
 
 def _keep_eval(module: nn.Module, args: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from ltreg.hub import CheckpointError
+from ltreg.errors import CheckpointError
 from ltreg.layout import HEADS_FILE, WEIGHTS_FILE
 from ltreg.models.ltmodel import LTModel, from_pretrained
 from ltreg.models.pretrained import MissingPluginWarning

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ltreg.data.lt import DataError
+from ltreg.errors import DataError
 
 #: Images larger than this train at this size (random-resized crops), as ImageNet-scale sets do.
 MAX_IMAGE_SIZE = 224

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ltreg.method import ConfigError
+from ltreg.errors import ConfigError
 
 #: model_args keys of a source's config.json that the run sets itself.
 _RUN_ARGS = ("in_chans", "num_classes")

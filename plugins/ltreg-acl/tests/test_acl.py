@@ -12,8 +12,8 @@ from ltreg_acl import METHOD, ACLLoss, acl, negative_weights
 from ltreg_acl.gradients import positive_pair_gradients
 
 import ltreg
+from ltreg.errors import ConfigError
 from ltreg.losses.contrastive import contrast_set, supcon
-from ltreg.method import ConfigError
 from ltreg.step import Batch, Outputs, StepState
 
 

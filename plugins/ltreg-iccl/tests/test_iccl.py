@@ -12,7 +12,8 @@ from ltreg_iccl import ICCL, ICCLLoss, WarmupPairMixup, centroid_log_probs, in_w
 
 import ltreg
 from ltreg.config import resolve_config
-from ltreg.method import ConfigError, build_part
+from ltreg.errors import ConfigError
+from ltreg.method import build_part
 from ltreg.mixing import PairMixup
 from ltreg.prototypes import EMACentroids
 from ltreg.rebalance import KDRebalance
