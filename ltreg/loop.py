@@ -24,6 +24,7 @@ from ltreg.checkpoint import TrainerState, write_atomic
 from ltreg.config import TrainConfig
 from ltreg.errors import NonFiniteLossError, SpecError
 from ltreg.evaluate import evaluate, format_table
+from ltreg.layout import METRICS_FILE
 from ltreg.method import StageKind
 from ltreg.models.ltmodel import LTModel
 from ltreg.registry import registry
@@ -178,7 +179,7 @@ def fit(run: Run) -> RunResult:
     metrics["stage2"] = stage2_info
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        write_atomic(run.run_dir / METRICS_FILE, json.dumps(metrics, indent=1))
         card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))
