@@ -40,6 +40,8 @@ class TrainConfig:
     backbone: str | None = None  # a timm name (resnet50), a tagged one (resnet50.a1_in1k: pretrained), hf-hub:org/name or a folder
     pretrained: bool = field(default=False, metadata={"recipe": True})  # timm's weights for the backbone (a tag, hf-hub: or folder implies it)
     init_from: str | None = field(default=None, metadata={"recipe": True})  # an ltreg run / model folder or Hub repo to start stage 1 from
+    image_size: int | None = field(default=None, metadata={"recipe": True})  # views' side in pixels; None: the data set's (a ViT pretrained at 224 wants 224)
+    normalize: str = field(default="data", metadata={"recipe": True})  # data: the data set's mean / std; backbone: the pretrained backbone's (timm's pretrained_cfg, e.g. CLIP's)
     epochs: int = field(default=30, metadata={"recipe": True})
     batch_size: int = field(default=64, metadata={"recipe": True})  # global batch, split over processes
     lr: float = field(default=0.05, metadata={"recipe": True})

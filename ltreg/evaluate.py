@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ltreg.data.build import DataArgs, build_data
+from ltreg.data.build import DataArgs, build_data, with_input
 from ltreg.data.evalviews import EvalViewDataset, EvalViews, build_eval_views, center
 from ltreg.data.lt import LTData, LTDataset
 from ltreg.data.views import ViewDataset, collate
@@ -157,6 +157,9 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
         if data_root is not None:
             args.root = data_root
     data = build_data(args)
+    if card.dataset is not None and card.dataset.image_size and card.dataset.mean and card.dataset.std:
+        # the input the model was trained on (a run's --image-size / --normalize), whatever the builder's default
+        data = with_input(data, int(card.dataset.image_size), card.dataset.mean, card.dataset.std)
     target = _split(data, split, repo_or_dir)
     if (target.num_classes, target.channels) != (model.num_classes, model.config.in_chans):
         raise CheckpointError(

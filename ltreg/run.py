@@ -29,14 +29,14 @@ from ltreg.budget import scale_count
 from ltreg.card import DatasetRecord, RunCard
 from ltreg.checkpoint import Checkpoints, guard_run_folder, write_atomic
 from ltreg.config import RunConfig, TrainConfig
-from ltreg.data.build import build_data
+from ltreg.data.build import build_data, with_input
 from ltreg.data.evalviews import EvalViews, build_eval_views
 from ltreg.data.lt import LTData, LTDataset
 from ltreg.data.views import ViewDataset, collate
 from ltreg.errors import ConfigError, TrainingError
 from ltreg.evaluate import DataPasses
 from ltreg.method import PartRef, build_part
-from ltreg.models.backbones import load_initial_weights, resolve_arch
+from ltreg.models.backbones import backbone_stats, load_initial_weights, resolve_arch
 from ltreg.models.heads import CosineLinear
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.optim import (
@@ -180,6 +180,8 @@ def build_run(rc: RunConfig) -> Run:
                           f"{acc.num_processes} processes; use a multiple of {acc.num_processes}")
     set_seed(cfg.seed)
     data = build_data(cfg.data_args())
+    stats = backbone_stats(cfg.backbone or "resnet8") if cfg.normalize == "backbone" else (None, None)
+    data = with_input(data, cfg.image_size, *stats)
     train_set, holdout = data.train, data.val
     if _needs_holdout(spec.rebalance) and holdout is None:  # before any part indexes the training set
         train_set, holdout = carve_holdout(train_set, cfg.holdout_fraction, cfg.seed)

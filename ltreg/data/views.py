@@ -55,6 +55,8 @@ def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor]:
     else:
         crop = [v2.RandomCrop(s, padding=max(1, s // 8))]
     ops: list[Any] = [v2.ToImage()]
+    if not large and data.info.get("native_image_size", s) != s:  # --image-size on small images: resize first
+        ops.append(v2.Resize(s, antialias=True))
     if base == "none":
         ops += [v2.Resize(int(s * 256 / 224), antialias=True), v2.CenterCrop(s)] if large else [v2.Resize(s, antialias=True), v2.CenterCrop(s)]
     elif base in ("cls", "crop"):
