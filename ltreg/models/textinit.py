@@ -117,7 +117,7 @@ def visual_projection(clip: nn.Module) -> Tensor:
 class ClipTextInit:
     """Head initialiser ``clip-text``: the cosine classifier's rows from class-name prompts (see the module).
 
-    ``clip_model`` is an open_clip model name (``ViT-B-16``), ``clip_pretrained`` its weights tag (``openai``),
+    ``clip_model`` is an open_clip model name (``ViT-B-16``) or a model config file (``*.json``), ``clip_pretrained`` its weights tag (``openai``),
     a local checkpoint file, or None (random weights); ``templates`` the prompts with ``{}`` for the name;
     ``class_names`` a file with one name per line (default: the data set's names); ``projection`` ``visual``
     (LIFT: map back through the image tower's projection) or ``none`` (rows are the text embeddings).
@@ -126,8 +126,8 @@ class ClipTextInit:
     def __init__(self, clip_model: str = "ViT-B-16", clip_pretrained: str | None = "openai",
                  templates: Sequence[str] = LIFT_TEMPLATES, class_names: str | None = None,
                  projection: str = "visual") -> None:
-        if isinstance(templates, str):
-            templates = (templates,)
+        if isinstance(templates, str):  # one string from a spec / --hp: templates separated by "|"
+            templates = tuple(t.strip() for t in templates.split("|"))
         if not templates or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates):
             raise ConfigError(f"clip-text templates must be strings with one {{}} for the class name, got {templates!r}")
         if projection not in ("visual", "none"):
@@ -152,9 +152,13 @@ class ClipTextInit:
         """The rows ``[C, F]`` for ``train``'s classes, computed on CPU with the CLIP text tower."""
         names = self.names(train)
         open_clip = import_open_clip()
+        name = self.clip_model
         try:
-            clip = open_clip.create_model(self.clip_model, pretrained=self.clip_pretrained)
-            tokenizer = open_clip.get_tokenizer(self.clip_model)
+            if name.endswith(".json") and Path(name).is_file():  # a model config of one's own (tests, --quick)
+                open_clip.add_model_config(name)
+                name = Path(name).stem
+            clip = open_clip.create_model(name, pretrained=self.clip_pretrained)
+            tokenizer = open_clip.get_tokenizer(name)
         except Exception as exc:  # noqa: BLE001 - unknown name, offline cache miss, bad file: one message
             raise ConfigError(
                 f"head init clip-text: cannot load the CLIP model {self.clip_model!r} with weights "
