@@ -18,6 +18,8 @@ def test_spec_declares_lifts_parts():
     assert METHOD.head_init is not None and METHOD.head_init.name == "clip-text"
     assert METHOD.eval_views.name == "fivecrop" and METHOD.loss.name == "logit-adjusted-ce"
     assert METHOD.model.classifier == "cosine" and METHOD.model.cosine_scale == 25.0
+    assert METHOD.views_for(METHOD.hparams) == ("cls",)
+    assert METHOD.views_for(METHOD.hparams.replace(augment="minimalist")) == ("minimal",)  # LIFT+'s option
 
 
 @pytest.mark.parametrize(("recipe", "dim", "epochs"), [("imagenet-lt", 32, 10), ("places-lt", 8, 10),
