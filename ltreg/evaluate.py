@@ -159,7 +159,7 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
     data = build_data(args)
     if card.dataset is not None and card.dataset.image_size and card.dataset.mean and card.dataset.std:
         # the input the model was trained on (a run's --image-size / --normalize), whatever the builder's default
-        data = with_input(data, int(card.dataset.image_size), card.dataset.mean, card.dataset.std)
+        data = with_input(data, *recorded_input(card.dataset))
     target = _split(data, split, repo_or_dir)
     if (target.num_classes, target.channels) != (model.num_classes, model.config.in_chans):
         raise CheckpointError(
@@ -169,6 +169,19 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     passes = DataPasses(model.to(device), device, batch_size=batch_size)
     return evaluate(passes, target, data.train, recorded_eval_views(card, tta, target))
+
+
+def recorded_input(ds: Any) -> tuple[int, list[float], list[float]]:
+    """Image size, mean and std a model card records, checked (a card from the Hub is data: bounded sizes)."""
+    from ltreg.checkpoint import CheckpointError
+
+    size, mean, std = ds.image_size, ds.mean, ds.std
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < abs(v) < 1e3 for v in [*mean, *std])
+    if not (isinstance(size, int) and 1 <= size <= 4096 and 1 <= len(mean) <= 64 and len(std) == len(mean)
+            and numbers and all(v > 0 for v in std)):
+        raise CheckpointError(f"the recorded input of this model is malformed (image_size {size!r}, mean "
+                              f"{str(mean)[:80]}, std {str(std)[:80]})")
+    return size, list(mean), list(std)
 
 
 def recorded_eval_views(card: Any, tta: str | None, data: LTDataset) -> EvalViews:
