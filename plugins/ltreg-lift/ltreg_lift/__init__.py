@@ -87,7 +87,7 @@ def _recipes() -> dict[str, Recipe]:
     }
     for imb in (100, 50, 10):
         out[f"cifar100-lt-if{imb}"] = _recipe(
-            "cifar100-lt", 100, 10, f", CIFAR images upsampled to 224 [C: resolution 224]"
+            "cifar100-lt", 100, 10, ", CIFAR images upsampled to 224 [C: resolution 224]"
             + ("; paper: up to 89.1 All [I]" if imb == 100 else ""), {}, imbalance=float(imb))
     return out
 

@@ -8,9 +8,10 @@ import torch
 
 pytest.importorskip("open_clip")
 
+from ltreg_lift import METHOD, bottleneck  # noqa: E402
+
 import ltreg  # noqa: E402
 from ltreg.config import resolve_config  # noqa: E402
-from ltreg_lift import METHOD, bottleneck  # noqa: E402
 
 
 def test_spec_declares_lifts_parts():
