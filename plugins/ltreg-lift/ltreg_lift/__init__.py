@@ -106,7 +106,8 @@ METHOD = LIFTSpec(
     loss=PartRef("logit-adjusted-ce", tau=hp("tau")),
     hparams=LIFTHParams(),
     sampler=PartRef("instance"),
-    tuner=PartRef("adaptformer", bottleneck=hp("bottleneck")),
+    # LN on the adapter input, Kaiming-normal down, learnable scale from 1 [C: models/peft_modules.py AdaptFormer]
+    tuner=PartRef("adaptformer", dim=hp("bottleneck"), scale=1.0, learnable_scale=True, layernorm=True, init="normal"),
     head_init=PartRef("clip-text", clip_model=hp("clip_model"), clip_pretrained=hp("clip_pretrained"),
                       templates=hp("templates"), class_names=hp("class_names")),
     eval_views=PartRef("fivecrop"),  # expand 24 at 224 [C: utils/config.py expand=24, tte_mode fivecrop]

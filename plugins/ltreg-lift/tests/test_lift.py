@@ -49,3 +49,15 @@ def test_quick_trains_offline_with_text_init_and_tta(tmp_path):
     assert again["eval_views"]["name"] == "fivecrop" and again["top1"] == pytest.approx(result.metrics["top1"])
     centre = ltreg.evaluate_pretrained(out, tta="center")
     assert centre["eval_views"]["name"] == "center"
+
+
+def test_tuner_arguments_fit_the_core_adaptformer():
+    """Once the tuner part is installed (registry group ``tuners``), LIFT's AdaptFormer arguments bind to it."""
+    import inspect
+
+    from ltreg.registry import GROUPS, registry
+
+    if "tuners" not in GROUPS:
+        pytest.skip("the tuner part is not in this build yet")
+    factory = registry("tuners").get(METHOD.tuner.name)
+    inspect.signature(factory).bind(**METHOD.tuner.resolve_kwargs(METHOD.hparams))
