@@ -309,6 +309,10 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction, cfg.epochs,
                             frozenset(cfg.hparams))  # checked now, not when the run is built
     check_dataset_kwargs(cfg)
+    if cfg.tta is not None:  # an unknown view set stops here, before any data is read
+        from ltreg.registry import registry
+
+        registry("eval_views").entry(cfg.tta)
     return RunConfig(spec, cfg, hparams)
 
 

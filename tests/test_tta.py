@@ -94,3 +94,19 @@ def test_tta_flag_stops_before_training(tmp_path):
     with pytest.raises(UnknownNameError, match="Did you mean: fivecrop"):
         ltreg.train("balanced-softmax", tta="fivecrp", output_dir=str(tmp_path / "r"), epochs=1)
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_eval_cli_tta_flag(tmp_path, tiny, subprocess_env):
+    import json
+    import subprocess
+
+    import ltreg
+    from tests.conftest import LTREG
+
+    out = tmp_path / "run"
+    ltreg.train("ce", output_dir=str(out), **tiny)
+    run = subprocess.run([*LTREG, "eval", str(out), "--tta", "fivecrop", "--json"], capture_output=True, text=True,
+                         env=subprocess_env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "test-time views: fivecrop (5 views" in run.stdout
+    assert json.loads(run.stdout[run.stdout.index("{"):])["eval_views"]["name"] == "fivecrop"
