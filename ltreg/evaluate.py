@@ -174,7 +174,7 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
 
 def recorded_input(ds: Any) -> tuple[int, list[float], list[float]]:
     """Image size, mean and std a model card records, checked (a card from the Hub is data: bounded sizes)."""
-    from ltreg.checkpoint import CheckpointError
+    from ltreg.errors import CheckpointError
 
     size, mean, std = ds.image_size, ds.mean, ds.std
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < abs(v) < 1e3 for v in [*mean, *std])
