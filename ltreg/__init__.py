@@ -63,6 +63,7 @@ from ltreg.method import (
     ModelSpec,
     PartRef,
     Recipe,
+    Pick,
     Stage,
     StageKind,
     ViewPlan,
@@ -75,6 +76,8 @@ from ltreg.mixing import PairMixup
 from ltreg.rebalance import Rebalancer
 from ltreg.registry import (
     register_dataset,
+    register_eval_views,
+    register_head_init,
     register_loss,
     register_memory,
     register_prototypes,
@@ -121,9 +124,9 @@ __all__ = [
     # method specs and the registry
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
-    "register_sampler", "register_transform",
+    "register_sampler", "register_transform", "register_head_init", "register_eval_views",
     # what a method declares it needs from the core, and the open vocabularies it names
-    "ViewPlan", "Stage", "StageKind", "register_view", "register_sampler_role", "register_stage",
+    "ViewPlan", "Stage", "StageKind", "Pick", "register_view", "register_sampler_role", "register_stage",
     # data sets
     "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases

@@ -115,7 +115,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ltreg.evaluate import evaluate_pretrained, format_table
 
     metrics = evaluate_pretrained(args.model, dataset=args.dataset, data_root=args.data_root,
-                                  data_kwargs=parse_data_args(args.data_arg), split=args.split)
+                                  data_kwargs=parse_data_args(args.data_arg), split=args.split, tta=args.tta)
+    views = metrics["eval_views"]
+    print(f"test-time views: {views['name']} ({views['description']})")
 
     print(format_table(metrics, title=f"{args.model} (top-1 %)"))
     if args.json:
@@ -154,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="change a recorded data set builder argument (repeatable)")
     p.add_argument("--split", default="test", help="test (default) or val")
+    p.add_argument("--tta", default=None, metavar="NAME",
+                   help="test-time view set, logits averaged (center, fivecrop, tencrop, ...: `ltreg list --parts`); "
+                        "default: the one the model card records")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("push", help="push a run folder to the Hugging Face Hub", parents=[common])

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ltreg.data.build import DataArgs, build_data
+from ltreg.data.build import DataArgs, build_data, with_input
+from ltreg.data.evalviews import EvalViewDataset, EvalViews, build_eval_views, center
 from ltreg.data.lt import LTData, LTDataset
 from ltreg.data.views import ViewDataset, collate
 
@@ -74,17 +75,20 @@ class DataPasses:
         return loader
 
     @torch.no_grad()
-    def extract(self, dataset: LTDataset) -> Extracted:
-        """Logits, embeddings, features and targets of ``dataset`` under the deterministic ``none`` view."""
+    def extract(self, dataset: LTDataset, views: EvalViews | None = None) -> Extracted:
+        """Logits, embeddings, features and targets of ``dataset`` under the deterministic ``none`` view, or
+        under a view set (``views``): logits averaged over its K views, embedding and features of the first."""
         model = self.model
         outs: list[tuple[Tensor, ...]] = []
+        source = ViewDataset(dataset, ("none",)) if views is None else EvalViewDataset(dataset, views)
         with eval_mode(model):
-            for batch in self._loader(ViewDataset(dataset, ("none",))):
+            for batch in self._loader(source):
                 images, targets = batch.images.to(self.device), batch.targets.to(self.device)
                 ctx = self.accelerator.autocast() if self.accelerator is not None else _null()
                 with ctx:
                     o = model(images)
-                got = (o.logits[:, 0].float(), o.z[:, 0].float(), o.features[:, 0].float(), targets)
+                logits = o.logits[:, 0].float() if views is None else o.logits.float().mean(1)
+                got = (logits, o.z[:, 0].float(), o.features[:, 0].float(), targets)
                 if self.accelerator is not None:
                     got = self.accelerator.gather_for_metrics(got)
                 outs.append(tuple(t.cpu() for t in got))
@@ -119,10 +123,12 @@ def _null() -> Iterator[None]:
     yield
 
 
-def evaluate(passes: DataPasses, test: LTDataset, train: LTDataset) -> dict[str, Any]:
-    """Test metrics: top-1, balanced, many / medium / few (by training counts), per class, embedding geometry."""
-    out = passes.extract(test)
+def evaluate(passes: DataPasses, test: LTDataset, train: LTDataset, views: EvalViews | None = None) -> dict[str, Any]:
+    """Test metrics: top-1, balanced, many / medium / few (by training counts), per class, embedding geometry;
+    under the test-time view set ``views`` (None: the one centre view), which ``eval_views`` records."""
+    out = passes.extract(test, None if views is None or views.name == "center" else views)
     metrics = lt_metrics(out.logits, out.targets, train.class_counts, train.many_thr, train.few_thr)
+    metrics["eval_views"] = (views or center(test)).record()
     metrics["geometry"] = geometry_metrics(out.z, out.targets, train.num_classes)
     metrics["train_counts"] = train.class_counts.tolist()
     return metrics
@@ -130,11 +136,12 @@ def evaluate(passes: DataPasses, test: LTDataset, train: LTDataset) -> dict[str,
 
 def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None = None,
                         data_kwargs: dict[str, Any] | None = None, split: str = "test", dataset: str | None = None,
-                        revision: str | None = None, batch_size: int = 256) -> dict[str, Any]:
+                        revision: str | None = None, batch_size: int = 256, tta: str | None = None) -> dict[str, Any]:
     """Evaluate a model folder or Hub repo on the data it was trained on, rebuilt from its recorded arguments.
 
     ``data_root`` / ``data_kwargs`` / ``dataset`` point elsewhere; ``split`` is ``test`` or ``val``
-    (the data set's validation split). Split thresholds come from the rebuilt training set.
+    (the data set's validation split). Split thresholds come from the rebuilt training set. ``tta`` names
+    the test-time view set (``ltreg.eval_views``); None: the one the model card records, else ``center``.
     """
     from ltreg.errors import CheckpointError
     from ltreg.models.ltmodel import LTModel
@@ -151,6 +158,9 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
         if data_root is not None:
             args.root = data_root
     data = build_data(args)
+    if card.dataset is not None and card.dataset.image_size and card.dataset.mean and card.dataset.std:
+        # the input the model was trained on (a run's --image-size / --normalize), whatever the builder's default
+        data = with_input(data, *recorded_input(card.dataset))
     target = _split(data, split, repo_or_dir)
     if (target.num_classes, target.channels) != (model.num_classes, model.config.in_chans):
         raise CheckpointError(
@@ -159,7 +169,28 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
         )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     passes = DataPasses(model.to(device), device, batch_size=batch_size)
-    return evaluate(passes, target, data.train)
+    return evaluate(passes, target, data.train, recorded_eval_views(card, tta, target))
+
+
+def recorded_input(ds: Any) -> tuple[int, list[float], list[float]]:
+    """Image size, mean and std a model card records, checked (a card from the Hub is data: bounded sizes)."""
+    from ltreg.errors import CheckpointError
+
+    size, mean, std = ds.image_size, ds.mean, ds.std
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < abs(v) < 1e3 for v in [*mean, *std])
+    if not (isinstance(size, int) and 1 <= size <= 4096 and 1 <= len(mean) <= 64 and len(std) == len(mean)
+            and numbers and all(v > 0 for v in std)):
+        raise CheckpointError(f"the recorded input of this model is malformed (image_size {size!r}, mean "
+                              f"{str(mean)[:80]}, std {str(std)[:80]})")
+    return size, list(mean), list(std)
+
+
+def recorded_eval_views(card: Any, tta: str | None, data: LTDataset) -> EvalViews:
+    """The view set ``--tta`` names, else the one the card records (its default arguments), else ``center``."""
+    recorded = (card.metrics or {}).get("eval_views") if card is not None else None
+    name = tta or (recorded.get("name") if isinstance(recorded, dict) and isinstance(recorded.get("name"), str)
+                   else "center")
+    return build_eval_views(name, data)
 
 
 def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:

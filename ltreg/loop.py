@@ -175,7 +175,7 @@ def fit(run: Run) -> RunResult:
         if st2 is not None:
             _train_stage(run, st2, log, _resume(run, log, 2) if cfg.resume else 0)
         stage2_info = dict(kind.finish(run) or {})
-    metrics = evaluate(run.passes, run.data.test, run.data.train)
+    metrics = evaluate(run.passes, run.data.test, run.data.train, run.eval_views)
     metrics["stage2"] = stage2_info
     log.final(metrics)
     if acc.is_main_process:

@@ -142,11 +142,26 @@ def _hp_value(method: str, where: str, value: Any, hparams: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Pick:
+    """A pipeline chosen by a hyper-parameter's value: ``Pick(hp("augment"), {"lift": "cls", "minimalist": "minimal"})``."""
+
+    ref: hp
+    choices: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choices", types.MappingProxyType(dict(self.choices)))
+
+    def describe(self) -> str:
+        return f"hp.{self.ref.name} -> {{{', '.join(f'{k}: {v}' for k, v in self.choices.items())}}}"
+
+
+@dataclass(frozen=True)
 class ViewPlan:
     """The views a method's stage-1 step gets, as data (``ltreg info`` shows them).
 
-    ``pipelines``: one pipeline name per view (a view kind plus ``+modifiers``: ``"rand"``, ``"sim+erase"``), or
-    an :class:`hp` naming a ``str`` hyper-parameter whose value is one (ACL's ``augment`` picks its first view).
+    ``pipelines``: one pipeline name per view (a view kind plus ``+modifiers``: ``"rand"``, ``"sim+erase"``), an
+    :class:`hp` naming a ``str`` hyper-parameter whose value is one (ACL's ``augment`` picks its first view), or a
+    :class:`Pick` mapping a hyper-parameter's values to pipelines (LIFT's ``augment``: lift -> cls, minimalist -> minimal).
     ``count``: the number of views V; ``None`` is one per pipeline, an int or an ``hp`` (``hp("num_views")``, a
     multi-view ablation as one flag) repeats the last pipeline or drops the tail. ``modifiers``: a modifier
     appended as ``+name`` to every pipeline when its value (a bool or an ``hp``) is true (ECL's ``erase``).
@@ -154,7 +169,7 @@ class ViewPlan:
     query model runs on (None: all); MoCo key views go to the memory only.
     """
 
-    pipelines: tuple[str | hp, ...] = ("cls",)
+    pipelines: tuple[str | hp | Pick, ...] = ("cls",)
     count: int | hp | None = None
     modifiers: Mapping[str, bool | hp] = field(default_factory=dict)
     positives: tuple[str, ...] = ("sim",)
@@ -171,8 +186,11 @@ class ViewPlan:
         if not isinstance(self.pipelines, tuple) or not self.pipelines:
             raise bad("pipelines", self.pipelines, "a non-empty tuple of pipeline names (or hp references)")
         for p in self.pipelines:
-            if not (isinstance(p, hp) or (isinstance(p, str) and p)):
-                raise bad("pipelines", self.pipelines, "a tuple of pipeline names like 'cls' or hp references")
+            if not (isinstance(p, hp) or (isinstance(p, str) and p) or (
+                    isinstance(p, Pick) and isinstance(p.ref, hp) and p.choices
+                    and all(isinstance(k, str) and isinstance(v, str) and v for k, v in p.choices.items()))):
+                raise bad("pipelines", self.pipelines, "a tuple of pipeline names like 'cls', hp references or "
+                                                       "Pick(hp(NAME), {value: pipeline})")
         if not (self.count is None or isinstance(self.count, hp) or (type(self.count) is int and self.count >= 1)):
             raise bad("count", self.count, "None, an int >= 1 or an hp reference")
         for k, v in self.modifiers.items():
@@ -188,6 +206,13 @@ class ViewPlan:
         """The run's pipelines, one per view; every name is checked against the ``views`` registry."""
         names = []
         for p in self.pipelines:
+            if isinstance(p, Pick):
+                value = _hp_value(method, "a views pipeline", p.ref, hparams)
+                if value not in p.choices:
+                    raise SpecError(f"method {method!r}: views pipeline {p.describe()} has no pipeline for "
+                                    f"{p.ref.name}={value!r}; add it to the Pick's choices")
+                names.append(p.choices[value])
+                continue
             name = _hp_value(method, "a views pipeline", p, hparams)
             if not isinstance(name, str) or not name:
                 raise SpecError(f"method {method!r}: views pipeline {_ref(p)} is {name!r}, not a pipeline name")
@@ -216,7 +241,7 @@ class ViewPlan:
         return views
 
     def describe(self) -> str:
-        parts = [f"pipelines {', '.join(map(_ref, self.pipelines))}"]
+        parts = [f"pipelines {', '.join(p.describe() if isinstance(p, Pick) else _ref(p) for p in self.pipelines)}"]
         if self.count is not None:
             parts.append(f"count {_ref(self.count)}")
         if self.modifiers:
@@ -297,6 +322,14 @@ class MethodSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     recipes: Mapping[str, Recipe] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: How the backbone is adapted (a registry name in ``ltreg.tuners``); None: the whole backbone trains.
+    tuner: PartRef | None = None
+    #: Sets the classifier's initial weights once the model is built (``ltreg.head_inits``, e.g. ``clip-text``).
+    head_init: PartRef | None = None
+    #: The test-time views the final evaluation averages logits over (``ltreg.eval_views``); ``--tta`` overrides.
+    eval_views: PartRef = field(default_factory=lambda: PartRef("center"))
+    #: What ``--quick`` sets for this method before capping the budget (e.g. a tiny ViT and its text tower).
+    quick: Recipe | None = None
     reading: str = ""  # which reading of the paper is implemented, where it is ambiguous
     bibtex: str = ""  # BibTeX of the paper(s), for the model card
     model_template: ModelSpec | None = field(default=None, repr=False, compare=False)  # set from ``model``
@@ -378,6 +411,9 @@ class MethodSpec:
             "memory": self.memory,
             "batch_transform": self.batch_transform,
             "rebalance": self.rebalance,
+            "tuner": self.tuner,
+            "head_init": self.head_init,
+            "eval_views": self.eval_views,
         }
 
     def describe(self) -> str:
@@ -412,6 +448,9 @@ _GROUP_OF_ROLE = {
     "memory": "memory",
     "batch_transform": "transforms",
     "rebalance": "rebalancers",
+    "tuner": "tuners",
+    "head_init": "head_inits",
+    "eval_views": "eval_views",
 }
 
 

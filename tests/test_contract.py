@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import ltreg
-from ltreg import HParams, MethodSpec, PartRef, SpecError, Stage, ViewPlan, hp
+from ltreg import HParams, MethodSpec, PartRef, Pick, SpecError, Stage, ViewPlan, hp
 from ltreg.cli import main
 from tests.conftest import TINY
 
@@ -48,6 +48,11 @@ def test_view_plan_resolves_hp_pipelines_count_and_modifiers() -> None:
     assert s.views_for(s.hparams) == ("cls", "sim")
     assert s.views_for(s.hparams.replace(n=4, first="rand")) == ("rand", "sim", "sim", "sim")
     assert s.views_for(s.hparams.replace(n=1, erase=True)) == ("cls+erase",)
+    picked = spec(views=ViewPlan((Pick(hp("first"), {"cls": "minimal", "big": "rand"}),)))
+    assert picked.views_for(picked.hparams) == ("minimal",)
+    assert picked.views_for(picked.hparams.replace(first="big")) == ("rand",)
+    with pytest.raises(SpecError, match="no pipeline for first='other'"):
+        picked.views_for(picked.hparams.replace(first="other"))
     assert spec(views=("rand", "sim")).views == ViewPlan(("rand", "sim"))  # a tuple is short for ViewPlan(...)
 
 
@@ -67,6 +72,7 @@ def test_stage_epochs_hp_is_what_the_stage2_flag_sets() -> None:
     ({"views": ViewPlan(("cls",), modifiers={"erase": "yes"})}, "views.modifiers"),
     ({"views": ViewPlan(("cls",), query=(-1,))}, "views.query"),
     ({"views": ["cls"]}, "must be a ViewPlan"),
+    ({"views": ViewPlan((Pick(hp("first"), {}),))}, "views.pipelines"),
     ({"stage2": PartRef("crt")}, "must be a Stage"),
     ({"stage2": Stage(PartRef("crt"), epochs=-1)}, "stage2.epochs"),
     ({"stage2": Stage(PartRef("crt"), epochs=hp("no_such"))}, "stage2.epochs"),
@@ -159,7 +165,7 @@ def test_a_plugin_adds_a_view_kind_a_sampler_role_and_a_stage_kind_in_process(pl
                  stage2=Stage(PartRef("tau-norm"), kind="probe-stage"))
     rc = resolve_config(probe, {**TINY, "output_dir": str(tmp_path / "run"), "epochs": 1, "max_steps_per_epoch": 2})
     run = build_run(rc)
-    loader = make_loader(run, probe.views_for(rc.hparams), run.parts.sampler, 8)
+    loader = make_loader(run, probe.views_for(rc.hparams), run.parts.sampler, 8, 1)
     batch = next(iter(loader))
     assert batch.images.shape[:2] == (8, 2) and set(batch.extra) == {"twin_index", "twin_view"}
     assert batch.extra["twin_view"].shape == batch.images[:, 0].shape

@@ -9,6 +9,7 @@ workers load them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +34,10 @@ class ViewKind:
     ``before(data)`` gives the ops on the uint8 image, ``after(data)`` those on the normalised float image,
     each adapted to the data set (image size, channels, whether flips keep the label). A pipeline
     ``base+m1+m2`` is ``ToImage``, base.before, m1.before, m2.before, ``ToDtype`` + ``Normalize``,
-    base.after, m1.after, m2.after. ``random=False`` marks a deterministic kind (``none``: evaluation),
-    whose images need no seeding. Kinds are found by name in the ``views`` registry (entry points
+    base.after, m1.after, m2.after. ``schedule(data, t)``, when set, replaces ``before`` by ops that follow the
+    run's progress ``t = epoch / (epochs - 1)`` (``minimal``: crops weaken over the run); the pipeline is then an
+    :class:`EpochPipeline`. ``random=False`` marks a deterministic kind (``none``: evaluation), whose images
+    need no seeding. Kinds are found by name in the ``views`` registry (entry points
     ``ltreg.views``, or :func:`ltreg.register_view` in-process), so a plugin adds one without editing the core.
     """
 
@@ -43,6 +46,7 @@ class ViewKind:
     modifier: bool = False
     random: bool = True
     help: str = ""
+    schedule: Callable[[LTDataset, float], list[Any]] | None = None
 
 
 class Cutout(torch.nn.Module):
@@ -60,6 +64,45 @@ class Cutout(torch.nn.Module):
         x = x.clone()
         x[..., y0:y1, x0:x1] = 0
         return x
+
+
+class SquareResizedCrop(torch.nn.Module):
+    """A square crop covering a uniform share in ``[lo, hi]`` of the image area (capped by the largest square),
+    resized to ``size`` (bicubic): LIFT+'s minimalist crop, no aspect-ratio jitter, no flip."""
+
+    def __init__(self, size: int, lo: float, hi: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.lo, self.hi = size, lo, hi
+
+    def forward(self, img: Tensor) -> Tensor:
+        h, w = img.shape[-2:]
+        cap = min(h, w) ** 2 / (h * w)
+        area = h * w * float(torch.empty(()).uniform_(min(self.lo, cap), min(self.hi, cap)))
+        side = max(1, min(h, w, int(round(math.sqrt(area)))))
+        top, left = int(torch.randint(h - side + 1, ())), int(torch.randint(w - side + 1, ()))
+        return v2.functional.resized_crop(img, top, left, side, side, [self.size, self.size],
+                                          interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+
+class EpochPipeline:
+    """A pipeline whose augmentation follows the run's progress ``t = epoch / (epochs - 1)`` in ``[0, 1]``;
+    :class:`ViewDataset` asks it for the transform of each epoch (``at(t)``)."""
+
+    def __init__(self, make: Callable[[float], Callable[[Tensor], Tensor]]) -> None:
+        self.make = make
+        self._last: tuple[float, Callable[[Tensor], Tensor]] | None = None
+
+    def at(self, t: float) -> Callable[[Tensor], Tensor]:
+        t = min(1.0, max(0.0, t))
+        if self._last is None or self._last[0] != t:  # built once per epoch (per worker)
+            self._last = (t, self.make(t))
+        return self._last[1]
+
+
+def minimal_min_scale(t: float, lo: float = 0.08) -> float:
+    """LIFT+'s minimalist schedule of the crop's smallest area share: ``lo + (1 - lo) (1 - sqrt(1 - t^2))``
+    (convex: strong crops early, whole images at the end) [C: LIFT-plus utils/transforms.py, mda_func=convex]."""
+    return lo + (1.0 - lo) * (1.0 - math.sqrt(1.0 - t * t))
 
 
 def _large(data: LTDataset) -> bool:
@@ -118,6 +161,8 @@ CIFAR = ViewKind(_cifar, lambda data: [Cutout(max(1, data.image_size // 2))],
                  help="crop + flip + AutoAugment(CIFAR10) + Cutout (GPaCo's CIFAR view)")
 ERASE = ViewKind(_no_ops, lambda data: [v2.RandomErasing(p=0.5)], modifier=True, help="+erase: random erasing")
 JITTER = ViewKind(_jitter, modifier=True, help="+jitter: colour jitter 0.4 (Kang et al.)")
+MINIMAL = ViewKind(_no_ops, schedule=lambda data, t: [SquareResizedCrop(data.image_size, minimal_min_scale(t))],
+                   help="LIFT+'s square crops, weakening over the run (no flip)")
 
 
 def view_kind(name: str, modifier: bool) -> ViewKind:
@@ -137,13 +182,23 @@ def pipeline_kinds(name: str) -> list[ViewKind]:
     return [view_kind(base, False), *(view_kind(m, True) for m in mods)]
 
 
-def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor]:
-    """The transform ``uint8 [C, H, W] -> float [C, S, S]`` of a pipeline name like ``"rand+erase"``."""
+def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor] | EpochPipeline:
+    """The transform ``uint8 [C, H, W] -> float [C, S, S]`` of a pipeline name like ``"rand+erase"``
+    (an :class:`EpochPipeline` when a kind follows the run's progress, e.g. ``minimal``)."""
     kinds = pipeline_kinds(name)
-    c = data.channels
+    if any(k.schedule is not None for k in kinds):
+        return EpochPipeline(lambda t: build_pipeline_at(kinds, data, t))
+    return build_pipeline_at(kinds, data, None)
+
+
+def build_pipeline_at(kinds: Sequence[ViewKind], data: LTDataset, t: float | None) -> Callable[[Tensor], Tensor]:
+    """The transform of a pipeline's ``kinds``; ``t``: the run's progress, for kinds with a ``schedule``."""
+    s, c = data.image_size, data.channels
     ops: list[Any] = [v2.ToImage()]
+    if s < 96 and data.info.get("native_image_size", s) != s:  # --image-size on small images: resize first
+        ops.append(v2.Resize(s, antialias=True))
     for kind in kinds:
-        ops += kind.before(data)
+        ops += kind.schedule(data, t or 0.0) if kind.schedule is not None else kind.before(data)
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean) * (c // len(data.mean)),
                                                                   list(data.std) * (c // len(data.std)))]
     for kind in kinds:
@@ -174,8 +229,10 @@ class ViewDataset(torch.utils.data.Dataset):
         role: str | None = None,
         positive_views: Sequence[str] = ("sim",),
         seed: int = 0,
+        num_epochs: int = 1,
     ) -> None:
         self.data = data
+        self.num_epochs = num_epochs  # epoch pipelines (``minimal``) follow epoch / (num_epochs - 1)
         self.pipelines = [build_pipeline(v, data) for v in views]
         self.random = any(k.random for v in (*views, *positive_views) for k in pipeline_kinds(v))
         self.positive_pipelines = [build_pipeline(v, data) for v in positive_views]
@@ -195,12 +252,15 @@ class ViewDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def load(self, i: int, pipelines: Sequence[Callable[[Tensor], Tensor]], slot: int) -> Tensor:
+    def load(self, i: int, pipelines: Sequence[Any], slot: int) -> Tensor:
         """Image ``i`` under each of ``pipelines`` (``[V, C, H, W]``), augmentation seeded by (seed, epoch, i, ``slot``).
 
         Sampler roles load their extra images with it, each in a slot of its own (the main views use 0).
         """
         img = self.data.source.load(i)
+        if any(isinstance(p, EpochPipeline) for p in pipelines):
+            t = self.epoch / max(1, self.num_epochs - 1)
+            pipelines = [p.at(t) if isinstance(p, EpochPipeline) else p for p in pipelines]
         if not self.random:  # evaluation: nothing to seed
             return torch.stack([p(img) for p in pipelines])
         with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's is neither touched nor reseeded
