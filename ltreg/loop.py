@@ -24,6 +24,7 @@ from ltreg.checkpoint import TrainerState, write_atomic
 from ltreg.config import TrainConfig
 from ltreg.errors import NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
+from ltreg.reports import dumps
 from ltreg.models.ltmodel import LTModel
 from ltreg.run import Run, StageSetup, run_card, stage1_setup, stage2_setup
 from ltreg.runlog import RunLog
@@ -160,7 +161,7 @@ def fit(run: Run) -> RunResult:
     metrics["stage2"] = stage2_info
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        write_atomic(run.run_dir / "metrics.json", dumps(metrics))  # strict: never NaN
         card: RunCard = run_card(run, metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))

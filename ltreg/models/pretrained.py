@@ -94,7 +94,7 @@ def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | No
         os.replace(tmp, directory / name)
     plot = plot_per_class(card, directory / PLOT_FILE)
     write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot))
-    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str))
+    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str, allow_nan=False))
     write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE])
     return directory
 
