@@ -354,8 +354,9 @@ def binned_confusion(report: LTReport, max_cells: int = MAX_HEATMAP_CELLS) -> tu
 
 def plot_confusion(report: LTReport, path: Path, title: str = "") -> bool:
     """The heatmap of :func:`binned_confusion` as a PNG (square-root colour scale, Many / Medium / Few
-    borders drawn); False when matplotlib (the ``plot`` extra) is not installed."""
+    borders dashed, rows without test images grey); False when matplotlib (the ``plot`` extra) is not installed."""
     try:
+        import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.colors import PowerNorm
         from matplotlib.figure import Figure
@@ -368,7 +369,10 @@ def plot_confusion(report: LTReport, path: Path, title: str = "") -> bool:
     fig = Figure(figsize=(7.5, 6.4), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    im = ax.imshow(cells.numpy(), cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
+    shown = cells.clone()
+    shown[cells.sum(1) == 0] = float("nan")  # a bin without test images: grey, not "all wrong"
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    im = ax.imshow(shown.numpy(), cmap=cmap, norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label("share of the row's test images (square-root scale)")
     if per_class and b <= 30:
@@ -390,7 +394,8 @@ def plot_confusion(report: LTReport, path: Path, title: str = "") -> bool:
                 pos = border * b // report.num_classes - 0.5
                 ax.axhline(pos, color="white", lw=0.8, ls="--")
                 ax.axvline(pos, color="white", lw=0.8, ls="--")
-    ax.set(xlabel=f"predicted {what}, head → tail", ylabel=f"true {what}, head → tail",
+    borders = "; dashed: Many | Medium | Few" if report.train_counts is not None else ""
+    ax.set(xlabel=f"predicted {what}, head → tail{borders}", ylabel=f"true {what}, head → tail",
            title=title or f"confusion matrix, {report.num_classes} classes (rows normalised)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
