@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,13 +27,15 @@ from ltreg.checkpoint import write_atomic
 from ltreg.data.lt import LTDataset
 from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
 from ltreg.data.views import ViewDataset, collate
-from ltreg.errors import ConfigError, DataError
+from ltreg.errors import CheckpointError, ConfigError, DataError
 from ltreg.models.ltmodel import LTModel
 from ltreg.models.pretrained import load_pretrained
 from ltreg.reports import dumps
 
 #: The input size config.json declares for a model saved without a data set record.
 DEFAULT_IMAGE_SIZE = 32
+#: The largest image side a recorded transform may ask for.
+MAX_IMAGE_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,28 @@ class Preprocessing:
         ds, c = card.dataset, model.config.in_chans
         if ds is None:
             return cls(c, DEFAULT_IMAGE_SIZE, (0.5,) * c, (0.5,) * c)
-        return cls(c, int(ds.image_size), tuple(ds.mean or (0.5,) * c), tuple(ds.std or (0.5,) * c),
-                   bool((ds.info or {}).get("resize", False)))
+        out = cls(c, ds.image_size, tuple(ds.mean or (0.5,) * c), tuple(ds.std or (0.5,) * c),
+                  (ds.info or {}).get("resize", False) if isinstance(ds.info, dict) else False)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Refuse a recorded transform that cannot be right (a config.json is data, perhaps from the Hub)."""
+        def number(v: Any, positive: bool = False) -> bool:
+            return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and (v > 0 if positive else True))
+
+        ok = (isinstance(self.image_size, int) and not isinstance(self.image_size, bool)
+              and 1 <= self.image_size <= MAX_IMAGE_SIZE and isinstance(self.resize_at_load, bool)
+              and len(self.mean) in (1, self.channels) and len(self.std) in (1, self.channels)
+              and all(number(m) for m in self.mean) and all(number(s, positive=True) for s in self.std))
+        if not ok:
+            raise CheckpointError(
+                f"the recorded preprocessing of this model is malformed (image_size={self.image_size!r}, "
+                f"mean={list(self.mean)!r:.80}, std={list(self.std)!r:.80}, resize={self.resize_at_load!r}): "
+                f"an image size in [1, {MAX_IMAGE_SIZE}], one finite mean and a positive std per channel are "
+                f"needed; save the model again"
+            )
 
     @property
     def load_size(self) -> int | None:
