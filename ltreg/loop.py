@@ -24,7 +24,7 @@ from ltreg.checkpoint import TrainerState, write_atomic
 from ltreg.config import TrainConfig
 from ltreg.errors import NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
-from ltreg.reports import dumps
+from ltreg.reports import dumps, json_safe
 from ltreg.models.ltmodel import LTModel
 from ltreg.run import Run, StageSetup, run_card, stage1_setup, stage2_setup
 from ltreg.runlog import RunLog
@@ -159,6 +159,7 @@ def fit(run: Run) -> RunResult:
         stage2_info = run.parts.rebalancer.finalize(run.model, run.ctx) or {}
     metrics = evaluate(run.passes, run.data.test, run.data.train)
     metrics["stage2"] = stage2_info
+    metrics = json_safe(metrics)  # None and a reason, never NaN: metrics.json and config.json stay valid JSON
     log.final(metrics)
     if acc.is_main_process:
         write_atomic(run.run_dir / "metrics.json", dumps(metrics))  # strict: never NaN

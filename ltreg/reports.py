@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,23 @@ GROUPS = ("many", "medium", "few")
 def dumps(obj: Any, indent: int | None = 1) -> str:
     """JSON text that strict parsers accept: a NaN or infinity raises ``ValueError`` instead of being written."""
     return json.dumps(obj, indent=indent, allow_nan=False)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None; in a mapping, a key ``<key>_reason`` beside
+    it says what the value was (a list item has no place for one). What ltreg writes as JSON goes through it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        out: dict[Any, Any] = {}
+        for k, v in obj.items():
+            out[k] = json_safe(v)
+            if isinstance(v, float) and not math.isfinite(v) and f"{k}_reason" not in obj:
+                out[f"{k}_reason"] = f"not a finite number ({v})"
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 @dataclass(frozen=True)
