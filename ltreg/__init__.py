@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ltreg.data.build import with_defaults
+from ltreg.data.lt import LTData, LTDataset
 from ltreg.errors import (
     CheckpointError,
     ConfigError,
@@ -32,6 +34,7 @@ from ltreg.losses import (
     NEG,
     ContrastiveResult,
     ContrastSet,
+    anchors_and_columns,
     balanced_softmax,
     bcl,
     centre_columns,
@@ -113,12 +116,14 @@ __all__ = [
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
     "register_sampler", "register_transform",
+    # data sets
+    "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases
     "Batch", "BuildContext", "Extra", "LossOutput", "Outputs", "Part", "StepState", "flatten_views",
     "LabelSampler", "Rebalancer", "PairMixup",
     # losses: the contrastive core and helpers, logit-level losses
-    "NEG", "ContrastSet", "ContrastiveResult", "contrast_set", "contrastive_loss", "centre_columns", "global_mean",
-    "group_ids", "sample_positives", "state_contrast", "supcon", "kcl", "bcl", "paco", "balanced_softmax",
+    "NEG", "ContrastSet", "ContrastiveResult", "anchors_and_columns", "contrast_set", "contrastive_loss",
+    "centre_columns", "global_mean", "group_ids", "sample_positives", "state_contrast", "supcon", "kcl", "bcl", "paco", "balanced_softmax",
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",

@@ -24,10 +24,12 @@ from ltreg.checkpoint import TrainerState, write_atomic
 from ltreg.config import TrainConfig
 from ltreg.errors import NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
+from ltreg.layout import METRICS_FILE
 from ltreg.reports import dumps, json_safe
 from ltreg.models.ltmodel import LTModel
-from ltreg.run import Run, StageSetup, run_card, stage1_setup, stage2_setup
+from ltreg.run import Run
 from ltreg.runlog import RunLog
+from ltreg.stages import StageSetup, stage1_setup, stage2_setup
 
 
 @dataclass
@@ -162,8 +164,8 @@ def fit(run: Run) -> RunResult:
     metrics = json_safe(metrics)  # None and a reason, never NaN: metrics.json and config.json stay valid JSON
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / "metrics.json", dumps(metrics))  # strict: never NaN
-        card: RunCard = run_card(run, metrics)
+        write_atomic(run.run_dir / METRICS_FILE, dumps(metrics))  # strict: never NaN
+        card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))
         log.say(f"run folder: {run.run_dir}")

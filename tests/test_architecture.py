@@ -76,3 +76,12 @@ def test_an_upward_import_fails_naming_both_modules(tmp_path: Path) -> None:
 
 def test_the_loop_is_short() -> None:
     assert len((PKG / "loop.py").read_text().splitlines()) < 250
+
+
+def test_every_public_name_resolves() -> None:
+    """``ltreg.__all__`` is the public API: each name, lazy ones included, is importable from ``ltreg``."""
+    import ltreg
+
+    missing = [name for name in ltreg.__all__ if not hasattr(ltreg, name)]
+    assert not missing, missing
+    assert len(set(ltreg.__all__)) == len(ltreg.__all__), "a name is listed twice in ltreg.__all__"
