@@ -307,3 +307,19 @@ def test_top5_and_groups_and_strict_json() -> None:
         dumps({"x": float("nan")})
     assert json_safe({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}}) == {
         "a": None, "a_reason": "not a finite number (nan)", "b": [1.0, None], "c": {"d": 2}}
+
+
+def test_a_malformed_recorded_transform_is_refused(run: Path, tmp_path: Path) -> None:
+    """config.json is data (perhaps from the Hub): an absurd image size or a zero std never reaches a resize."""
+    import shutil
+
+    from ltreg.errors import CheckpointError
+
+    for field, value in (("image_size", 10**9), ("std", [0.0]), ("mean", ["x"])):
+        folder = tmp_path / field
+        shutil.copytree(run, folder, ignore=shutil.ignore_patterns("checkpoints", "manifest.json"))
+        config = json.loads((folder / "config.json").read_text())
+        config["ltreg"]["dataset"][field] = value
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match="recorded preprocessing of this model is malformed"):
+            ltreg.predict(folder, tmp_path)
