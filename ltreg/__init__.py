@@ -94,6 +94,10 @@ _LAZY = {
     "from_pretrained": "ltreg.models.ltmodel",
     "train": "ltreg.trainer",
     "evaluate_pretrained": "ltreg.evaluate",
+    "evaluate_model": "ltreg.evaluate",
+    "EvalReport": "ltreg.evaluate",
+    "predict": "ltreg.inference",
+    "Prediction": "ltreg.inference",
     "RunCard": "ltreg.card",
     "DatasetRecord": "ltreg.card",
 }
