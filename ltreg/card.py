@@ -158,8 +158,9 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
         n_all = sum(metrics.get(f"num_{g}", 0) for g in ("many", "medium", "few"))
         for key, label in SPLITS:
             n = n_all if key == "top1" else metrics.get(f"num_{key}", "")
-            value = float(metrics.get(key, float("nan")))
-            body.append(f"| {label} | {n} | {'–' if value != value else f'{value:.2f}'} |")
+            value = metrics.get(key)
+            shown = f"{value:.2f}" if isinstance(value, (int, float)) and value == value else "–"
+            body.append(f"| {label} | {n} | {shown} |")
         body += ["", f"Many-shot: > {ds.many_thr} training images; few-shot: < {ds.few_thr}."]
         views = metrics.get("eval_views")
         if isinstance(views, dict) and isinstance(views.get("name"), str):

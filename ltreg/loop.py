@@ -28,6 +28,7 @@ from ltreg.layout import METRICS_FILE
 from ltreg.method import StageKind
 from ltreg.models.ltmodel import LTModel
 from ltreg.registry import registry
+from ltreg.reports import dumps, json_safe
 from ltreg.run import Run
 from ltreg.runlog import RunLog
 from ltreg.stages import StageSetup, stage1_setup
@@ -177,9 +178,10 @@ def fit(run: Run) -> RunResult:
         stage2_info = dict(kind.finish(run) or {})
     metrics = evaluate(run.passes, run.data.test, run.data.train, run.eval_views)
     metrics["stage2"] = stage2_info
+    metrics = json_safe(metrics)  # None and a reason, never NaN: metrics.json and config.json stay valid JSON
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / METRICS_FILE, json.dumps(metrics, indent=1))
+        write_atomic(run.run_dir / METRICS_FILE, dumps(metrics))  # strict: never NaN
         card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))

@@ -108,5 +108,5 @@ def test_eval_cli_tta_flag(tmp_path, tiny, subprocess_env):
     run = subprocess.run([*LTREG, "eval", str(out), "--tta", "fivecrop", "--json"], capture_output=True, text=True,
                          env=subprocess_env, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "test-time views: fivecrop (5 views" in run.stdout
-    assert json.loads(run.stdout[run.stdout.index("{"):])["eval_views"]["name"] == "fivecrop"
+    assert "test-time views: fivecrop (5 views" in run.stderr  # --json: the human lines go to stderr
+    assert json.loads(run.stdout)["metrics"]["eval_views"]["name"] == "fivecrop"  # stdout: the JSON alone
