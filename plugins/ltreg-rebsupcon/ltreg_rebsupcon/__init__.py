@@ -1,11 +1,13 @@
-"""Reb-SupCon for ltreg (Lv et al., BDCC 2025; methods.md §4.3): one stage, MoCo + rebalanced SupCon + prototypes.
+"""Reb-SupCon for ltreg (Lv et al., BDCC 2025; methods.md §4.3): two stages, MoCo + rebalanced SupCon +
+prototypes (stage 1), then a cRT classifier (stage 2).
 
 Parts: core ``moco`` memory (query view 0 = RandAugment, key view 1 = SimAugment), core ``learnable``
 prototypes (K = 3 C unless set [D], Sinkhorn 3 iterations, eps 0.05, re-normalised after each step [D]),
-the plugin's ``rebsupcon`` loss, instance-balanced sampling. The paper's total ``L = L_proto + L_reb`` trains
-no classifier, so stage 2 is core ``crt`` (a re-initialised linear classifier on the frozen backbone,
-class-balanced sampling) [D]. See ``loss.py`` and the README for the equations and the readings ([R] / [D]
-tags follow methods.md).
+the plugin's ``rebsupcon`` loss, instance-balanced sampling. The paper calls its method single-stage, but its
+total ``L = L_proto + L_reb`` trains no classifier and it does not say how its classifier is trained, so
+stage 2 is core ``crt`` (a re-initialised linear classifier on the frozen backbone, class-balanced sampling)
+[D]. See ``loss.py`` and docs/methods/rebsupcon.md for the equations and the readings. Tags: [P] the paper
+(section / table / equation), [C] the authors' code or README (none released), [D] ours.
 """
 
 from __future__ import annotations
@@ -22,30 +24,39 @@ _POS = {"min": 0, "min_exclusive": True}
 
 @dataclass(frozen=True)
 class RebSupConHParams(HParams):
-    temperature: float = field(default=0.05, metadata={**_POS, "help": "tau of SupCon and of the prototype softmax (0.05 CIFAR, 0.2 ImageNet-LT / iNat)"})
-    alpha: float = field(default=0.5, metadata={"min": 0, "help": "alpha of omega(c)"})
-    beta: float = field(default=0.1, metadata={"min": 0, "help": "beta of omega_f(c) = beta / (f(c) + eps)"})
-    eps: float = field(default=1e-5, metadata={**_POS, "help": "eps of omega_f(c)"})
+    temperature: float = field(default=0.05, metadata={**_POS, "help": "[P §4.2] tau of SupCon and of the prototype softmax (0.05 CIFAR, 0.2 ImageNet-LT / iNat)"})
+    alpha: float = field(default=0.5, metadata={"min": 0, "help": "[P §4.2, Table 7] alpha of omega(c)"})
+    beta: float = field(default=0.1, metadata={"min": 0, "help": "[P §4.2, Table 7] beta of omega_f(c) = beta / (f(c) + eps)"})
+    eps: float = field(default=1e-5, metadata={**_POS, "help": "[P §3.3.1] eps of omega_f(c)"})
     omega_form: Literal["printed", "inverse"] = field(default="inverse", metadata={
         "choices": ("printed", "inverse"),
-        "help": "[R] inverse 1 + a g w_f (up-weights rare / hard classes, the paper's stated effect) or printed 1/(1 + a g w_f)"})
+        "help": "inverse 1 + a g w_f [D: a reading; up-weights rare / hard classes, the paper's stated effect] or "
+                "printed 1/(1 + a g w_f) [P §3.3.1 as printed]"})
+    omega_norm: Literal["anchors", "omega"] = field(default="anchors", metadata={
+        "choices": ("anchors", "omega"),
+        "help": "L_reb's denominator: anchors with a positive [P §3.3.1: a plain sum over anchors, as a mean; keeps "
+                "head gradients, the paper's stated effect] or sum of omega(y_i) [D: weighted mean, SupCon's scale]"})
+    omega_max: float | None = field(default=None, metadata={
+        **_POS, "help": "upper bound on omega: None = none [P §3.3.1: omega(c) unbounded; class weight n_c omega(c) "
+                        "no longer grows with frequency, Fig. 2's effect] or a number [D: clamp]"})
     positives: Literal["samples", "centres"] = field(default="samples", metadata={
-        "choices": ("samples", "centres"), "help": "[R] z_c = same-class keys (SupCon) or PaCo class centres"})
+        "choices": ("samples", "centres"), "help": "z_c = same-class keys [D: a reading, SupCon] or PaCo class centres [D: a reading]"})
     grad_ema: bool = field(default=False, metadata={"help": "[D] EMA-smooth the class gradient statistic g_c over steps"})
     grad_ema_momentum: float = field(default=0.9, metadata={"min": 0, "max": 1, "schedule": "ema",
                                                              "help": "[D] momentum of the g_c EMA"})
-    lambda_swap: float = field(default=0.5, metadata={"min": 0, "help": "lambda1: swapped prediction"})
-    lambda_agg: float = field(default=0.3, metadata={"min": 0, "help": "lambda2: aggregation"})
-    lambda_sep: float = field(default=0.2, metadata={"min": 0, "help": "lambda3: separation"})
-    delta: float = field(default=1.0, metadata={"min": 0, "help": "separation margin on squared prototype distances"})
+    lambda_swap: float = field(default=0.5, metadata={"min": 0, "help": "lambda1 x L1 swapped prediction [P §3.3.2 numbering "
+                                                                        "+ §4.2 values; §4.5 names lambda1 aggregation: see docs]"})
+    lambda_agg: float = field(default=0.3, metadata={"min": 0, "help": "lambda2 x L2 aggregation [P §3.3.2 + §4.2]"})
+    lambda_sep: float = field(default=0.2, metadata={"min": 0, "help": "lambda3 x L3 separation [P §3.3.2 + §4.2]"})
+    delta: float = field(default=1.0, metadata={"min": 0, "help": "[P §4.2] separation margin on squared prototype distances"})
     cls_weight: float = field(default=0.0, metadata={
-        "min": 0, "help": "weight of a joint Balanced-Softmax classifier loss; 0 = the paper's total (classifier from stage 2)"})
+        "min": 0, "help": "weight of a joint Balanced-Softmax classifier loss; 0 = the paper's total [P §3.4] (classifier from stage 2) [D]"})
     stage2_epochs: int = field(default=10, metadata={"min": 0, "help": "[D] cRT epochs (class-balanced, frozen backbone)"})
     stage2_reinit: bool = field(default=True, metadata={
         "help": "cRT re-initialises the classifier; False keeps a jointly trained one (cls_weight > 0)"})
     num_prototypes: int | None = field(default=None, metadata={"min": 1, "help": "K (None: 3 x C [D]; 3000 ImageNet-LT)"})
-    sinkhorn_eps: float = field(default=0.05, metadata={**_POS, "help": "entropy weight psi of Sinkhorn-Knopp"})
-    sinkhorn_iters: int = field(default=3, metadata={"min": 1, "help": "Sinkhorn-Knopp iterations"})
+    sinkhorn_eps: float = field(default=0.05, metadata={**_POS, "help": "[P §4.2] entropy weight psi of Sinkhorn-Knopp"})
+    sinkhorn_iters: int = field(default=3, metadata={"min": 1, "help": "[P §4.2] Sinkhorn-Knopp iterations"})
     normalize_prototypes: bool = field(default=True, metadata={"help": "[D] L2-normalise prototypes after each step"})
     queue_size: int = field(default=1024, metadata={"min": 1, "help": "[D] 1,024 CIFAR / 8,192 ImageNet-LT, iNat"})
     key_momentum: float = field(default=0.999, metadata={"min": 0, "max": 1, "schedule": "ema",
@@ -101,7 +112,8 @@ METHOD = MethodSpec(
   year = {2025}
 }""",
     loss=PartRef("rebsupcon", temperature=hp("temperature"), alpha=hp("alpha"), beta=hp("beta"), eps=hp("eps"),
-                 omega_form=hp("omega_form"), positives=hp("positives"), grad_ema=hp("grad_ema"),
+                 omega_form=hp("omega_form"), omega_norm=hp("omega_norm"), omega_max=hp("omega_max"),
+                 positives=hp("positives"), grad_ema=hp("grad_ema"),
                  grad_ema_momentum=hp("grad_ema_momentum"), lambda_swap=hp("lambda_swap"),
                  lambda_agg=hp("lambda_agg"), lambda_sep=hp("lambda_sep"), delta=hp("delta"),
                  cls_weight=hp("cls_weight")),
@@ -115,13 +127,16 @@ METHOD = MethodSpec(
     query_views=(0,),  # the SimAugment key view goes through the momentum encoder only
     model=ModelSpec(classifier="linear", proj_dim=128, proj_hidden=256, train_heads=hp("train_heads")),
     recipes=_recipes(),
-    reading="SupCon over keys + queue (positives = same-class keys) [R] weighted per anchor by "
-            "omega(y_i) = 1 + alpha g_c beta/(n_c/N + eps) [R: the reading that up-weights rare, hard classes as the "
-            "paper says omega does; the printed 1/(1 + ...) down-weights them: switch omega_form=printed], g_c = "
-            "global-batch class mean of ||dL_i/dq_i|| w.r.t. the projected query q_i, not the parameters theta [D], "
-            "omega detached, L_reb normalised by the anchor count; K = 3C unless set [D], prototypes re-normalised "
-            "each step [D]; total L = L_reb + L_proto as in the paper (cls_weight = 0; > 0 adds a joint "
-            "Balanced-Softmax classifier [D]); stage 2 = cRT on the frozen backbone, 10 epochs [D].",
+    reading="SupCon over keys + queue (positives = same-class keys) [D: a reading] weighted per anchor by "
+            "omega(y_i) = 1 + alpha g_c beta/(n_c/N + eps) [D: the reading that up-weights rare, hard classes as the "
+            "paper says omega does; the printed 1/(1 + ...) [P §3.3.1] down-weights them: switch omega_form=printed], "
+            "g_c = global-batch class mean of ||dL_i/dq_i|| w.r.t. the projected query q_i, not the parameters "
+            "theta [D], omega detached [P §3.3.1], unbounded [P; omega_max bounds it, D], L_reb normalised by the "
+            "anchor count [P §3.3.1; omega_norm=omega divides by sum omega, D]; (lambda1, lambda2, lambda3) = "
+            "(swap, agg, sep) = (0.5, 0.3, 0.2) [P §3.3.2 + §4.2; §4.5 names them agg, sep, align: contradiction]; "
+            "K = 3C unless set [D], prototypes re-normalised each step [D]; total L = L_reb + L_proto [P §3.4] "
+            "(cls_weight = 0; > 0 adds a joint Balanced-Softmax classifier [D]); two stages: stage 2 = cRT on the "
+            "frozen backbone, 10 epochs [D].",
 )
 
 __all__ = ["METHOD", "RebSupConHParams"]
