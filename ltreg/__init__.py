@@ -32,6 +32,7 @@ from ltreg.registry import (  # noqa: E402
     registry,
 )
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState  # noqa: E402
+from ltreg.tags import Reading, Tag  # noqa: E402
 from ltreg.version import __version__  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "__version__", "Batch", "BuildContext", "ConfigError", "HParams", "LtregError", "LossOutput", "MethodSpec", "ModelSpec",
-    "Outputs", "Part", "PartRef", "Recipe", "StepState", "get_method", "hp", "list_methods", "register_method",
+    "Outputs", "Part", "PartRef", "Reading", "Recipe", "StepState", "Tag", "get_method", "hp", "list_methods", "register_method",
     "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
     "register_sampler", "register_transform", "registry",
 ]
