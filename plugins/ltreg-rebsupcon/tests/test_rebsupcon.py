@@ -607,7 +607,7 @@ def test_float64_end_to_end_with_the_real_parts_matches_naive():
     opt = torch.optim.SGD(list(model.parameters()) + list(protos.parameters()), lr=0.05)
     counts = torch.tensor([600.0, 200.0, 60.0, 20.0, 10.0, 6.0], dtype=torch.float64)
     g = torch.Generator().manual_seed(5)
-    for step in range(2):
+    for _ in range(2):
         y = torch.tensor([0, 0, 0, 1, 1, 2, 3, 5])
         images = torch.randn(len(y), 2, 1, 16, 16, generator=g, dtype=torch.float64)
         batch = ltreg.Batch(images, y, torch.arange(len(y)))
