@@ -38,7 +38,7 @@ rm -rf "$out"; mkdir -p "$out/tests"; cp -r "$pkgdir" "$out/"; find "$out/$pkg" 
 import ast, pathlib, re, shutil, sys
 src, dst, pkg, rel = sys.argv[1:]
 module = pkg + "." + rel[:-3].replace("/", ".")
-E2E = re.compile(r"\bltreg\.train\(|(?<![\w.])train\(|lt_table\.main\(|subprocess\.|run_cli\(|\bmain\(\[")
+E2E = re.compile(r"\bltreg\.train\(|(?<![\w.])train\(|\.fit\(|Trainer\(|lt_table\.main\(|subprocess\.|run_cli\(|\bmain\(\[")
 core = pkg == "ltreg"
 for path in sorted(pathlib.Path(src).glob("*.py")):
     text = path.read_text()
