@@ -21,7 +21,8 @@ class ECLHParams(HParams):
         "choices": ("balanced", "bcl"),
         "help": "balanced: class average and prototype weigh 1/2 each [D: a reading]; bcl: prototype = one more class member"})
     auto_weights: bool = field(default=True, metadata={
-        "help": "weights 1 in epoch 0, then target / epoch-0 mean of each loss, rounded to 2 decimals [C: ProConDual code]"})
+        "help": "weights 1 in epoch 0, then target / epoch-0 mean of each loss, rounded to 2 decimals [C: ProConDual code]; "
+                "off when epoch 0 is short (tens of steps): its L_LC spike then cuts L_LC's weight ~10x (docs: ecl)"})
     weight_lc: float = field(default=0.7, metadata={"min": 0, "help": "target weight of L_LC"})
     weight_con: float = field(default=0.3, metadata={"min": 0, "help": "target weight of L_BC-ECL"})
     weight_align: float = field(default=0.5, metadata={"min": 0, "help": "target weight of L_CC-GE"})
