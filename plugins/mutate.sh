@@ -63,7 +63,19 @@ for extra in ("dist", "data"):  # helper folders some core tests read
 PY
 {
   echo "[mutmut]"; echo "paths_to_mutate=$pkg/$rel"; echo "also_copy="
-  find "$out/$pkg" -name '*.py' ! -path "$out/$pkg/$rel" -printf '    %P\n' | sed "s|^    |    $pkg/|"
+  # mutmut copies a listed file without making its folder: list the other sub-packages as folders, and the
+  # mutated module's own folder file by file (copying that folder whole would overwrite the mutant)
+  "$py" - "$out" "$pkg" "$rel" <<'PY'
+import pathlib, sys
+out, pkg, rel = sys.argv[1:]
+base, target = pathlib.Path(out) / pkg, pathlib.Path(out) / pkg / rel
+keep = {target.parent, *target.parent.parents}
+for path in sorted(base.rglob("*")):
+    if path == target or "__pycache__" in path.parts or not (path.parent in keep):
+        continue
+    if path.is_dir() and path not in keep or path.is_file() and path.suffix == ".py":
+        print(f"    {path.relative_to(out)}")
+PY
   echo "tests_dir=tests/"; echo "pytest_add_cli_args=-p no:cacheprovider"
 } > "$out/setup.cfg"
 cd "$out"
