@@ -17,22 +17,14 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ltreg.card import PLOT_FILE, RunCard, model_card, plot_per_class
-from ltreg.checkpoint import CheckpointError, write_atomic, write_manifest
-from ltreg.hub import (
-    CARD_FILE,
-    CONFIG_FILE,
-    HEADS_FILE,
-    PICKLE_PATTERNS,
-    WEIGHTS_FILE,
-    read_config,
-    read_safetensors,
-    refuse_pickle,
-    resolve,
-)
-from ltreg.models.config import LTModelConfig, ModelConfigError, folder_model_config
+from ltreg.card import RunCard, model_card, plot_per_class
+from ltreg.checkpoint import write_atomic, write_manifest
+from ltreg.errors import CheckpointError, ModelConfigError, RegistryError
+from ltreg.hub import PICKLE_PATTERNS, read_config, read_safetensors, refuse_pickle, resolve
+from ltreg.layout import CARD_FILE, CONFIG_FILE, HEADS_FILE, PLOT_FILE, WEIGHTS_FILE
+from ltreg.models.config import LTModelConfig, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
-from ltreg.registry import IN_PROCESS, RegistryError, registry
+from ltreg.registry import IN_PROCESS, registry
 from ltreg.version import __version__
 
 

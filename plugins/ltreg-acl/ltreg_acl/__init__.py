@@ -1,7 +1,8 @@
 """ACL for ltreg: Aligned Contrastive Loss for Long-Tailed Recognition (Ma et al., arXiv 2506.01071).
 
-Only the paper's abstract and summaries could be read: the loss is the reconstruction [R] of methods.md
-section 4.1 / Appendix A section 1, and every default not in those sources is tagged [D] (GPaCo's values).
+Only the paper's abstract and summaries could be read: the loss is a reconstruction [R] of what they claim
+(equations in ``ltreg_acl.loss``), and every default they do not give is tagged [D] (GPaCo's values, Cui et al.,
+arXiv 2209.12400).
 Parts: loss ``acl`` (this package), sampler ``instance`` (core), no prototype part (the class centres are the
 model's linear classifier, trained through the loss), no rebalancing stage (logit compensation ``log pi`` is in
 the loss), inference ``argmax u``.
@@ -50,10 +51,11 @@ class ACLSpec(MethodSpec):
 
 
 def _recipes() -> dict[str, Recipe]:
-    """GPaCo's settings [D] (methods.md Appendix A 1.5, section 3.5); ACL's own recipes and absolute numbers were not recovered."""
+    """GPaCo's settings [D] (Cui et al., arXiv 2209.12400, and its official code); ACL's own recipes and absolute
+    numbers were not recovered."""
     cifar = {"backbone": "resnet32", "epochs": 400, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
              "schedule": "cosine", "warmup_epochs": 10}
-    gpaco = D("GPaCo's CIFAR-LT setting (ACL's body unreadable; methods.md Appendix A 1.5)")
+    gpaco = D("GPaCo's CIFAR-LT setting (Cui et al., arXiv 2209.12400, and its code); ACL's body unreadable")
     deltas = {100: "+0.3", 50: "+0.5", 10: "+1.0"}
     out = {}
     for ds in ("cifar10-lt", "cifar100-lt"):
@@ -107,7 +109,7 @@ METHOD = ACLSpec(
         Reading("every view of every image is an anchor; one encoder, no MoCo queue (the batch only)",
                 D("GPaCo's multi-view setting without its queue; ACL's body unreadable")),
         Reading("each positive alone with the negatives in its denominator (per-positive denominators)",
-                D("reconstruction of the summary's 'only effective positives in the denominator' (methods.md §4.1); "
+                D("reconstruction of the summary's 'only effective positives in the denominator'; "
                   "positives=same-image "
                   "drops same-image views from a shared denominator")),
         Reading("negative pairs weighted inversely to class frequency",
@@ -116,7 +118,7 @@ METHOD = ACLSpec(
         Reading("those weights are omega_c = (1/n_c) / mean_k(1/n_k), n_c of the training set (neg_weight=dataset)",
                 D("the normalisation and the counts' source are ours; neg_weight=batch uses 1/|B_c|, none drops them")),
         Reading("PaCo-style class centres: logits u + log pi, own centre weight beta, sample positives alpha",
-                D("reconstruction after GPaCo (methods.md Appendix A 1)")),
+                D("reconstruction after GPaCo (Cui et al., arXiv 2209.12400)")),
         Reading("one stage; prediction argmax u", D("the abstract names no rebalancing stage")),
         Reading("CIFAR recipes: GPaCo's CIFAR views (cifar + sim) and projection 32", D("GPaCo's CIFAR code settings")),
     ),

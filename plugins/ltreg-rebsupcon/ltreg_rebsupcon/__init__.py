@@ -1,4 +1,4 @@
-"""Reb-SupCon for ltreg (Lv et al., BDCC 2025; methods.md §4.3): two stages, MoCo + rebalanced SupCon +
+"""Reb-SupCon for ltreg (Lv et al., BDCC 2025, doi 10.3390/bdcc9080204): two stages, MoCo + rebalanced SupCon +
 prototypes (stage 1), then a cRT classifier (stage 2).
 
 Parts: core ``moco`` memory (query view 0 = RandAugment, key view 1 = SimAugment), core ``learnable``
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
+from ltreg_rebsupcon.loss import DEFAULTS
 
 __version__ = "0.1.0"
 
@@ -24,32 +25,32 @@ _POS = {"min": 0, "min_exclusive": True}
 
 @dataclass(frozen=True)
 class RebSupConHParams(HParams):
-    temperature: float = field(default=0.05, metadata={**_POS, "help": "[P §4.2] tau of SupCon and of the prototype softmax (0.05 CIFAR, 0.2 ImageNet-LT / iNat)"})
-    alpha: float = field(default=0.5, metadata={"min": 0, "help": "[P §4.2, Table 7] alpha of omega(c)"})
-    beta: float = field(default=0.1, metadata={"min": 0, "help": "[P §4.2, Table 7] beta of omega_f(c) = beta / (f(c) + eps)"})
-    eps: float = field(default=1e-5, metadata={**_POS, "help": "[P §3.3.1] eps of omega_f(c)"})
-    omega_form: Literal["printed", "inverse"] = field(default="inverse", metadata={
+    temperature: float = field(default=DEFAULTS.temperature, metadata={**_POS, "help": "[P §4.2] tau of SupCon and of the prototype softmax (0.05 CIFAR, 0.2 ImageNet-LT / iNat)"})
+    alpha: float = field(default=DEFAULTS.alpha, metadata={"min": 0, "help": "[P §4.2, Table 7] alpha of omega(c)"})
+    beta: float = field(default=DEFAULTS.beta, metadata={"min": 0, "help": "[P §4.2, Table 7] beta of omega_f(c) = beta / (f(c) + eps)"})
+    eps: float = field(default=DEFAULTS.eps, metadata={**_POS, "help": "[P §3.3.1] eps of omega_f(c)"})
+    omega_form: Literal["printed", "inverse"] = field(default=DEFAULTS.omega_form, metadata={
         "choices": ("printed", "inverse"),
         "help": "inverse 1 + a g w_f [D: a reading; up-weights rare / hard classes, the paper's stated effect] or "
                 "printed 1/(1 + a g w_f) [P §3.3.1 as printed]"})
-    omega_norm: Literal["anchors", "omega"] = field(default="anchors", metadata={
+    omega_norm: Literal["anchors", "omega"] = field(default=DEFAULTS.omega_norm, metadata={
         "choices": ("anchors", "omega"),
         "help": "L_reb's denominator: anchors with a positive [P §3.3.1: a plain sum over anchors, as a mean; keeps "
                 "head gradients, the paper's stated effect] or sum of omega(y_i) [D: weighted mean, SupCon's scale]"})
-    omega_max: float | None = field(default=None, metadata={
+    omega_max: float | None = field(default=DEFAULTS.omega_max, metadata={
         **_POS, "help": "upper bound on omega: None = none [P §3.3.1: omega(c) unbounded; class weight n_c omega(c) "
                         "no longer grows with frequency, Fig. 2's effect] or a number [D: clamp]"})
-    positives: Literal["samples", "centres"] = field(default="samples", metadata={
+    positives: Literal["samples", "centres"] = field(default=DEFAULTS.positives, metadata={
         "choices": ("samples", "centres"), "help": "z_c = same-class keys [D: a reading, SupCon] or PaCo class centres [D: a reading]"})
-    grad_ema: bool = field(default=False, metadata={"help": "[D] EMA-smooth the class gradient statistic g_c over steps"})
-    grad_ema_momentum: float = field(default=0.9, metadata={"min": 0, "max": 1, "schedule": "ema",
+    grad_ema: bool = field(default=DEFAULTS.grad_ema, metadata={"help": "[D] EMA-smooth the class gradient statistic g_c over steps"})
+    grad_ema_momentum: float = field(default=DEFAULTS.grad_ema_momentum, metadata={"min": 0, "max": 1, "schedule": "ema",
                                                              "help": "[D] momentum of the g_c EMA"})
-    lambda_swap: float = field(default=0.5, metadata={"min": 0, "help": "lambda1 x L1 swapped prediction [P §3.3.2 numbering "
+    lambda_swap: float = field(default=DEFAULTS.lambda_swap, metadata={"min": 0, "help": "lambda1 x L1 swapped prediction [P §3.3.2 numbering "
                                                                         "+ §4.2 values; §4.5 names lambda1 aggregation: see docs]"})
-    lambda_agg: float = field(default=0.3, metadata={"min": 0, "help": "lambda2 x L2 aggregation [P §3.3.2 + §4.2]"})
-    lambda_sep: float = field(default=0.2, metadata={"min": 0, "help": "lambda3 x L3 separation [P §3.3.2 + §4.2]"})
-    delta: float = field(default=1.0, metadata={"min": 0, "help": "[P §4.2] separation margin on squared prototype distances"})
-    cls_weight: float = field(default=0.0, metadata={
+    lambda_agg: float = field(default=DEFAULTS.lambda_agg, metadata={"min": 0, "help": "lambda2 x L2 aggregation [P §3.3.2 + §4.2]"})
+    lambda_sep: float = field(default=DEFAULTS.lambda_sep, metadata={"min": 0, "help": "lambda3 x L3 separation [P §3.3.2 + §4.2]"})
+    delta: float = field(default=DEFAULTS.delta, metadata={"min": 0, "help": "[P §4.2] separation margin on squared prototype distances"})
+    cls_weight: float = field(default=DEFAULTS.cls_weight, metadata={
         "min": 0, "help": "weight of a joint Balanced-Softmax classifier loss; 0 = the paper's total [P §3.4] (classifier from stage 2) [D]"})
     stage2_epochs: int = field(default=10, metadata={"min": 0, "help": "[D] cRT epochs (class-balanced, frozen backbone)"})
     stage2_reinit: bool = field(default=True, metadata={
@@ -124,10 +125,10 @@ def _recipes() -> dict[str, Recipe]:
 METHOD = MethodSpec(
     name="rebsupcon",
     summary="Reb-SupCon: MoCo SupCon rebalanced by per-class gradient/frequency factors + learnable prototypes",
-    citation="Lv, Lei, Zhang, Chen, Li, Rebalanced Supervised Contrastive Learning with Prototypes for "
-             "Long-Tailed Visual Recognition, Big Data Cogn. Comput. 9(8):204, 2025",
+    citation="Lv, Lei, Zhang, Chen, Li, Rebalancing in Supervised Contrastive Learning for Long-Tailed Visual "
+             "Recognition, Big Data Cogn. Comput. 9(8):204, 2025, doi 10.3390/bdcc9080204",
     bibtex="""@article{lv2025rebsupcon,
-  title = {Rebalanced Supervised Contrastive Learning with Prototypes for Long-Tailed Visual Recognition},
+  title = {Rebalancing in Supervised Contrastive Learning for Long-Tailed Visual Recognition},
   author = {Lv and Lei and Zhang and Chen and Li},
   journal = {Big Data and Cognitive Computing},
   volume = {9}, number = {8}, pages = {204},

@@ -1,4 +1,10 @@
-"""Reb-SupCon loss (methods.md §4.3): rebalanced MoCo SupCon + prototype-aware module + classifier.
+"""Reb-SupCon loss: rebalanced MoCo SupCon + prototype-aware module + classifier.
+
+Paper: Lv, Lei, Zhang, Chen, Li, "Rebalancing in Supervised Contrastive Learning for Long-Tailed Visual
+Recognition", Big Data and Cognitive Computing 9(8):204, 2025, doi 10.3390/bdcc9080204 (no arXiv version; the
+copy read here has no equation numbers, so the displays are cited by section). Tags: [P] stated in the paper,
+[C] the authors' code or README (none released), [D] ours: a default where it is silent or a reading of an
+ambiguous passage (said so).
 
 Stage 1 of a two-stage method: this loss trains the encoder, projector and prototypes; a cRT stage 2
 (core ``crt``, declared in the spec) trains the classifier on the frozen backbone [D].
@@ -7,8 +13,9 @@ Stage 1 of a two-stage method: this loss trains the encoder, projector and proto
 default and the classifier is trained by a cRT stage 2) with, for query anchors ``q_i`` (view 0) against the
 gathered keys and the labelled queue:
 
-* ``L_reb = sum_i omega(y_i) L_i / D`` over the global batch, ``L_i`` the SupCon loss of the core
-  :func:`~ltreg.losses.contrastive_loss` (positives = same-class keys + queue). ``omega_norm`` picks ``D``:
+* ``L_reb = sum_i omega(y_i) L_i / D`` over the global batch (§3.3.1, ``L_i`` and ``L_reb`` [P]),
+  ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(q_i . z_p / tau) / sum_{j in R(i)} exp(q_i . z_j / tau) ]`` the SupCon
+  loss of the core :func:`~ltreg.losses.contrastive_loss` (positives = same-class keys + queue). ``omega_norm`` picks ``D``:
   ``"anchors"`` (default) = the number of anchors with a positive [P: the paper's L_reb (§3.3.1) is a plain
   sum of the omega-weighted L_i, read as a mean over anchors as SupCon does]; ``"omega"`` = ``sum_i omega(y_i)``
   over those anchors [D: a weighted mean, L_reb stays on plain SupCon's scale]. The default follows the
@@ -30,32 +37,63 @@ gathered keys and the labelled queue:
   parameters theta (which would need one backward pass per sample); one ``autograd.grad`` on a detached copy,
   optional EMA across steps [D]. omega is a constant in the backward.
 * ``L_proto = l1 * swapped prediction + l2 * aggregation + l3 * separation`` over the learnable
-  prototypes with Sinkhorn assignments (no gradient).
+  prototypes with Sinkhorn assignments (no gradient) (§3.3.2 [P]; formulas at :func:`prototype_losses`);
+  total ``L = L_proto + L_reb`` (§3.4 [P]).
 * ``L_cls`` = Balanced Softmax of the linear classifier on the query view [D], weight ``cls_weight`` (0: off).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltreg.losses import (
+from ltreg import (
+    Batch,
+    BuildContext,
     ContrastiveResult,
     ContrastSet,
+    LossOutput,
+    Outputs,
+    StepState,
     balanced_softmax,
     paco,
     state_contrast,
     supcon,
 )
-from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState
 
 OmegaForm = Literal["printed", "inverse"]
 OmegaNorm = Literal["anchors", "omega"]
 Positives = Literal["samples", "centres"]
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Reb-SupCon's default numbers, written once: the functions' and the loss module's keyword defaults and
+    the method's hyper-parameters (``RebSupConHParams``) all read :data:`DEFAULTS`."""
+
+    temperature: float = 0.05  # [P] CIFAR-100-LT (0.2 ImageNet-LT / iNat, set by the recipes)
+    alpha: float = 0.5  # [P] rebalancing intensity of omega(c)
+    beta: float = 0.1  # [P] focal weight omega_f(c) = beta / (f(c) + eps)
+    eps: float = 1e-5  # [P]
+    omega_form: OmegaForm = "inverse"  # [D] a reading: the one with the paper's stated effect (see the module doc)
+    omega_norm: OmegaNorm = "anchors"  # [P] §3.3.1's plain sum over anchors, as a mean (see the module doc)
+    omega_max: float | None = None  # [P] §3.3.1: no bound on omega
+    positives: Positives = "samples"  # [D] a reading: z_c as same-class keys
+    grad_ema: bool = False  # [D] no smoothing of g_c across steps
+    grad_ema_momentum: float = 0.9  # [D]
+    lambda_swap: float = 0.5  # [P] lambda1
+    lambda_agg: float = 0.3  # [P] lambda2
+    lambda_sep: float = 0.2  # [P] lambda3
+    delta: float = 1.0  # [P] separation margin
+    cls_weight: float = 0.0  # [D] 0: the paper's total L_proto + L_reb (the classifier comes from stage 2)
+
+
+DEFAULTS = Defaults()
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -68,7 +106,7 @@ def anchor_losses(
     contrast: ContrastSet,
     *,
     temperature: float,
-    positives: Positives = "samples",
+    positives: Positives = DEFAULTS.positives,
     logits: Tensor | None = None,
     log_prior: Tensor | None = None,
 ) -> ContrastiveResult:
@@ -109,8 +147,8 @@ def class_mean(values: Tensor, labels: Tensor, num_classes: int, mask: Tensor | 
 
 
 def rebalance_factor(
-    grad_c: Tensor, prior: Tensor, *, alpha: float = 0.5, beta: float = 0.1, eps: float = 1e-5,
-    form: OmegaForm = "inverse", omega_max: float | None = None,
+    grad_c: Tensor, prior: Tensor, *, alpha: float = DEFAULTS.alpha, beta: float = DEFAULTS.beta,
+    eps: float = DEFAULTS.eps, form: OmegaForm = DEFAULTS.omega_form, omega_max: float | None = DEFAULTS.omega_max,
 ) -> Tensor:
     """``omega(c)`` ``[C]``: ``1 + alpha g_c beta / (f_c + eps)`` (``"inverse"`` [D: a reading], up-weights rare
     classes with large gradients, the paper's stated effect) or ``1 / (1 + ...)`` as printed (``"printed"`` [P],
@@ -140,13 +178,13 @@ def reb_supcon(
     contrast: ContrastSet,
     prior: Tensor,
     *,
-    temperature: float = 0.05,
-    alpha: float = 0.5,
-    beta: float = 0.1,
-    eps: float = 1e-5,
-    omega_form: OmegaForm = "inverse",
-    omega_max: float | None = None,
-    positives: Positives = "samples",
+    temperature: float = DEFAULTS.temperature,
+    alpha: float = DEFAULTS.alpha,
+    beta: float = DEFAULTS.beta,
+    eps: float = DEFAULTS.eps,
+    omega_form: OmegaForm = DEFAULTS.omega_form,
+    omega_max: float | None = DEFAULTS.omega_max,
+    positives: Positives = DEFAULTS.positives,
     logits: Tensor | None = None,
     gather: Callable[[Tensor], Tensor] = _identity,
     smooth: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -183,7 +221,8 @@ def normalise_reb(res: RebResult, labels: Tensor, mode: OmegaNorm, all_reduce_me
 
 
 def prototype_losses(
-    zq: Tensor, zk: Tensor, protos: Tensor, qq: Tensor, qk: Tensor, *, temperature: float, delta: float = 1.0
+    zq: Tensor, zk: Tensor, protos: Tensor, qq: Tensor, qk: Tensor, *, temperature: float,
+    delta: float = DEFAULTS.delta,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Swapped prediction L1 and aggregation L2 (means over the ``B`` local anchors), separation L3.
 
@@ -214,21 +253,21 @@ class RebSupConLoss(nn.Module):
         self,
         *,
         num_classes: int,
-        temperature: float = 0.05,
-        alpha: float = 0.5,
-        beta: float = 0.1,
-        eps: float = 1e-5,
-        omega_form: OmegaForm = "inverse",
-        omega_norm: OmegaNorm = "anchors",
-        omega_max: float | None = None,
-        positives: Positives = "samples",
-        grad_ema: bool = False,
-        grad_ema_momentum: float = 0.9,
-        lambda_swap: float = 0.5,
-        lambda_agg: float = 0.3,
-        lambda_sep: float = 0.2,
-        delta: float = 1.0,
-        cls_weight: float = 0.0,
+        temperature: float = DEFAULTS.temperature,
+        alpha: float = DEFAULTS.alpha,
+        beta: float = DEFAULTS.beta,
+        eps: float = DEFAULTS.eps,
+        omega_form: OmegaForm = DEFAULTS.omega_form,
+        omega_norm: OmegaNorm = DEFAULTS.omega_norm,
+        omega_max: float | None = DEFAULTS.omega_max,
+        positives: Positives = DEFAULTS.positives,
+        grad_ema: bool = DEFAULTS.grad_ema,
+        grad_ema_momentum: float = DEFAULTS.grad_ema_momentum,
+        lambda_swap: float = DEFAULTS.lambda_swap,
+        lambda_agg: float = DEFAULTS.lambda_agg,
+        lambda_sep: float = DEFAULTS.lambda_sep,
+        delta: float = DEFAULTS.delta,
+        cls_weight: float = DEFAULTS.cls_weight,
         query_view: int = 0,
     ) -> None:
         super().__init__()
