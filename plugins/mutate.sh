@@ -33,6 +33,10 @@ esac
 rel=${target#*${pkg}/}  # the module inside its package
 out=${MUTATE_OUT:-/tmp/mutate-$(echo "$target" | tr '/.' '--')}
 rm -rf "$out"; mkdir -p "$out/tests"; cp -r "$pkgdir" "$out/"; find "$out/$pkg" -name __pycache__ -prune -exec rm -rf {} +
+extras=()  # repository files some core tests read (the tutorial page against the source, the template plugin)
+if [ "$pkg" = ltreg ]; then
+  for x in docs examples pyproject.toml mkdocs.yml; do cp -r "$root/$x" "$out/"; extras+=("$x"); done
+fi
 "$py" - "$tests" "$out/tests" "$pkg" "$rel" <<'PY'
 """Copy the module's test files without their end-to-end training tests (chosen by what they call)."""
 import ast, pathlib, re, shutil, sys
@@ -76,6 +80,7 @@ for path in sorted(base.rglob("*")):
     if path.is_dir() and path not in keep or path.is_file() and path.suffix == ".py":
         print(f"    {path.relative_to(out)}")
 PY
+  for x in "${extras[@]}"; do echo "    $x"; done
   echo "tests_dir=tests/"; echo "pytest_add_cli_args=-p no:cacheprovider"
 } > "$out/setup.cfg"
 cd "$out"
