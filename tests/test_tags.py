@@ -11,7 +11,7 @@ import pytest
 import ltreg
 from ltreg import Reading, Recipe, Tag
 
-PLUGIN_METHODS = ("acl", "cogloat", "ecl", "iccl", "rebsupcon")
+PLUGIN_METHODS = ("acl", "cogloat", "ecl", "iccl", "lift", "rebsupcon")
 
 
 def test_tag_kinds_and_where_are_checked() -> None:
