@@ -23,6 +23,7 @@ from ltreg.errors import ConfigError
 from ltreg.registry import registry
 from ltreg.step import Batch, Extra
 
+
 def _no_ops(data: LTDataset) -> list[Any]:
     return []
 
