@@ -29,9 +29,11 @@ from ltreg.registry import (  # noqa: E402
     register_rebalancer,
     register_sampler,
     register_transform,
+    register_tuner,
     registry,
 )
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState  # noqa: E402
+from ltreg.tuners import TunedParams, Tuner, TunerError  # noqa: E402
 from ltreg.version import __version__  # noqa: E402
 
 
@@ -60,5 +62,5 @@ __all__ = [
     "__version__", "Batch", "BuildContext", "ConfigError", "HParams", "LtregError", "LossOutput", "MethodSpec", "ModelSpec",
     "Outputs", "Part", "PartRef", "Recipe", "StepState", "get_method", "hp", "list_methods", "register_method",
     "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
-    "register_sampler", "register_transform", "registry",
+    "register_sampler", "register_transform", "register_tuner", "registry", "TunedParams", "Tuner", "TunerError",
 ]

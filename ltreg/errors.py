@@ -13,6 +13,7 @@ live next to the code that raises them and stay importable from there::
     │   ├── RegistryError            ltreg.registry          (LookupError; Unknown/Duplicate/PluginLoad)
     │   ├── DataError                ltreg.data.lt           (ValueError)
     │   ├── PrototypeError           ltreg.prototypes        (ValueError)
+    │   ├── TunerError               ltreg.errors            (ValueError)
     │   └── RebalanceError           ltreg.rebalance         (ValueError)
     ├── CheckpointError              ltreg.hub               (ValueError)
     ├── TrainingError                ltreg.trainer           (RuntimeError; NonFiniteLossError)
@@ -42,4 +43,8 @@ class ConfigError(UsageError, ValueError):
     """A configuration value that is unknown, of the wrong type or out of range."""
 
 
-__all__ = ["LtregError", "UsageError", "ConfigError"]
+class TunerError(UsageError, ValueError):
+    """A tuner that does not fit the backbone (no layers to adapt), or tuner arguments it does not take."""
+
+
+__all__ = ["LtregError", "UsageError", "ConfigError", "TunerError"]

@@ -39,9 +39,16 @@ WEIGHTS_FILE = "model.safetensors"
 HEADS_FILE = "ltreg_heads.safetensors"
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
+#: peft's adapter files: an adapter-only model folder holds them instead of model.safetensors.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+#: The adapter-only folder inside a run folder (LoRA / DoRA / IA3 on a base timm can fetch).
+ADAPTER_DIR = "adapter"
 #: What a push uploads (when present); never checkpoints/ or logs.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE, CARD_FILE, PLOT_FILE, METRICS_FILE, MANIFEST)
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, CARD_FILE, PLOT_FILE,
+               METRICS_FILE, MANIFEST)
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE)
+ADAPTER_FILES = (CONFIG_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEADS_FILE)
 PICKLE_PATTERNS = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt")
 #: A config.json larger than this is refused before it is parsed (a real one is a few kB).
 MAX_CONFIG_BYTES = 4 * 2**20
@@ -62,7 +69,7 @@ def refuse_pickle(label: str, names: list[str]) -> CheckpointError:
 
 
 def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_remote_pickle: bool = False,
-            files: tuple[str, ...] = (*REQUIRED_FILES, MANIFEST)) -> tuple[Path, str]:
+            files: tuple[str, ...] = (*REQUIRED_FILES, ADAPTER_WEIGHTS, ADAPTER_CONFIG, MANIFEST)) -> tuple[Path, str]:
     """A local folder as is, or ``files`` of a Hub repo in the user's cache; and a label for errors.
 
     The folder's ``manifest.json``, when present, is checked: a file that does not match its SHA-256
@@ -79,7 +86,7 @@ def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_r
     patterns = [*files, *(PICKLE_PATTERNS if trust_remote_pickle else ())]
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-        if not (folder / WEIGHTS_FILE).exists() and not trust_remote_pickle:
+        if not (folder / WEIGHTS_FILE).exists() and not (folder / ADAPTER_WEIGHTS).exists() and not trust_remote_pickle:
             remote = HfApi().list_repo_files(repo_id, revision=revision)
             pickles = [f for f in remote if any(fnmatch.fnmatch(f, p) for p in PICKLE_PATTERNS)]
             if pickles:
@@ -122,13 +129,23 @@ def read_safetensors(path: Path, label: str) -> dict[str, Tensor]:
 
 
 def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
-             token: str | None = None) -> str:
+             token: str | None = None, adapter_only: bool = False) -> str:
     """Upload a run folder's model files to ``repo_id`` in one commit; returns the repo URL.
 
-    Local files are only read. Any failure raises :class:`PushError` with the retry command.
+    ``adapter_only`` uploads the run's ``adapter/`` folder instead (peft's adapter files, the heads and a
+    config naming the base model). Local files are only read. Any failure raises :class:`PushError` with
+    the retry command.
     """
     run_dir = Path(run_dir).resolve()
-    missing = [f for f in REQUIRED_FILES if not (run_dir / f).is_file()]
+    required = REQUIRED_FILES
+    if adapter_only:
+        if not (run_dir / ADAPTER_DIR / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"{run_dir} has no adapter-only export ({ADAPTER_DIR}/): only a run with a mergeable tuner (lora, "
+                f"dora, ia3) on a base timm can fetch (a tagged timm name or --backbone hf-hub:org/name, not a local "
+                f"folder, random weights or --init-from) writes one. Push the merged model: drop --adapter-only")
+        run_dir, required = run_dir / ADAPTER_DIR, ADAPTER_FILES
+    missing = [f for f in required if not (run_dir / f).is_file()]
     if missing:
         raise CheckpointError(f"{run_dir} lacks {', '.join(missing)}: not a finished run or model folder; "
                               f"train it to the end (or save_pretrained a model there) first")
@@ -147,7 +164,8 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
         api.create_commit(repo_id, ops, commit_message=f"ltreg {__version__}: upload {method}",
                           revision=revision)
     except Exception as exc:  # noqa: BLE001 - every failure gets the same way out: retry later
-        cmd = " ".join(["ltreg push", shlex.quote(str(run_dir)), "--repo", repo_id,
+        cmd = " ".join(["ltreg push", shlex.quote(str(run_dir.parent if adapter_only else run_dir)), "--repo", repo_id,
+                        *(["--adapter-only"] if adapter_only else []),
                         *(["--revision", revision] if revision else []), *(["--private"] if private else [])])
         raise PushError(
             f"pushing to the Hub repo {repo_id} failed: {type(exc).__name__}: {str(exc).strip()}\n"

@@ -1,4 +1,4 @@
-"""The method spec: the four parts a long-tailed method declares, its hyper-parameters and recipes.
+"""The method spec: the parts a long-tailed method declares (loss, sampler, prototypes, rebalancer, tuner), its hyper-parameters and recipes.
 
 A method is data, not code: ``MethodSpec(loss=PartRef("supcon", temperature=hp("temperature")), ...)``.
 Parts are looked up by registry name when a run is built, so a plugin reuses core parts by naming them.
@@ -214,6 +214,8 @@ class MethodSpec:
     memory: PartRef | None = None
     batch_transform: PartRef | None = None
     rebalance: PartRef | None = None
+    #: How the backbone is adapted (``ltreg.tuners``): ``full`` trains it end to end; ``--tuner`` overrides it.
+    tuner: PartRef = field(default_factory=lambda: PartRef("full"))
     views: tuple[str, ...] = ("cls",)
     positive_views: tuple[str, ...] = ("sim",)  # views of k-global positives, when the sampler attaches them
     query_views: tuple[int, ...] | None = None  # views the query model runs on (None: all); MoCo key views go to the memory only
@@ -277,6 +279,7 @@ class MethodSpec:
             "memory": self.memory,
             "batch_transform": self.batch_transform,
             "rebalance": self.rebalance,
+            "tuner": self.tuner,
         }
 
     def describe(self) -> str:
@@ -308,6 +311,7 @@ _GROUP_OF_ROLE = {
     "memory": "memory",
     "batch_transform": "transforms",
     "rebalance": "rebalancers",
+    "tuner": "tuners",
 }
 
 

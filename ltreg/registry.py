@@ -15,7 +15,7 @@ from typing import Any
 
 from ltreg.errors import UsageError
 
-GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets")
+GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets", "tuners")
 IN_PROCESS = "<in-process>"
 
 
@@ -199,3 +199,4 @@ register_memory = _decorator("memory")
 register_transform = _decorator("transforms")
 register_rebalancer = _decorator("rebalancers")
 register_dataset = _decorator("datasets")
+register_tuner = _decorator("tuners")

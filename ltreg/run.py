@@ -1,7 +1,7 @@
 """The run builder: everything a run needs, constructed once, in one readable order.
 
 ``build_run(RunConfig) -> Run``: accelerator -> data (and the held-out split a rebalancer
-declares) -> the run folder check -> model -> step state, data passes, build context -> the
+declares) -> the run folder check -> model (initial weights, then the tuner) -> step state, data passes, build context -> the
 method's parts -> checkpoints. Nothing here trains: :mod:`ltreg.loop` runs what this builds, and
 :func:`stage_setup` gives the loop each stage's loader, optimizer and schedule.
 """
@@ -25,7 +25,7 @@ import ltreg.distributed as D
 from ltreg.budget import scale_count
 from ltreg.card import DatasetRecord, RunCard
 from ltreg.checkpoint import Checkpoints, guard_run_folder
-from ltreg.config import RunConfig, TrainConfig
+from ltreg.config import RunConfig, TrainConfig, resolve_tuner
 from ltreg.data.build import build_data
 from ltreg.data.lt import LTData, LTDataset
 from ltreg.data.views import ViewDataset, collate
@@ -45,6 +45,7 @@ from ltreg.optim import (
 from ltreg.registry import registry
 from ltreg.runlog import check_tracker
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
+from ltreg.tuners import TunedParams, Tuner
 
 
 class TrainingError(LtregError, RuntimeError):
@@ -88,6 +89,10 @@ class Run:
     ctx: BuildContext
     passes: DataPasses
     checkpoints: Checkpoints
+    tuner: Tuner
+    tuned: TunedParams
+    #: Trainable and total parameters of stage 1 (model and trainable parts), set by :func:`stage1_setup`.
+    counts: tuple[int, int] = (0, 0)
 
     @property
     def cfg(self) -> TrainConfig:
@@ -183,6 +188,10 @@ def build_run(rc: RunConfig) -> Run:
         train_set, holdout = carve_holdout(train_set, cfg.holdout_fraction, cfg.seed)
     model = LTModel(model_config(rc, train_set))
     load_initial_weights(model, cfg.backbone, cfg.pretrained, cfg.init_from, say=acc.print)
+    tuner = resolve_tuner(spec, cfg, hparams)
+    tuned = tuner.apply(model.backbone)  # before any part copies the model and before the optimizer is built
+    if tuner.structural:
+        model.config.tuner = tuner.to_dict()
     if acc.num_processes > 1 and cfg.sync_bn:  # batch statistics of the global batch, as on one process
         model = sync_batchnorm(model, acc.device)
     if cfg.channels_last:
@@ -223,7 +232,8 @@ def build_run(rc: RunConfig) -> Run:
     acc.wait_for_everyone()
     if acc.is_main_process:
         preflight_output(cfg.run_dir, cfg.min_free_mb)
-    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc))
+    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc),
+               tuner, tuned)
 
 
 def run_card(run: Run, metrics: dict[str, Any]) -> RunCard:
@@ -235,9 +245,24 @@ def run_card(run: Run, metrics: dict[str, Any]) -> RunCard:
                             class_names=list(train.class_names), many_thr=train.many_thr, few_thr=train.few_thr,
                             image_size=train.image_size, mean=list(train.mean), std=list(train.std),
                             info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id)
+    tuner = {**run.tuner.to_dict(), "backbone_trainable": run.tuned.trainable, "backbone_total": run.tuned.total,
+             "trainable": run.counts[0], "total": run.counts[1], "structural": run.tuner.structural,
+             "mergeable": run.tuner.mergeable, "base": base_weights(cfg)}
     return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=run.config.hparams.to_dict(),
                    recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
-                   metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"))
+                   metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"),
+                   tuner=tuner)
+
+
+def base_weights(cfg: TrainConfig) -> str | None:
+    """Where timm fetches the run's initial backbone weights from (a tag or ``hf-hub:org/name``), or None
+    (random weights, a local folder, ``--init-from``): the base an adapter-only export names."""
+    from ltreg.models.backbones import parse_backbone
+
+    if cfg.init_from is not None or not cfg.pretrained or not cfg.backbone:
+        return None
+    kind, ref = parse_backbone(cfg.backbone)
+    return ref if kind in ("hub", "tag", "arch") else None
 
 
 # -- what each stage trains with -------------------------------------------------------------------
@@ -335,6 +360,7 @@ def stage1_setup(run: Run) -> StageSetup:
     query = list(spec.query_views) if spec.query_views is not None else None
     module = StepModule(run.model, trainable, run.parts.loss, run.parts.hooks(), query)
     params = [p for p in module.parameters() if p.requires_grad]
+    run.counts = (sum(p.numel() for p in params), sum(p.numel() for p in module.parameters()))
     loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size)
     settings = OptimSettings.stage1(cfg)
     optimizer = build_optimizer(param_groups(run.model, params, settings), settings)
@@ -345,11 +371,30 @@ def stage1_setup(run: Run) -> StageSetup:
     return StageSetup(1, cfg.epochs, steps, module, loader, optimizer, scheduler, run.parts.hooks())
 
 
+def tuner_bounds(run: Run, groups: list[Any]) -> list[Any]:
+    """Stage 2's groups without the backbone parameters the tuner froze: a rebalancer that fine-tunes the
+    backbone (KD with ``freeze_backbone=False``) trains what the tuner lets train, nothing more."""
+    backbone = D.unwrap(run.model).backbone
+    modules = dict(backbone.named_modules())
+    frozen = set()
+    for name, param in backbone.named_parameters():
+        owner = modules[name.rsplit(".", 1)[0]] if "." in name else backbone
+        if not run.tuner.trains(name, param, owner):
+            param.requires_grad_(False)
+            frozen.add(id(param))
+    if not frozen:
+        return groups
+    if groups and isinstance(groups[0], dict):
+        kept = [{**g, "params": [p for p in g["params"] if id(p) not in frozen]} for g in groups]
+        return [g for g in kept if g["params"]]
+    return [p for p in groups if id(p) not in frozen]
+
+
 def stage2_setup(run: Run) -> StageSetup | None:
     """Stage 2: the rebalancer's trainable groups, sampler, views and loss (its ``setup`` freezes the rest);
     None for a post-hoc rebalancer (no epochs)."""
     reb, cfg = run.parts.rebalancer, run.cfg
-    groups = reb.setup(run.model)
+    groups = tuner_bounds(run, reb.setup(run.model))
     epochs = scale_count(cfg.stage2_epochs if cfg.stage2_epochs is not None else reb.epochs, cfg.budget_fraction)
     if epochs <= 0:
         return None
