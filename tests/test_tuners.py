@@ -271,3 +271,66 @@ def test_cnn_tuners_train_and_keep_frozen_statistics(tuner: str, tmp_path: Path)
     fresh = create_backbone("resnet8", 1)
     bn = dict(result.model.backbone.named_buffers())["bn1.running_mean"]
     assert torch.equal(bn, dict(fresh.named_buffers())["bn1.running_mean"]) == (tuner == "linear")
+
+
+# -- 5. the Hub: a tiny ViT pushed as the base, merged and adapter-only round trips -----------------------
+def test_lora_run_pushed_merged_and_adapter_only_round_trips(vit_dir: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hubserver import HubServer, run_client
+
+    with HubServer() as hub:
+        run_client(hub, tmp_path / "train", f"""
+            import os, torch, ltreg
+            from huggingface_hub import HfApi
+            from safetensors.torch import save_file
+            from ltreg.hub import push_run
+            api = HfApi()
+            api.create_repo("org/tiny-vit")
+            api.upload_folder(repo_id="org/tiny-vit", folder_path={str(vit_dir)!r})
+            work = os.environ["WORK"]
+            r = ltreg.train("ce", backbone="hf-hub:org/tiny-vit", tuner="lora", tuner_args={{"r": 4}}, lr=0.5,
+                            output_dir=work + "/run", **{STEPS!r})
+            torch.manual_seed(1)
+            x = torch.randn(5, 1, 8, 8)
+            m = r.model.eval()
+            with torch.no_grad():
+                save_file({{"x": x, "logits": m.predict(x), "features": m.forward_features(x).contiguous()}}, work + "/ref.safetensors")
+            push_run(work + "/run", "org/ce-lora", adapter_only=True)
+            push_run(work + "/run", "org/ce-lora-merged")
+            print("{{}}")
+        """)
+        run_dir = tmp_path / "train" / "run"
+        assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+        assert "adapter_model.safetensors" not in hub.files("org/ce-lora-merged")
+        adapter_files = set(hub.files("org/ce-lora"))
+        assert {"adapter_model.safetensors", "adapter_config.json", "ltreg_heads.safetensors"} <= adapter_files
+        assert "model.safetensors" not in adapter_files
+        out = run_client(hub, tmp_path / "fresh", f"""
+            import json, timm, torch, ltreg
+            from peft import PeftModel
+            from safetensors.torch import load_file
+            ref = load_file({str(tmp_path / 'train' / 'ref.safetensors')!r})
+            x = ref["x"]
+            with torch.no_grad():
+                adapter = ltreg.from_pretrained("org/ce-lora")          # fetches the base, applies the adapter
+                merged = timm.create_model("hf-hub:org/ce-lora-merged", pretrained=True).eval()  # timm alone
+                base = timm.create_model("hf-hub:org/tiny-vit", pretrained=True, num_classes=0)
+                peft_backbone = PeftModel.from_pretrained(base, "org/ce-lora").eval()  # peft alone
+                out = {{"adapter": (adapter.predict(x) - ref["logits"]).abs().max().item(),
+                       "merged": (merged(x) - ref["logits"]).abs().max().item(),
+                       "peft": (peft_backbone(x) - ref["features"]).abs().max().item(),
+                       "tuner": adapter.config.tuner["name"]}}
+            print(json.dumps(out))
+        """)
+    assert out["tuner"] == "lora"
+    assert out["adapter"] == 0.0  # the same tensors, the same computation
+    assert out["merged"] < 1e-4 and out["peft"] < 1e-5
+
+
+def test_adapter_only_push_needs_a_base_timm_can_fetch(vit_dir: Path, tmp_path: Path) -> None:
+    from ltreg.checkpoint import CheckpointError
+    from ltreg.hub import push_run
+
+    ltreg.train("ce", backbone=str(vit_dir), tuner="lora", output_dir=str(tmp_path / "run"), **STEPS)
+    with pytest.raises(CheckpointError, match="no adapter-only export.*drop --adapter-only"):
+        push_run(tmp_path / "run", "org/x", adapter_only=True)
