@@ -334,3 +334,41 @@ def test_adapter_only_push_needs_a_base_timm_can_fetch(vit_dir: Path, tmp_path: 
     ltreg.train("ce", backbone=str(vit_dir), tuner="lora", output_dir=str(tmp_path / "run"), **STEPS)
     with pytest.raises(CheckpointError, match="no adapter-only export.*drop --adapter-only"):
         push_run(tmp_path / "run", "org/x", adapter_only=True)
+
+
+# -- 6. two processes ------------------------------------------------------------------------------------
+def _two_process_case(tuner: str, methods: str, vit_dir: Path, tmp_path: Path) -> None:
+    """One process with global batch 2B and two (gloo) with B each: the same losses and weights with a tuner."""
+    import os
+
+    from safetensors.torch import load_file
+
+    from tests.test_distributed import LOSS_RTOL, PARAM_ATOL, _free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    extra = json.dumps({"backbone": str(vit_dir), "tuner": tuner, "tuner_args": ARGS.get(tuner, {})})
+    for procs in (1, 2):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", str(procs), "--main_process_port", str(_free_port()),
+               *(["--multi_gpu"] if procs > 1 else []), str(ROOT / "tests" / "dist" / "run_methods.py"),
+               "--methods", methods, "--out", str(tmp_path / str(procs)), "--train-json", extra]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    for method in methods.split(","):
+        one, two = tmp_path / "1" / method, tmp_path / "2" / method
+        h1, h2 = (json.loads((d / "history.json").read_text()) for d in (one, two))
+        assert [r["loss"] for r in h1] == pytest.approx([r["loss"] for r in h2], rel=LOSS_RTOL)
+        s1, s2 = (load_file(str(d / "final_state.safetensors")) for d in (one, two))
+        assert s1.keys() == s2.keys() and any(tuner_key in k for k in s1 for tuner_key in ("lora_", "adaptformer"))
+        for key in s1:
+            assert float((s1[key] - s2[key]).abs().max()) <= 10 * PARAM_ATOL, key
+
+
+def test_two_processes_train_like_one_with_lora(vit_dir: Path, tmp_path: Path) -> None:
+    _two_process_case("lora", "supcon", vit_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_adaptformer_every_method(vit_dir: Path, tmp_path: Path) -> None:
+    _two_process_case("adaptformer", ",".join(METHODS), vit_dir, tmp_path)

@@ -149,9 +149,12 @@ class Tuner:
         for name, param in backbone.named_parameters():
             owner = modules[name.rsplit(".", 1)[0]] if "." in name else backbone
             param.requires_grad_(bool(self.trains(name, param, owner)))
-        for module in backbone.modules():
-            if self.keeps_eval(module):
-                module.register_forward_pre_hook(_keep_eval)
+        if self.keeps_eval(backbone):  # the whole backbone: one hook on its root
+            backbone.register_forward_pre_hook(_keep_eval)
+        else:
+            for module in backbone.modules():
+                if self.keeps_eval(module):
+                    module.register_forward_pre_hook(_keep_eval)
         params = list(backbone.parameters())
         total = sum(p.numel() for p in params)
         return TunedParams(self.name, self.args(), sum(p.numel() for p in params if p.requires_grad), total,
