@@ -372,3 +372,30 @@ def test_two_processes_train_like_one_with_lora(vit_dir: Path, tmp_path: Path) -
 @pytest.mark.slow
 def test_two_processes_train_like_one_with_adaptformer_every_method(vit_dir: Path, tmp_path: Path) -> None:
     _two_process_case("adaptformer", ",".join(METHODS), vit_dir, tmp_path)
+
+
+def test_a_third_party_tuner_registers_and_declares_what_trains() -> None:
+    """The docs' example: a tuner is a frozen dataclass with ``trains``; register_tuner makes it a --tuner name."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    @dataclass(frozen=True)
+    class LateBlocks(ltreg.Tuner):
+        name: ClassVar[str] = "late-blocks-test"
+        first: int = 10
+
+        def trains(self, name, param, module):  # noqa: ANN001, ANN201
+            if name.startswith("blocks."):
+                return int(name.split(".")[1]) >= self.first
+            return name.startswith("norm.")
+
+    ltreg.register_tuner("late-blocks-test", LateBlocks)
+    try:
+        vit = make_vit()
+        tuned = build_tuner("late-blocks-test", first=1).apply(vit)
+        want = sum(p.numel() for n, p in vit.named_parameters() if n.startswith(("blocks.1.", "norm.")))
+        assert tuned.trainable == want > 0 and tuned.added == 0
+        with pytest.raises(TunerError, match="first='x' must be of type int"):
+            build_tuner("late-blocks-test", first="x")
+    finally:
+        registry("tuners").unregister("late-blocks-test")
