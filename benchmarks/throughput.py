@@ -287,7 +287,8 @@ def worker_data(w: dict[str, Any], workers: int | None) -> None:
 
     import ltreg
     from ltreg.config import resolve_config
-    from ltreg.run import build_run, stage1_setup
+    from ltreg.run import build_run
+    from ltreg.stages import stage1_setup
 
     name = register_dataset(w["dataset"])
     over: dict[str, Any] = dict(dataset=name, dataset_kwargs=dataset_kwargs(w), backbone=w["backbone"],

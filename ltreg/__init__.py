@@ -1,16 +1,62 @@
 """ltreg: a registry of long-tailed recognition methods with one Accelerate trainer.
 
-``ltreg.list_methods()``, ``ltreg.get_method(name)``, ``ltreg.register_method(spec)``,
-``ltreg.train(method, **config)``, ``ltreg.LTModel``, ``ltreg.load_backbone(...)``.
+This module is the one public API: everything a method plugin or a user needs is importable from
+``ltreg`` and listed in ``__all__`` (the import contracts in ``pyproject.toml`` check that plugins
+import nothing else from ltreg). Light names (specs, step records, parts' bases, losses, errors) load
+with the package; heavy ones (``LTModel``, ``train``, ``evaluate_pretrained``: timm, Accelerate) on
+first use, so ``ltreg list`` stays fast.
+
+    ltreg.list_methods(), ltreg.get_method(name), ltreg.register_method(spec)
+    ltreg.train(method, **config), ltreg.LTModel.from_pretrained(...), ltreg.load_backbone(...)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ltreg.errors import LtregError  # noqa: E402
-from ltreg.method import (  # noqa: E402
+from ltreg.data.build import with_defaults
+from ltreg.data.lt import LTData, LTDataset
+from ltreg.errors import (
+    CheckpointError,
     ConfigError,
+    DataError,
+    LtregError,
+    NonFiniteLossError,
+    PrototypeError,
+    PushError,
+    RebalanceError,
+    RegistryError,
+    SettingError,
+    TrainingError,
+    TunerError,
+    UsageError,
+)
+from ltreg.losses import (
+    NEG,
+    ContrastiveResult,
+    ContrastSet,
+    anchors_and_columns,
+    balanced_softmax,
+    bcl,
+    centre_columns,
+    class_balanced_weights,
+    contrast_set,
+    contrastive_loss,
+    drw_weights,
+    focal,
+    global_mean,
+    group_ids,
+    kcl,
+    ldam,
+    ldam_margins,
+    logit_adjusted_ce,
+    mixup_ce,
+    paco,
+    sample_positives,
+    state_contrast,
+    supcon,
+)
+from ltreg.method import (
     HParams,
     MethodSpec,
     ModelSpec,
@@ -21,7 +67,9 @@ from ltreg.method import (  # noqa: E402
     list_methods,
     register_method,
 )
-from ltreg.registry import (  # noqa: E402
+from ltreg.mixing import PairMixup
+from ltreg.rebalance import Rebalancer
+from ltreg.registry import (
     register_dataset,
     register_loss,
     register_memory,
@@ -32,35 +80,53 @@ from ltreg.registry import (  # noqa: E402
     register_tuner,
     registry,
 )
-from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState  # noqa: E402
-from ltreg.tuners import TunedParams, Tuner, TunerError  # noqa: E402
-from ltreg.version import __version__  # noqa: E402
+from ltreg.samplers import LabelSampler
+from ltreg.step import Batch, BuildContext, Extra, LossOutput, Outputs, Part, StepState, flatten_views
+from ltreg.tuners import TunedParams, Tuner
+from ltreg.version import __version__
+
+#: Heavy names and the module each comes from, loaded on first access.
+_LAZY = {
+    "LTModel": "ltreg.models.ltmodel",
+    "LTModelConfig": "ltreg.models.ltmodel",
+    "load_backbone": "ltreg.models.ltmodel",
+    "save_pretrained": "ltreg.models.ltmodel",
+    "push_to_hub": "ltreg.models.ltmodel",
+    "from_pretrained": "ltreg.models.ltmodel",
+    "train": "ltreg.trainer",
+    "evaluate_pretrained": "ltreg.evaluate",
+    "RunCard": "ltreg.card",
+    "DatasetRecord": "ltreg.card",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Heavy objects (timm, accelerate) load on first use, so ``ltreg list`` stays fast."""
-    if name in ("LTModel", "LTModelConfig", "load_backbone", "save_pretrained", "push_to_hub", "from_pretrained"):
-        from ltreg.models import ltmodel
+    """Heavy objects (timm, accelerate) load on first use."""
+    if name in _LAZY:
+        import importlib
 
-        return getattr(ltmodel, name)
-    if name == "train":
-        from ltreg.trainer import train
-
-        return train
-    if name == "evaluate_pretrained":
-        from ltreg.evaluate import evaluate_pretrained
-
-        return evaluate_pretrained
-    if name in ("RunCard", "DatasetRecord"):
-        from ltreg import card
-
-        return getattr(card, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ltreg' has no attribute {name!r}")
 
 
 __all__ = [
-    "__version__", "Batch", "BuildContext", "ConfigError", "HParams", "LtregError", "LossOutput", "MethodSpec", "ModelSpec",
-    "Outputs", "Part", "PartRef", "Recipe", "StepState", "get_method", "hp", "list_methods", "register_method",
-    "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
-    "register_sampler", "register_transform", "register_tuner", "registry", "TunedParams", "Tuner", "TunerError",
+    "__version__",
+    # method specs and the registry
+    "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
+    "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
+    "register_sampler", "register_transform", "register_tuner",
+    # data sets
+    "LTData", "LTDataset", "with_defaults",
+    # the step contract and the parts' bases
+    "Batch", "BuildContext", "Extra", "LossOutput", "Outputs", "Part", "StepState", "flatten_views",
+    "LabelSampler", "Rebalancer", "PairMixup", "Tuner", "TunedParams",
+    # losses: the contrastive core and helpers, logit-level losses
+    "NEG", "ContrastSet", "ContrastiveResult", "anchors_and_columns", "contrast_set", "contrastive_loss",
+    "centre_columns", "global_mean", "group_ids", "sample_positives", "state_contrast", "supcon", "kcl", "bcl", "paco", "balanced_softmax",
+    "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
+    # errors
+    "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",
+    "RebalanceError", "TunerError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError",
+    # models, training and evaluation (loaded on first use)
+    *_LAZY,
 ]

@@ -21,9 +21,9 @@ from typing import Any
 
 from ltreg.budget import scale_count, scale_hparams
 from ltreg.data.build import RUN_ARGUMENTS, DataArgs, check_builder_args, dataset_defaults
-from ltreg.errors import ConfigError
-from ltreg.method import HParams, MethodSpec, _check_type, _parse
-from ltreg.settings import SettingError, check_settings, flag
+from ltreg.errors import ConfigError, SettingError
+from ltreg.fields import check_settings, check_type, flag, parse_value
+from ltreg.method import HParams, MethodSpec
 from ltreg.tuners import Tuner, build_tuner
 
 DEFAULT_METHOD = "balanced-softmax"
@@ -96,7 +96,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            _check_type("TrainConfig", f.name, getattr(self, f.name), hints[f.name])
+            check_type("TrainConfig", f.name, getattr(self, f.name), hints[f.name])
         check_settings(self)
         self._check_optim()
         self._check_init()
@@ -285,7 +285,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     hints = typing.get_type_hints(TrainConfig)
     for key, value in list(merged.items()):
         if isinstance(value, str) and hints[key] not in (str, str | None):
-            merged[key] = _parse(value, hints[key], flag(key))
+            merged[key] = parse_value(value, hints[key], flag(key))
     if merged.get("quick") is True:
         merged.update(_quick_values(merged))
     fraction = merged.get("budget_fraction", 1.0)

@@ -1,29 +1,30 @@
-"""ltreg's error hierarchy: one base, so callers (and the CLI) catch one class.
+"""Every error class ltreg raises on purpose, in one module at the bottom of the layers.
 
-``LtregError`` is the base of every error ltreg raises on purpose; its message says what went wrong,
-which file or flag, and how to fix it. ``UsageError`` marks bad input (flags, config files, names,
-data): the CLI exits with status 2 for it and 1 for any other ``LtregError``. The concrete classes
-live next to the code that raises them and stay importable from there::
+``LtregError`` is the base; its message says what went wrong, which file or flag, and how to fix it.
+``UsageError`` marks bad input (flags, config files, names, data): the command line exits with status 2
+for it and 1 for any other ``LtregError``. Every layer imports its errors from here, so no module has
+to import a higher one to raise or catch an error::
 
-    LtregError                       ltreg.errors            exit 1
-    ├── UsageError                   ltreg.errors            exit 2
-    │   ├── ConfigError              ltreg.method / ltreg.errors  (ValueError)
-    │   │   ├── ModelConfigError     ltreg.models.ltmodel
-    │   │   └── SettingError         ltreg.settings
-    │   ├── RegistryError            ltreg.registry          (LookupError; Unknown/Duplicate/PluginLoad)
-    │   ├── DataError                ltreg.data.lt           (ValueError)
-    │   ├── PrototypeError           ltreg.prototypes        (ValueError)
-    │   ├── TunerError               ltreg.errors            (ValueError)
-    │   └── RebalanceError           ltreg.rebalance         (ValueError)
-    ├── CheckpointError              ltreg.hub               (ValueError)
-    ├── TrainingError                ltreg.trainer           (RuntimeError; NonFiniteLossError)
-    └── PushError                    ltreg.hub               (RuntimeError)
+    LtregError                       exit 1
+    ├── UsageError                   exit 2
+    │   ├── ConfigError              (ValueError) a setting or name that cannot be used
+    │   │   ├── ModelConfigError     an unknown backbone, an inconsistent head
+    │   │   └── SettingError         a training setting out of range or contradicting another
+    │   ├── RegistryError            (LookupError) Unknown / Duplicate name, PluginLoad failure
+    │   ├── DataError                (ValueError) DataLayout / DataArgument / ImageDecode errors
+    │   ├── PrototypeError           (ValueError)
+    │   ├── TunerError               (ValueError) a tuner that does not fit the backbone, or its arguments
+    │   └── RebalanceError           (ValueError)
+    ├── CheckpointError              (ValueError) a checkpoint or model folder missing, corrupt or unsafe
+    ├── TrainingError                (RuntimeError) a run that cannot go on; NonFiniteLossError
+    └── PushError                    (RuntimeError) a Hub push that failed
 
-The second bases keep ``except ValueError`` / ``except RuntimeError`` code written before the
-hierarchy working.
+The second bases keep ``except ValueError`` / ``except RuntimeError`` code working.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class LtregError(Exception):
@@ -43,8 +44,80 @@ class ConfigError(UsageError, ValueError):
     """A configuration value that is unknown, of the wrong type or out of range."""
 
 
+class SettingError(ConfigError):
+    """A training setting out of range, or settings that contradict each other; ``names`` are the fields."""
+
+    def __init__(self, message: str, names: Sequence[str]) -> None:
+        super().__init__(message)
+        self.names = tuple(names)
+
+
+class ModelConfigError(ConfigError):
+    """An unknown backbone or an inconsistent head configuration; ``key`` is the offending field."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class RegistryError(UsageError, LookupError):
+    """A name that cannot be resolved, or a conflict between providers."""
+
+
+class UnknownNameError(RegistryError):
+    pass
+
+
+class DuplicateNameError(RegistryError):
+    pass
+
+
+class PluginLoadError(RegistryError):
+    """A plugin's entry point failed to import; other names keep working."""
+
+
+class DataError(UsageError, ValueError):
+    """Bad data: labels out of range, an empty class, an impossible profile."""
+
+
+class DataLayoutError(DataError):
+    """A folder or table whose layout cannot be read unambiguously (split names mixed with classes ...)."""
+
+
+class DataArgumentError(DataError):
+    """A data set builder argument that the builder does not take, or a value that cannot be parsed."""
+
+
+class ImageDecodeError(DataError):
+    """An image that cannot be decoded (truncated, not an image); names the file or row and the fix."""
+
+
+class PrototypeError(UsageError, ValueError):
+    """A prototype module that cannot be built or updated as configured."""
+
+
 class TunerError(UsageError, ValueError):
     """A tuner that does not fit the backbone (no layers to adapt), or tuner arguments it does not take."""
 
 
-__all__ = ["LtregError", "UsageError", "ConfigError", "TunerError"]
+class RebalanceError(UsageError, ValueError):
+    """A rebalancer that cannot apply to this model or data."""
+
+
+class CheckpointError(LtregError, ValueError):
+    """A checkpoint or model folder that cannot be used as asked: missing, corrupt, mismatched or unsafe."""
+
+
+class TrainingError(LtregError, RuntimeError):
+    """A run that cannot go on; the message says what was kept and what to do."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss (or one of its parts) became NaN or infinite; the run stopped at the last good checkpoint."""
+
+
+class PushError(LtregError, RuntimeError):
+    """A Hub push that failed; the message names the intact local folder and the command to retry."""
+
+
+__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "TunerError", "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError"]

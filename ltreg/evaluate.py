@@ -4,8 +4,9 @@
 rebalancers read, the embeddings prototype modules ask for): always in eval mode, so what an image
 gives never depends on which other images share its batch or in which order they come.
 :func:`evaluate_pretrained` evaluates a saved model folder or Hub repo on the data it was trained on.
-The geometry metrics are the CoGloAT paper's (methods.md §5) on the normalised contrastive
-embedding of the test split.
+The geometry metrics are those of Bach et al., "Global Contrastive Learning for Long-Tailed
+Classification" (TMLR 2023), §4: intra alignment (Eq. 9), variance (Eqs. 10-11), inter uniformity
+(Eq. 12) and its improved form (Eq. 13), on the normalised contrastive embedding of the test split.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
     ``data_root`` / ``data_kwargs`` / ``dataset`` point elsewhere; ``split`` is ``test`` or ``val``
     (the data set's validation split). Split thresholds come from the rebuilt training set.
     """
-    from ltreg.checkpoint import CheckpointError
+    from ltreg.errors import CheckpointError
     from ltreg.models.ltmodel import LTModel
     from ltreg.models.pretrained import load_pretrained
 
@@ -165,7 +166,7 @@ def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
     """The data set arguments a model records, type-checked; from a Hub repo (``trusted`` False) its
     recorded folder and builder arguments are dropped (they are data, never paths to follow): pass
     ``--data-root`` / ``--data-arg``. A Hub data set id is kept, since it names no local path."""
-    from ltreg.checkpoint import CheckpointError
+    from ltreg.errors import CheckpointError
 
     raw = card.dataset.builder_args if card.dataset is not None else {}
     if not raw:
@@ -186,7 +187,7 @@ def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
 
 
 def _split(data: LTData, split: str, label: Any) -> LTDataset:
-    from ltreg.checkpoint import CheckpointError
+    from ltreg.errors import CheckpointError
 
     if split == "test":
         return data.test

@@ -28,36 +28,29 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ltreg.card import PLOT_FILE, REPO_PLACEHOLDER
-from ltreg.checkpoint import MANIFEST, CheckpointError, verify_manifest
-from ltreg.errors import LtregError
+from ltreg.card import REPO_PLACEHOLDER
+from ltreg.checkpoint import verify_manifest
+from ltreg.errors import CheckpointError, PushError
+from ltreg.layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_FILES,
+    ADAPTER_WEIGHTS,
+    CARD_FILE,
+    CONFIG_FILE,
+    MANIFEST,
+    MODEL_FILES,
+    REQUIRED_FILES,
+    WEIGHTS_FILE,
+)
 from ltreg.models.config import folder_model_config
 from ltreg.version import __version__
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-HEADS_FILE = "ltreg_heads.safetensors"
-CARD_FILE = "README.md"
-METRICS_FILE = "metrics.json"
-#: peft's adapter files: an adapter-only model folder holds them instead of model.safetensors.
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-#: The adapter-only folder inside a run folder (LoRA / DoRA / IA3 on a base timm can fetch).
-ADAPTER_DIR = "adapter"
-#: What a push uploads (when present); never checkpoints/ or logs.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, CARD_FILE, PLOT_FILE,
-               METRICS_FILE, MANIFEST)
-REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE)
-ADAPTER_FILES = (CONFIG_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEADS_FILE)
 PICKLE_PATTERNS = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt")
 #: A config.json larger than this is refused before it is parsed (a real one is a few kB).
 MAX_CONFIG_BYTES = 4 * 2**20
 
 __all__ = ["CheckpointError", "PushError", "resolve", "read_config", "read_safetensors", "push_run", "MODEL_FILES"]
-
-
-class PushError(LtregError, RuntimeError):
-    """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
 def refuse_pickle(label: str, names: list[str]) -> CheckpointError:

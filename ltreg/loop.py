@@ -22,14 +22,13 @@ import ltreg.distributed as D
 from ltreg.card import RunCard
 from ltreg.checkpoint import TrainerState, write_atomic
 from ltreg.config import TrainConfig
+from ltreg.errors import NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
+from ltreg.layout import METRICS_FILE
 from ltreg.models.ltmodel import LTModel
-from ltreg.run import Run, StageSetup, TrainingError, run_card, stage1_setup, stage2_setup
+from ltreg.run import Run
 from ltreg.runlog import RunLog
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss (or one of its parts) became NaN or infinite; the run stopped at the last good checkpoint."""
+from ltreg.stages import StageSetup, stage1_setup, stage2_setup
 
 
 @dataclass
@@ -166,8 +165,8 @@ def fit(run: Run) -> RunResult:
     metrics["stage2"] = stage2_info
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
-        card: RunCard = run_card(run, metrics)
+        write_atomic(run.run_dir / METRICS_FILE, json.dumps(metrics, indent=1))
+        card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))
         log.say(f"run folder: {run.run_dir}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import types
 import typing
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ltreg.errors import ConfigError
+from ltreg.fields import check_range, check_type, parse_value
 from ltreg.registry import registry
 
 
@@ -57,14 +57,14 @@ class HParams:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            _check_type(type(self).__name__, f.name, value, hints.get(f.name, Any))
+            check_type(type(self).__name__, f.name, value, hints.get(f.name, Any))
             meta = f.metadata
             if "choices" in meta and value not in meta["choices"]:
                 raise ConfigError(
                     f"hyper-parameter {f.name}={value!r} is not one of {list(meta['choices'])}"
                 )
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                _check_range(f.name, value, meta)
+                check_range(f.name, value, meta)
 
     def replace(self, **overrides: Any) -> HParams:
         """A copy with ``overrides`` (strings from the CLI are parsed to the field's type)."""
@@ -82,87 +82,11 @@ class HParams:
                     f"unknown hyper-parameter {key!r} for {type(self).__name__}.{hint} "
                     f"Known: {', '.join(sorted(known))}."
                 )
-            parsed[name] = _parse(value, hints.get(name, Any), f"hyper-parameter {name}") if isinstance(value, str) else value
+            parsed[name] = parse_value(value, hints.get(name, Any), f"hyper-parameter {name}") if isinstance(value, str) else value
         return dataclasses.replace(self, **parsed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _check_range(name: str, value: float, meta: Mapping[str, Any]) -> None:
-    """A number within the field's ``min`` / ``max``; NaN always refused, ±inf unless a bound is infinite."""
-    lo, hi = meta.get("min"), meta.get("max")
-    strict = meta.get("min_exclusive", False)
-    where = f"hyper-parameter {name}={value!r} (--hp {name}=VALUE)"
-    allowed = f"{'>' if strict else '>='} {lo}" if lo is not None else ""
-    if hi is not None:
-        allowed = f"{allowed} and <= {hi}" if allowed else f"<= {hi}"
-    if math.isnan(value) or (math.isinf(value) and not meta.get("allow_inf") and value not in (lo, hi)):
-        raise ConfigError(f"{where} must be a finite number{' ' + allowed if allowed else ''}")
-    if lo is not None and (value < lo or (strict and value == lo)):
-        raise ConfigError(f"{where} must be {allowed}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{where} must be {allowed}")
-
-
-def _check_type(owner: str, name: str, value: Any, tp: Any) -> None:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if any(_type_ok(value, o) for o in options):
-            return
-    elif _type_ok(value, tp):
-        return
-    if owner == "TrainConfig":
-        from ltreg.settings import flag
-
-        raise ConfigError(f"{flag(name)} must be of type {_tname(tp)}, got {value!r}")
-    raise ConfigError(f"hyper-parameter {name}={value!r} of {owner} must be of type {_tname(tp)}")
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    if tp is type(None):
-        return value is None
-    if typing.get_origin(tp) is typing.Literal:
-        return value in typing.get_args(tp)
-    base = typing.get_origin(tp) or tp
-    if base is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if base is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, base) if isinstance(base, type) else True
-
-
-def _tname(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _parse(text: str, tp: Any, name: str) -> Any:
-    """Parse a CLI string into the declared type of a field."""
-    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    if text.lower() in ("none", "null") and type(None) in options:
-        return None
-    for option in options:
-        if option is bool:
-            if text.lower() in ("true", "1", "yes", "on"):
-                return True
-            if text.lower() in ("false", "0", "no", "off"):
-                return False
-        elif option is int:
-            try:
-                return int(text)
-            except ValueError:
-                pass
-        elif option is float:
-            try:
-                return float(text)
-            except ValueError:
-                pass
-        elif option is str or typing.get_origin(option) is typing.Literal:
-            return text
-    raise ConfigError(f"{name}={text!r} cannot be read as {_tname(tp)}")
 
 
 @dataclass(frozen=True)

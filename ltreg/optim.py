@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ltreg.method import ConfigError
+from ltreg.errors import ConfigError
 
 #: ltreg's schedule names (``--schedule``).
 SCHEDULES = ("cosine", "step", "constant", "onecycle", "poly")

@@ -17,12 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltreg.distributed import all_reduce_sum
-from ltreg.errors import UsageError
+from ltreg.errors import PrototypeError
 from ltreg.step import Batch, BuildContext, Outputs, Part, StepState
-
-
-class PrototypeError(UsageError, ValueError):
-    """A prototype module that cannot be built or updated as configured."""
 
 
 def _class_ranks(y: Tensor, counts: Tensor) -> Tensor:

@@ -13,26 +13,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from ltreg.errors import UsageError
+from ltreg.errors import DuplicateNameError, PluginLoadError, RegistryError, UnknownNameError
 
 GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets", "tuners")
 IN_PROCESS = "<in-process>"
-
-
-class RegistryError(UsageError, LookupError):
-    """A name that cannot be resolved, or a conflict between providers."""
-
-
-class UnknownNameError(RegistryError):
-    pass
-
-
-class DuplicateNameError(RegistryError):
-    pass
-
-
-class PluginLoadError(RegistryError):
-    """A plugin's entry point failed to import; other names keep working."""
 
 
 @dataclass

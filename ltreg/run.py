@@ -2,15 +2,14 @@
 
 ``build_run(RunConfig) -> Run``: accelerator -> data (and the held-out split a rebalancer
 declares) -> the run folder check -> model (initial weights, then the tuner) -> step state, data passes, build context -> the
-method's parts -> checkpoints. Nothing here trains: :mod:`ltreg.loop` runs what this builds, and
-:func:`stage_setup` gives the loop each stage's loader, optimizer and schedule.
+method's parts -> checkpoints. Nothing here trains:
+:mod:`ltreg.stages` sets each stage up (loader, optimizer, schedule) and :mod:`ltreg.loop` runs them.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,37 +18,23 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
-from torch.utils.data import DataLoader
 
 import ltreg.distributed as D
-from ltreg.budget import scale_count
 from ltreg.card import DatasetRecord, RunCard
 from ltreg.checkpoint import Checkpoints, guard_run_folder
 from ltreg.config import RunConfig, TrainConfig, resolve_tuner
 from ltreg.data.build import build_data
 from ltreg.data.lt import LTData, LTDataset
-from ltreg.data.views import ViewDataset, collate
-from ltreg.errors import LtregError
+from ltreg.data.split import carve_holdout
+from ltreg.errors import ConfigError, TrainingError
 from ltreg.evaluate import DataPasses
-from ltreg.method import ConfigError, PartRef, build_part
+from ltreg.method import PartRef, build_part
 from ltreg.models.backbones import load_initial_weights, resolve_arch
 from ltreg.models.ltmodel import LTModel, LTModelConfig
-from ltreg.optim import (
-    OptimSettings,
-    build_optimizer,
-    param_groups,
-    split_decay,
-    stage1_schedule,
-    stage2_schedule,
-)
 from ltreg.registry import registry
 from ltreg.runlog import check_tracker
-from ltreg.step import Batch, BuildContext, LossOutput, Outputs, Part, StepState
+from ltreg.step import BuildContext, Part, StepState
 from ltreg.tuners import TunedParams, Tuner
-
-
-class TrainingError(LtregError, RuntimeError):
-    """A run that cannot go on; the message says what was kept and what to do."""
 
 
 @dataclass
@@ -91,7 +76,7 @@ class Run:
     checkpoints: Checkpoints
     tuner: Tuner
     tuned: TunedParams
-    #: Trainable and total parameters of stage 1 (model and trainable parts), set by :func:`stage1_setup`.
+    #: Trainable and total parameters of stage 1 (model and trainable parts), set by ``stages.stage1_setup``.
     counts: tuple[int, int] = (0, 0)
 
     @property
@@ -106,21 +91,33 @@ class Run:
         """What a checkpoint saves besides the optimizer: the model and every part with tensors."""
         return {"model": self.model, **self.parts.modules()}
 
+    def card(self, metrics: dict[str, Any]) -> RunCard:
+        """What ``config.json``, the model card and ``ltreg eval`` record about this run."""
+        train, cfg, spec = self.data.train, self.cfg, self.config.spec
+        args = cfg.data_args()
+        hub_id = args.root if args.root and args.root.count("/") == 1 and not Path(args.root).exists() else None
+        dataset = DatasetRecord(name=cfg.dataset, test_name=self.data.test.name, class_counts=train.class_counts.tolist(),
+                                class_names=list(train.class_names), many_thr=train.many_thr, few_thr=train.few_thr,
+                                image_size=train.image_size, mean=list(train.mean), std=list(train.std),
+                                info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id)
+        tuner = {**self.tuner.to_dict(), "backbone_trainable": self.tuned.trainable, "backbone_total": self.tuned.total,
+                 "trainable": self.counts[0], "total": self.counts[1], "structural": self.tuner.structural,
+                 "mergeable": self.tuner.mergeable, "base": base_weights(cfg)}
+        return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=self.config.hparams.to_dict(),
+                       recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
+                       metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"),
+                       tuner=tuner)
 
-def carve_holdout(train: LTDataset, fraction: float, seed: int) -> tuple[LTDataset, LTDataset]:
-    """Split ``fraction`` of every class with >= 2 images off the training set (for stage-2 tuning)."""
-    g = torch.Generator().manual_seed(seed + 7)
-    perm = torch.randperm(len(train), generator=g)
-    targets = train.targets[perm]
-    order = torch.argsort(targets, stable=True)
-    perm, targets = perm[order], targets[order]
-    counts = torch.bincount(targets, minlength=train.num_classes)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(train)) - starts[targets]
-    take = torch.where(counts >= 2, (counts.double() * fraction).floor().clamp(min=1).long(), 0)
-    held = rank < take[targets]
-    return (train.subset(perm[~held].sort().values.numpy()),
-            train.subset(perm[held].sort().values.numpy(), name=f"{train.name}-holdout"))
+
+def base_weights(cfg: TrainConfig) -> str | None:
+    """Where timm fetches the run's initial backbone weights from (a tag or ``hf-hub:org/name``), or None
+    (random weights, a local folder, ``--init-from``): the base an adapter-only export names."""
+    from ltreg.models.backbones import parse_backbone
+
+    if cfg.init_from is not None or not cfg.pretrained or not cfg.backbone:
+        return None
+    kind, ref = parse_backbone(cfg.backbone)
+    return ref if kind in ("hub", "tag", "arch") else None
 
 
 def preflight_output(run_dir: Path, min_free_mb: int = 50) -> None:
@@ -236,72 +233,6 @@ def build_run(rc: RunConfig) -> Run:
                tuner, tuned)
 
 
-def run_card(run: Run, metrics: dict[str, Any]) -> RunCard:
-    """What ``config.json``, the model card and ``ltreg eval`` record about this run."""
-    train, cfg, spec = run.data.train, run.cfg, run.config.spec
-    args = cfg.data_args()
-    hub_id = args.root if args.root and args.root.count("/") == 1 and not Path(args.root).exists() else None
-    dataset = DatasetRecord(name=cfg.dataset, test_name=run.data.test.name, class_counts=train.class_counts.tolist(),
-                            class_names=list(train.class_names), many_thr=train.many_thr, few_thr=train.few_thr,
-                            image_size=train.image_size, mean=list(train.mean), std=list(train.std),
-                            info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id)
-    tuner = {**run.tuner.to_dict(), "backbone_trainable": run.tuned.trainable, "backbone_total": run.tuned.total,
-             "trainable": run.counts[0], "total": run.counts[1], "structural": run.tuner.structural,
-             "mergeable": run.tuner.mergeable, "base": base_weights(cfg)}
-    return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=run.config.hparams.to_dict(),
-                   recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
-                   metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"),
-                   tuner=tuner)
-
-
-def base_weights(cfg: TrainConfig) -> str | None:
-    """Where timm fetches the run's initial backbone weights from (a tag or ``hf-hub:org/name``), or None
-    (random weights, a local folder, ``--init-from``): the base an adapter-only export names."""
-    from ltreg.models.backbones import parse_backbone
-
-    if cfg.init_from is not None or not cfg.pretrained or not cfg.backbone:
-        return None
-    kind, ref = parse_backbone(cfg.backbone)
-    return ref if kind in ("hub", "tag", "arch") else None
-
-
-# -- what each stage trains with -------------------------------------------------------------------
-class StepModule(nn.Module):
-    """The model and one stage's trainable parts as one module: one forward is one step's loss.
-
-    Accelerate wraps it (DDP, FSDP, DeepSpeed as configured), so every parameter a stage trains --
-    backbone, heads, learnable prototypes, parameters of a loss -- is synchronised by the same
-    wrapper, whichever part's code reads it inside the loss.
-    """
-
-    def __init__(self, model: nn.Module, parts: dict[str, nn.Module], loss: Callable[..., LossOutput],
-                 hooks: list[Part], query_views: list[int] | None) -> None:
-        super().__init__()
-        self.model, self.parts = model, nn.ModuleDict(parts)
-        self._step = (loss, hooks, query_views)  # a tuple: not registered as submodules twice
-
-    def forward(self, batch: Batch, state: StepState) -> tuple[LossOutput, Outputs]:
-        loss, hooks, query = self._step
-        outputs = self.model(batch.images if query is None else batch.images[:, query])
-        for h in hooks:
-            h.on_forward(outputs, batch, state)
-        return loss(outputs, batch, state), outputs
-
-
-@dataclass
-class StageSetup:
-    """One stage's loop inputs: the prepared step module, loader, optimizer and schedule, hooks and budget."""
-
-    stage: int
-    epochs: int
-    steps_per_epoch: int
-    module: Any
-    loader: Any
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    hooks: list[Part]
-
-
 def loader_workers(cfg: TrainConfig, acc: Accelerator) -> int:
     """``--num-workers``, or from the CPUs this process may use: on CUDA all but one (at most 8) decode and
     augment while the GPU trains; on CPU none, since the model's own threads already use every core."""
@@ -311,103 +242,3 @@ def loader_workers(cfg: TrainConfig, acc: Accelerator) -> int:
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(8, cpus // acc.num_processes - 1))
-
-
-def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int) -> DataLoader:
-    """A loader of the training set's ``views`` in ``sampler`` order; its dataset and sampler stay reachable.
-
-    Workers persist across epochs (the view dataset's epoch lives in shared memory), memory is pinned
-    for CUDA, and each worker prefetches batches ahead.
-    """
-    vds = ViewDataset(run.train_set, tuple(views), role=getattr(sampler, "extra_role", None),
-                      positive_views=run.config.spec.positive_views, seed=run.cfg.seed)
-    if len(sampler) < batch_size:
-        raise ConfigError(f"an epoch of the {type(sampler).__name__} has {len(sampler)} samples, fewer than one batch "
-                          f"of {batch_size}; lower batch_size")
-    workers = loader_workers(run.cfg, run.accelerator)
-    loader = DataLoader(vds, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=workers,
-                        drop_last=True, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                        pin_memory=run.accelerator.device.type == "cuda")
-    loader.view_dataset, loader.ltreg_sampler = vds, sampler  # type: ignore[attr-defined]
-    return loader
-
-
-def _prepare(run: Run, module: StepModule, loader: DataLoader, optimizer: torch.optim.Optimizer,
-             factor: Callable[[int], float]) -> tuple:
-    vds, sampler = loader.view_dataset, loader.ltreg_sampler  # type: ignore[attr-defined]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    module, loader, optimizer, scheduler = run.accelerator.prepare(module, loader, optimizer, scheduler)
-    loader.view_dataset, loader.ltreg_sampler = vds, sampler
-    return module, loader, optimizer, scheduler
-
-
-def freeze_unused_heads(run: Run) -> None:
-    """Freeze the model heads stage 1 does not train (``ModelSpec.train_heads``): their parameters get no
-    gradient, as on one process, and DDP needs no search for unused parameters."""
-    for head in ("projector", "classifier"):
-        if head not in run.config.spec.model_for(run.config.hparams).train_heads:
-            getattr(run.model, head).requires_grad_(False)
-
-
-def stage1_setup(run: Run) -> StageSetup:
-    """Stage 1: the method's loss and sampler over all trainable model and part parameters."""
-    cfg, spec, acc = run.cfg, run.config.spec, run.accelerator
-    run.model.to(acc.device)
-    for mod in run.parts.modules().values():
-        mod.to(acc.device)
-    freeze_unused_heads(run)
-    trainable = {k: m for k, m in run.parts.modules().items() if any(p.requires_grad for p in m.parameters())}
-    query = list(spec.query_views) if spec.query_views is not None else None
-    module = StepModule(run.model, trainable, run.parts.loss, run.parts.hooks(), query)
-    params = [p for p in module.parameters() if p.requires_grad]
-    run.counts = (sum(p.numel() for p in params), sum(p.numel() for p in module.parameters()))
-    loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size)
-    settings = OptimSettings.stage1(cfg)
-    optimizer = build_optimizer(param_groups(run.model, params, settings), settings)
-    steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
-    factor = stage1_schedule(cfg, cfg.epochs * steps, steps)
-    module, loader, optimizer, scheduler = _prepare(run, module, loader, optimizer, factor)
-    run.state.class_counts = run.state.class_counts.to(acc.device)
-    return StageSetup(1, cfg.epochs, steps, module, loader, optimizer, scheduler, run.parts.hooks())
-
-
-def tuner_bounds(run: Run, groups: list[Any]) -> list[Any]:
-    """Stage 2's groups without the backbone parameters the tuner froze: a rebalancer that fine-tunes the
-    backbone (KD with ``freeze_backbone=False``) trains what the tuner lets train, nothing more."""
-    backbone = D.unwrap(run.model).backbone
-    modules = dict(backbone.named_modules())
-    frozen = set()
-    for name, param in backbone.named_parameters():
-        owner = modules[name.rsplit(".", 1)[0]] if "." in name else backbone
-        if not run.tuner.trains(name, param, owner):
-            param.requires_grad_(False)
-            frozen.add(id(param))
-    if not frozen:
-        return groups
-    if groups and isinstance(groups[0], dict):
-        kept = [{**g, "params": [p for p in g["params"] if id(p) not in frozen]} for g in groups]
-        return [g for g in kept if g["params"]]
-    return [p for p in groups if id(p) not in frozen]
-
-
-def stage2_setup(run: Run) -> StageSetup | None:
-    """Stage 2: the rebalancer's trainable groups, sampler, views and loss (its ``setup`` freezes the rest);
-    None for a post-hoc rebalancer (no epochs)."""
-    reb, cfg = run.parts.rebalancer, run.cfg
-    groups = tuner_bounds(run, reb.setup(run.model))
-    epochs = scale_count(cfg.stage2_epochs if cfg.stage2_epochs is not None else reb.epochs, cfg.budget_fraction)
-    if epochs <= 0:
-        return None
-    lr = cfg.stage2_lr or reb.lr or cfg.lr
-    if groups and isinstance(groups[0], dict):
-        groups = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in groups]
-    settings = OptimSettings.stage2(cfg, lr)
-    optimizer = build_optimizer(split_decay(groups, settings), settings)
-    sampler = build_part("sampler", PartRef(reb.sampler, **getattr(reb, "sampler_kwargs", {})), run.config.hparams,
-                         run.ctx)
-    loader = make_loader(run, reb.views, sampler, cfg.stage2_batch_size or cfg.batch_size)
-    steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
-    trainable = {"rebalancer": reb} if any(p.requires_grad for p in reb.parameters()) else {}
-    module = StepModule(run.model, trainable, reb.loss, [], None)
-    module, loader, optimizer, scheduler = _prepare(run, module, loader, optimizer, stage2_schedule(epochs * steps, steps))
-    return StageSetup(2, epochs, steps, module, loader, optimizer, scheduler, [])

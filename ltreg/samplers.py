@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from ltreg.data.lt import DataError
+from ltreg.errors import DataError
 
 _STREAM = 0x9E3779B97F4A7C15  # seed offset between independent sub-streams of one sampler
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from ltreg.config import DEFAULT_METHOD, RunConfig, load_yaml, resolve_config
-from ltreg.loop import NonFiniteLossError, RunResult, fit
+from ltreg.errors import NonFiniteLossError, TrainingError
+from ltreg.loop import RunResult, fit
 from ltreg.method import get_method
-from ltreg.run import Run, TrainingError, build_run
+from ltreg.run import Run, build_run
 
 
 class Trainer:

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from ltreg.data import builders as B
-from ltreg.data.lt import DataError, LTDataset, TensorSource, class_split_sizes, lt_counts, make_lt_indices
+from ltreg.data.lt import LTDataset, TensorSource, class_split_sizes, lt_counts, make_lt_indices
+from ltreg.errors import DataError
 
 RNG = np.random.RandomState(123)
 

@@ -16,9 +16,9 @@ from ltreg.cli import main
 from ltreg.config import TrainConfig, resolve_config
 from ltreg.data import builders as B
 from ltreg.data.build import build_data, dataset_defaults, parse_data_arg, parse_data_args, with_defaults
-from ltreg.data.lt import DataArgumentError
-from ltreg.method import ConfigError, get_method
-from ltreg.registry import UnknownNameError, registry
+from ltreg.errors import ConfigError, DataArgumentError, UnknownNameError
+from ltreg.method import get_method
+from ltreg.registry import registry
 
 #: The table config.py held before defaults moved onto the builders.
 OLD_DEFAULTS: dict[str, dict[str, Any]] = {

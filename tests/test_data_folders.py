@@ -12,7 +12,7 @@ import ltreg
 from ltreg.config import TrainConfig
 from ltreg.data.build import build_data
 from ltreg.data.folder import imagefolder_lt
-from ltreg.data.lt import DataLayoutError, ImageDecodeError
+from ltreg.errors import DataLayoutError, ImageDecodeError
 
 RNG = np.random.RandomState(5)
 

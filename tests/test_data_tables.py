@@ -21,7 +21,7 @@ from PIL import Image
 from ltreg.config import TrainConfig
 from ltreg.data.build import build_data
 from ltreg.data.hf import hf_lt
-from ltreg.data.lt import DataError, DataLayoutError, ImageDecodeError
+from ltreg.errors import DataError, DataLayoutError, ImageDecodeError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer, hub_env  # noqa: E402

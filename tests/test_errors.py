@@ -7,10 +7,8 @@ import torch
 
 import ltreg
 from ltreg.config import load_yaml, resolve_config
-from ltreg.data.lt import DataError, LTDataset, TensorSource
-from ltreg.method import ConfigError
-from ltreg.models.ltmodel import ModelConfigError
-from ltreg.registry import UnknownNameError
+from ltreg.data.lt import LTDataset, TensorSource
+from ltreg.errors import ConfigError, DataError, ModelConfigError, UnknownNameError
 from ltreg.samplers import KGlobalSampler
 
 

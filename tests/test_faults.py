@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 import ltreg
 from ltreg.config import resolve_config
+from ltreg.errors import NonFiniteLossError, TrainingError
 from ltreg.registry import registry
 from ltreg.step import LossOutput
-from ltreg.trainer import NonFiniteLossError, Trainer, TrainingError
+from ltreg.trainer import Trainer
 from tests.conftest import LTREG, ROOT
 
 ARGS = ["train", "--method", "ce", "--epochs", "6", "--max-steps-per-epoch", "10", "--batch-size", "32",

@@ -12,7 +12,7 @@ import torch
 import ltreg
 from ltreg.cli import build_parser
 from ltreg.config import TrainConfig, resolve_config
-from ltreg.method import ConfigError
+from ltreg.errors import ConfigError
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.optim import OptimSettings, build_optimizer, lr_schedule, param_groups, split_decay
 

@@ -21,7 +21,7 @@ from hubserver import HubServer, run_client  # noqa: E402
 
 import ltreg  # noqa: E402
 from ltreg.config import TrainConfig, resolve_config  # noqa: E402
-from ltreg.method import ConfigError  # noqa: E402
+from ltreg.errors import ConfigError
 from ltreg.models.backbones import load_initial_weights, resolve_arch  # noqa: E402
 from ltreg.models.ltmodel import LTModel, LTModelConfig  # noqa: E402
 from ltreg.run import build_run  # noqa: E402

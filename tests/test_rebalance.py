@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltreg.errors import RebalanceError
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.rebalance import (
     CRT,
@@ -15,7 +16,6 @@ from ltreg.rebalance import (
     KDRebalance,
     NCMClassifier,
     PostHocLogitAdjust,
-    RebalanceError,
     Rebalancer,
     ScaledClassifier,
     TauNorm,

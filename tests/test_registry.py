@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import ltreg
-from ltreg.method import ConfigError, HParams, MethodSpec, PartRef
-from ltreg.registry import DuplicateNameError, PluginLoadError, UnknownNameError, refresh, registry
+from ltreg.errors import ConfigError, DuplicateNameError, PluginLoadError, UnknownNameError
+from ltreg.method import HParams, MethodSpec, PartRef
+from ltreg.registry import refresh, registry
 
 
 def make_dist(root: Path, dist: str, version: str, module: str, body: str, methods: dict[str, str]) -> None:

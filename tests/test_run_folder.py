@@ -272,7 +272,7 @@ def test_flipped_byte_in_a_checkpoint_is_named_on_resume(run_copy: Path, capsys:
 
 def test_flipped_byte_in_the_run_folder_model_is_named_on_load_and_eval(run_copy: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from ltreg.checkpoint import CheckpointError
+    from ltreg.errors import CheckpointError
 
     ltreg.from_pretrained(run_copy)  # intact: loads
     flip_tensor_byte(run_copy / "model.safetensors")
@@ -380,7 +380,8 @@ def test_interrupted_in_stage2_resumes_to_the_uninterrupted_weights(tmp_path: Pa
 def test_checkpoints_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from ltreg.checkpoint import CheckpointError, Checkpoints
+    from ltreg.checkpoint import Checkpoints
+    from ltreg.errors import CheckpointError
 
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "stage1-epoch-1").mkdir(parents=True)

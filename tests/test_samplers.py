@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import BatchSampler
 
-from ltreg.data.lt import DataError
+from ltreg.errors import DataError
 from ltreg.samplers import (
     ClassAwareSampler,
     ClassBalancedSampler,

@@ -15,8 +15,8 @@ import torch
 import ltreg
 from ltreg.cli import main
 from ltreg.config import resolve_config
-from ltreg.data.lt import DataError, LTDataset, TensorSource
-from ltreg.errors import ConfigError, LtregError, UsageError
+from ltreg.data.lt import LTDataset, TensorSource
+from ltreg.errors import ConfigError, DataError, LtregError, UsageError
 
 
 def resolve(method: str = "ce", **overrides):
@@ -96,12 +96,17 @@ def test_single_class_training_set_is_refused():
 
 
 def test_error_hierarchy_has_one_base():
-    from ltreg.data.lt import DataError
-    from ltreg.hub import CheckpointError, PushError
-    from ltreg.method import ConfigError as FromMethod
-    from ltreg.models.ltmodel import ModelConfigError
-    from ltreg.registry import RegistryError, UnknownNameError
-    from ltreg.trainer import NonFiniteLossError, TrainingError
+    from ltreg.errors import (
+        CheckpointError,
+        DataError,
+        ModelConfigError,
+        NonFiniteLossError,
+        PushError,
+        RegistryError,
+        TrainingError,
+        UnknownNameError,
+    )
+    from ltreg.errors import ConfigError as FromMethod
 
     assert FromMethod is ConfigError
     for cls in (ConfigError, ModelConfigError, RegistryError, UnknownNameError, DataError):

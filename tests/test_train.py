@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import ltreg
 from ltreg.config import TrainConfig, resolve_config
-from ltreg.method import ConfigError
+from ltreg.errors import ConfigError
 from tests.conftest import LTREG, ROOT
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from ltreg.hub import HEADS_FILE, WEIGHTS_FILE, CheckpointError
+from ltreg.errors import CheckpointError
+from ltreg.layout import HEADS_FILE, WEIGHTS_FILE
 from ltreg.models.ltmodel import LTModel, from_pretrained
 from ltreg.models.pretrained import MissingPluginWarning
 from tests.test_hub import toy_run

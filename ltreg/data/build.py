@@ -21,7 +21,9 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from ltreg.data.lt import DataArgumentError, DataError, LTData, class_split_sizes
+from ltreg.data.lt import LTData, class_split_sizes
+from ltreg.errors import DataArgumentError, DataError
+from ltreg.fields import type_ok
 from ltreg.registry import registry
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,13 +111,11 @@ def parse_data_args(pairs: list[str]) -> dict[str, Any]:
 
 
 def _accepts(value: Any, tp: Any) -> bool:
-    from ltreg.method import _type_ok  # method imports the registry only: no cycle
-
     if tp is Any or tp is inspect.Parameter.empty:
         return True
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return any(_type_ok(value, option) for option in typing.get_args(tp))
-    return _type_ok(value, tp)
+        return any(type_ok(value, option) for option in typing.get_args(tp))
+    return type_ok(value, tp)
 
 
 def _listing(params: dict[str, inspect.Parameter]) -> str:

@@ -19,8 +19,9 @@ from ltreg.data.build import with_defaults
 from ltreg.data.folder import imagefolder_lt
 from ltreg.data.hf import _labels, hf_lt, load_table, prepare
 from ltreg.data.infer import IMAGENET_MEAN, IMAGENET_STD
-from ltreg.data.lt import DataError, LTData, LTDataset, TensorSource, effective_imbalance, make_lt_indices
+from ltreg.data.lt import LTData, LTDataset, TensorSource, effective_imbalance, make_lt_indices
 from ltreg.data.sources import FileSource, HFSource
+from ltreg.errors import DataError
 
 __all__ = ["cifar10_lt", "cifar100_lt", "digits_lt", "fashion_mnist_lt", "hf_lt", "imagefolder_lt", "imagenet_lt",
            "inat2018", "places_lt", "split_file_benchmark"]

@@ -11,23 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ltreg.errors import UsageError
-
-
-class DataError(UsageError, ValueError):
-    """Bad data: labels out of range, an empty class, an impossible profile."""
-
-
-class DataLayoutError(DataError):
-    """A folder or table whose layout cannot be read unambiguously (split names mixed with classes ...)."""
-
-
-class DataArgumentError(DataError):
-    """A data set builder argument that the builder does not take, or a value that cannot be parsed."""
-
-
-class ImageDecodeError(DataError):
-    """An image that cannot be decoded (truncated, not an image); names the file or row and the fix."""
+from ltreg.errors import DataError
 
 
 class ImageSource(Protocol):

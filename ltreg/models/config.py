@@ -11,16 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ltreg.checkpoint import CheckpointError
-from ltreg.errors import ConfigError, TunerError
-
-
-class ModelConfigError(ConfigError):
-    """An unknown backbone or an inconsistent head configuration; ``key`` is the offending field."""
-
-    def __init__(self, message: str, key: str = "") -> None:
-        super().__init__(message)
-        self.key = key
+from ltreg.errors import CheckpointError, ModelConfigError, TunerError
 
 
 @dataclass

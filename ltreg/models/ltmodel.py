@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 import ltreg.models.cifar_resnet  # noqa: F401 - registers resnet8/20/32/... into timm
 from ltreg.card import RunCard
+from ltreg.errors import ModelConfigError
 from ltreg.hub import push_run
 from ltreg.models import pretrained
-from ltreg.models.config import LTModelConfig, ModelConfigError
+from ltreg.models.config import LTModelConfig
 from ltreg.models.heads import CosineLinear, projector
 from ltreg.step import Outputs
 

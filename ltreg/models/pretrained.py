@@ -19,25 +19,23 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ltreg.card import PLOT_FILE, RunCard, model_card, plot_per_class
-from ltreg.checkpoint import CheckpointError, write_atomic, write_manifest
-from ltreg.hub import (
+from ltreg.card import RunCard, model_card, plot_per_class
+from ltreg.checkpoint import write_atomic, write_manifest
+from ltreg.errors import CheckpointError, ModelConfigError, RegistryError, TunerError
+from ltreg.hub import PICKLE_PATTERNS, read_config, read_safetensors, refuse_pickle, resolve
+from ltreg.layout import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     CARD_FILE,
     CONFIG_FILE,
     HEADS_FILE,
-    PICKLE_PATTERNS,
+    PLOT_FILE,
     WEIGHTS_FILE,
-    read_config,
-    read_safetensors,
-    refuse_pickle,
-    resolve,
 )
-from ltreg.models.config import LTModelConfig, ModelConfigError, folder_model_config
+from ltreg.models.config import LTModelConfig, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
-from ltreg.registry import IN_PROCESS, RegistryError, registry
+from ltreg.registry import IN_PROCESS, registry
 from ltreg.version import __version__
 
 
@@ -156,8 +154,8 @@ _BASE = re.compile(r"^(hf-hub:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z
 def _load_adapter_only(cls: type[nn.Module], folder: Path, label: str, cfg: LTModelConfig,
                        adapter: Any) -> nn.Module:
     """Build the base from timm (its id from config.json), add the tuner's modules, load adapter and heads."""
-    from ltreg.models.backbones import load_initial_weights
-    from ltreg.tuners import TunerError, tuner_from_dict
+    import timm
+    from ltreg.tuners import tuner_from_dict
 
     base = adapter.get("base") if isinstance(adapter, dict) else None
     if not (isinstance(base, str) and _BASE.match(base)):
@@ -167,12 +165,18 @@ def _load_adapter_only(cls: type[nn.Module], folder: Path, label: str, cfg: LTMo
         raise CheckpointError(f"{CONFIG_FILE} of {label} is an adapter-only folder without a tuner (ltreg.model.tuner)")
     try:
         model = cls(dataclasses.replace(cfg, tuner=None))
-        load_initial_weights(model, base, True, None, say=lambda _: None)
+        with torch.random.fork_rng(devices=[]):
+            src = timm.create_model(base, pretrained=True, num_classes=0, in_chans=cfg.in_chans, **cfg.backbone_kwargs)
+        model.backbone.load_state_dict(src.state_dict())
         tuner = tuner_from_dict(cfg.tuner, label)
         tuner.add_modules(model.backbone)
         tuner.load_adapter_state(model.backbone, read_safetensors(folder / ADAPTER_WEIGHTS, label), label)
     except (ModelConfigError, TunerError) as exc:
         raise CheckpointError(f"the adapter-only model {label} (base {base}): {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - download, offline cache miss, a base of another shape: one message
+        raise CheckpointError(f"the adapter-only model {label} needs its base model {base} from timm, which failed "
+                              f"({type(exc).__name__}: {str(exc)[:300]}). Online, check HF_ENDPOINT; with "
+                              f"HF_HUB_OFFLINE=1 the base must be in the Hub cache") from exc
     model.config.tuner = cfg.tuner
     heads = read_safetensors(folder / HEADS_FILE, label) if (folder / HEADS_FILE).is_file() else None
     if heads is None:

@@ -10,7 +10,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from ltreg.models.config import LTModelConfig, ModelConfigError
+from ltreg.errors import ModelConfigError
+from ltreg.models.config import LTModelConfig
 from ltreg.models.heads import CosineLinear
 
 

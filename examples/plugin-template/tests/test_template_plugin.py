@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ltreg_template import METHOD, SupConLALoss, supcon_la
 
 import ltreg
-from ltreg.step import Batch, Outputs, StepState
+from ltreg import Batch, Outputs, StepState
 
 
 def naive_supcon_la(z, logits, labels, counts, *, temperature, tau, con_weight, ce_weight):

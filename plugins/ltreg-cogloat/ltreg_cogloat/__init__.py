@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
 from ltreg_cogloat.loss import NEGATIVES, CoGloATLoss, adaptive_temperature, cogloat, proco
 
 __version__ = "0.1.0"

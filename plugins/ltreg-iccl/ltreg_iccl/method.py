@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg.method import ConfigError, HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
 
 CITATION = ("Tiong, Li, Lin, Li, Xiong, Hoi. Improving Tail-Class Representation with Centroid Contrastive "
             "Learning (ICCL). arXiv:2110.10048, 2021")
@@ -91,11 +91,6 @@ class ICCLSpec(MethodSpec):
         views = super().views_for(hparams)
         if not getattr(hparams, "colour_jitter", False):
             return views
-        from ltreg.data import views as _views
-
-        if "jitter" not in getattr(_views, "MODIFIERS", ()):
-            raise ConfigError("ICCL colour_jitter=True needs the 'jitter' view modifier in ltreg.data.views "
-                              "(not there yet); run with --hp colour_jitter=false to train without it")
         return tuple(f"{v}+jitter" for v in views)
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ltreg.mixing import PairMixup
-from ltreg.step import Batch, StepState
+from ltreg import Batch, PairMixup, StepState
 from ltreg_iccl.schedule import in_warmup
 
 

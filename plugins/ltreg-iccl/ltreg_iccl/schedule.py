@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ltreg.step import StepState
+from ltreg import StepState
 
 
 def warmup_epochs(fraction: float, num_epochs: int) -> int:

@@ -1,4 +1,9 @@
-"""Range and consistency checks of the training settings (:class:`ltreg.config.TrainConfig`).
+"""Validation of every setting, at the bottom of the layers: types, ranges, NaN, choices, combinations.
+
+One home for the checks that hyper-parameters (:class:`ltreg.method.HParams`), training settings
+(:class:`ltreg.config.TrainConfig`) and data-set builder arguments share: :func:`check_type`,
+:func:`check_range`, :func:`parse_value` (a command-line string read as a declared type), and the
+training settings' own table (:data:`BOUNDS`, :data:`CHOICES`) with :func:`check_settings`.
 
 Every numeric setting has a :class:`Bound`; NaN and ±inf are refused everywhere (``nan < lo`` is
 false, so a plain comparison would let them through). Settings that make no sense together (a
@@ -10,22 +15,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ltreg.errors import ConfigError
-
-if TYPE_CHECKING:
-    from ltreg.config import TrainConfig
-
-
-class SettingError(ConfigError):
-    """A training setting out of range, or settings that contradict each other; ``names`` are the fields."""
-
-    def __init__(self, message: str, names: Sequence[str]) -> None:
-        super().__init__(message)
-        self.names = tuple(names)
+from ltreg.errors import ConfigError, SettingError
 
 
 def flag(name: str) -> str:
@@ -112,7 +108,7 @@ ADVICE: dict[str, str] = {
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
-def check_settings(cfg: TrainConfig) -> None:
+def check_settings(cfg: Any) -> None:
     """Raise :class:`SettingError` for the first setting out of range, then for contradicting settings."""
     for name, bound in BOUNDS.items():
         value = getattr(cfg, name)
@@ -130,7 +126,7 @@ def check_settings(cfg: TrainConfig) -> None:
     _check_together(cfg)
 
 
-def _check_together(cfg: TrainConfig) -> None:
+def _check_together(cfg: Any) -> None:
     if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs > 0:
         raise SettingError(
             f"--warmup-epochs {cfg.warmup_epochs} must be smaller than --epochs {cfg.epochs}: the whole run "
@@ -148,3 +144,78 @@ def _check_together(cfg: TrainConfig) -> None:
             f"last epoch never lowers the learning rate, one at 0 lowers it from the start. Give milestones below "
             f"--epochs (the usual 80 % and 90 % of the run: --milestones {round(cfg.epochs * 0.8)},{round(cfg.epochs * 0.9)}) or raise --epochs",
             ["milestones", "epochs"])
+
+
+# -- types and ranges shared by hyper-parameters, settings and builder arguments ---------------------
+def check_range(name: str, value: float, meta: Mapping[str, Any]) -> None:
+    """A number within the field's ``min`` / ``max``; NaN always refused, ±inf unless a bound is infinite."""
+    lo, hi = meta.get("min"), meta.get("max")
+    strict = meta.get("min_exclusive", False)
+    where = f"hyper-parameter {name}={value!r} (--hp {name}=VALUE)"
+    allowed = f"{'>' if strict else '>='} {lo}" if lo is not None else ""
+    if hi is not None:
+        allowed = f"{allowed} and <= {hi}" if allowed else f"<= {hi}"
+    if math.isnan(value) or (math.isinf(value) and not meta.get("allow_inf") and value not in (lo, hi)):
+        raise ConfigError(f"{where} must be a finite number{' ' + allowed if allowed else ''}")
+    if lo is not None and (value < lo or (strict and value == lo)):
+        raise ConfigError(f"{where} must be {allowed}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where} must be {allowed}")
+
+
+def check_type(owner: str, name: str, value: Any, tp: Any) -> None:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if any(type_ok(value, o) for o in options):
+            return
+    elif type_ok(value, tp):
+        return
+    if owner == "TrainConfig":
+        raise ConfigError(f"{flag(name)} must be of type {_tname(tp)}, got {value!r}")
+    raise ConfigError(f"hyper-parameter {name}={value!r} of {owner} must be of type {_tname(tp)}")
+
+
+def type_ok(value: Any, tp: Any) -> bool:
+    if tp is type(None):
+        return value is None
+    if typing.get_origin(tp) is typing.Literal:
+        return value in typing.get_args(tp)
+    base = typing.get_origin(tp) or tp
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, base) if isinstance(base, type) else True
+
+
+def _tname(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def parse_value(text: str, tp: Any, name: str) -> Any:
+    """Parse a CLI string into the declared type of a field."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if text.lower() in ("none", "null") and type(None) in options:
+        return None
+    for option in options:
+        if option is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+        elif option is int:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        elif option is float:
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        elif option is str or typing.get_origin(option) is typing.Literal:
+            return text
+    raise ConfigError(f"{name}={text!r} cannot be read as {_tname(tp)}")
