@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class Tuner:
     identity_at_init: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _field_types(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not _type_ok(value, hints.get(f.name, Any)):
@@ -171,6 +172,21 @@ def _check_keys(want: dict[str, Tensor], got: dict[str, Tensor], label: str) -> 
         if tuple(value.shape) != tuple(got[key].shape):
             raise TunerError(f"the adapter weights of {label} do not fit this backbone: {key} is "
                              f"{tuple(got[key].shape)} there, {tuple(value.shape)} here")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """The declared type of each argument field (string annotations resolved in the class's module)."""
+    try:
+        return typing.get_type_hints(cls)
+    except NameError:  # a class defined in a function: resolve the fields one by one
+        namespace = vars(sys.modules[cls.__module__])
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            try:
+                out[f.name] = eval(f.type, namespace) if isinstance(f.type, str) else f.type  # noqa: S307 - an annotation
+            except Exception:  # noqa: BLE001 - unresolvable: not checked
+                out[f.name] = Any
+        return out
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
