@@ -24,7 +24,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ltreg.errors import CheckpointError
-from ltreg.layout import ADAPTER_DIR, CHECKPOINTS_DIR, MANIFEST, POINTER, RUN_FILES, STATE_WEIGHTS, TRAINER_STATE
+from ltreg.layout import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    MANIFEST,
+    POINTER,
+    RUN_FILES,
+    STATE_WEIGHTS,
+    TRAINER_STATE,
+)
 
 #: A checkpoint's folder name: what ``latest`` may hold (no separators, no dots in front).
 NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")

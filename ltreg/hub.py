@@ -35,6 +35,7 @@ from ltreg.layout import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
     ADAPTER_FILES,
+    ADAPTER_MODEL_FILES,
     ADAPTER_WEIGHTS,
     CARD_FILE,
     CONFIG_FILE,
@@ -148,7 +149,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
     method = config["ltreg"].get("method") or "model"
     ops = [CommitOperationAdd(f, (run_dir / f).read_bytes().replace(REPO_PLACEHOLDER.encode(), repo_id.encode())
                               if f == CARD_FILE else str(run_dir / f))
-           for f in MODEL_FILES if (run_dir / f).is_file()]
+           for f in (ADAPTER_MODEL_FILES if adapter_only else MODEL_FILES) if (run_dir / f).is_file()]
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True)

@@ -41,8 +41,9 @@ ADAPTER_DIR = "adapter"
 ADAPTER_FILES = (CONFIG_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEADS_FILE)
 
 #: What a push uploads (when present); never checkpoints or logs.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, CARD_FILE, PLOT_FILE,
-               METRICS_FILE, MANIFEST)
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE, CARD_FILE, PLOT_FILE, METRICS_FILE, MANIFEST)
+#: What ``push --adapter-only`` uploads from ``adapter/``.
+ADAPTER_MODEL_FILES = (CONFIG_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEADS_FILE, CARD_FILE, MANIFEST)
 #: What a model folder cannot do without.
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE)
 #: The files of a finished run that ``--overwrite`` removes (with ``checkpoints/``).

@@ -5,7 +5,6 @@ bit-identically, and stage 2 runs on top. Offline: a tiny timm ViT made here, sa
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -155,6 +155,7 @@ def _load_adapter_only(cls: type[nn.Module], folder: Path, label: str, cfg: LTMo
                        adapter: Any) -> nn.Module:
     """Build the base from timm (its id from config.json), add the tuner's modules, load adapter and heads."""
     import timm
+
     from ltreg.tuners import tuner_from_dict
 
     base = adapter.get("base") if isinstance(adapter, dict) else None

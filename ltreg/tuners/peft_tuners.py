@@ -63,7 +63,7 @@ class _PeftTuner(Tuner):
     keys: ClassVar[tuple[str, ...]] = ("lora_",)
 
     def targets(self, backbone: nn.Module) -> list[str]:
-        names, where = default_targets(backbone, self.kind, getattr(self, "target_modules"))
+        names, where = default_targets(backbone, self.kind, self.target_modules)
         if not names:
             raise TunerError(
                 f"tuner {self.name} finds no layers to adapt in the backbone {arch_name(backbone)} ({where} matches "
