@@ -71,6 +71,8 @@ from ltreg.mixing import PairMixup
 from ltreg.rebalance import Rebalancer
 from ltreg.registry import (
     register_dataset,
+    register_eval_views,
+    register_head_init,
     register_loss,
     register_memory,
     register_prototypes,
@@ -82,6 +84,7 @@ from ltreg.registry import (
 )
 from ltreg.samplers import LabelSampler
 from ltreg.step import Batch, BuildContext, Extra, LossOutput, Outputs, Part, StepState, flatten_views
+from ltreg.tags import Reading, Tag
 from ltreg.tuners import TunedParams, Tuner
 from ltreg.version import __version__
 
@@ -95,6 +98,10 @@ _LAZY = {
     "from_pretrained": "ltreg.models.ltmodel",
     "train": "ltreg.trainer",
     "evaluate_pretrained": "ltreg.evaluate",
+    "evaluate_model": "ltreg.evaluate",
+    "EvalReport": "ltreg.evaluate",
+    "predict": "ltreg.inference",
+    "Prediction": "ltreg.inference",
     "RunCard": "ltreg.card",
     "DatasetRecord": "ltreg.card",
 }
@@ -113,8 +120,9 @@ __all__ = [
     "__version__",
     # method specs and the registry
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
+    "Reading", "Tag",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
-    "register_sampler", "register_transform", "register_tuner",
+    "register_sampler", "register_transform", "register_head_init", "register_eval_views", "register_tuner",
     # data sets
     "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases

@@ -15,7 +15,8 @@ from typing import Any
 
 from ltreg.errors import DuplicateNameError, PluginLoadError, RegistryError, UnknownNameError
 
-GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets", "tuners")
+GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets", "head_inits",
+          "eval_views", "tuners")
 IN_PROCESS = "<in-process>"
 
 
@@ -184,3 +185,5 @@ register_transform = _decorator("transforms")
 register_rebalancer = _decorator("rebalancers")
 register_dataset = _decorator("datasets")
 register_tuner = _decorator("tuners")
+register_head_init = _decorator("head_inits")
+register_eval_views = _decorator("eval_views")

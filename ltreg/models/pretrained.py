@@ -36,6 +36,7 @@ from ltreg.layout import (
 from ltreg.models.config import LTModelConfig, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
 from ltreg.registry import IN_PROCESS, registry
+from ltreg.reports import json_safe
 from ltreg.version import __version__
 
 
@@ -125,7 +126,7 @@ def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | No
     _write_tensors(directory, HEADS_FILE, _heads(model))
     plot = plot_per_class(card, directory / PLOT_FILE)
     write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot))
-    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str))
+    write_atomic(directory / CONFIG_FILE, json.dumps(json_safe(config), indent=1, default=str, allow_nan=False))
     write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE])
     base = card.tuner.get("base") if card.tuner else None
     if tuner is not None and tuner.mergeable and base:
