@@ -59,6 +59,8 @@ class RunCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     per_class: list[float | None] | None = None
     license: str | None = None
+    #: The tuner: name, args, trainable / total parameters (backbone, and stage 1 with heads), base weights.
+    tuner: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +182,7 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
         rows += [(f"hparams.{k}", v) for k, v in card.hparams.items()]
         body += ["", "## Training recipe", "", "| setting | value |", "|---|---|"]
         body += [f"| {k} | {_fmt(v)} |" for k, v in rows]
+    body += _tuner_section(card, config)
     body += _usage(arch, config)
     if model_cfg["classifier"] == "cosine":
         body += ["", "The classifier is cosine: timm's linear head holds `s * w_c / ||w_c||` with zero bias, so timm's "
@@ -191,15 +194,51 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
     return f"---\n{data.to_yaml()}\n---\n" + "\n".join(body).rstrip() + "\n"
 
 
+def _tuner_section(card: RunCard, config: dict[str, Any]) -> list[str]:
+    """The tuner, its parameter counts, and what the files hold (merged, adapter only, adapter modules)."""
+    t = card.tuner
+    if not t:
+        return []
+    args = ", ".join(f"{k}={v!r}" for k, v in (t.get("args") or {}).items())
+    lines = ["", "## Tuner", "", f"`{t.get('name')}({args})`: {t.get('backbone_trainable', 0):,} of "
+             f"{t.get('backbone_total', 0):,} backbone parameters trained; stage 1 trained {t.get('trainable', 0):,} "
+             f"of {t.get('total', 0):,} parameters (heads and method parts included)."]
+    adapter = config["ltreg"].get("adapter")
+    if adapter:
+        lines += ["", f"This repo holds the **adapter only** (peft's `adapter_model.safetensors` and "
+                  f"`adapter_config.json`) and the heads; the backbone is the base model `{adapter['base']}`, which "
+                  f"`ltreg.from_pretrained` fetches through timm before it applies the adapter."]
+    elif config["ltreg"]["model"].get("tuner"):
+        lines += ["", f"The {t.get('name')} modules cannot be merged into the backbone's weights: "
+                  f"`model.safetensors` holds them beside the base weights, so this model loads in ltreg "
+                  f"(`ltreg.from_pretrained`), not in timm alone (timm stops on the adapter tensors)."]
+    elif t.get("mergeable"):
+        lines += ["", "The adapter is merged into `model.safetensors`: a plain timm model."
+                  + (" The run folder also holds the adapter alone in `adapter/` (`ltreg push RUN --repo ID "
+                     "--adapter-only`)." if t.get("base") else "")]
+    return lines
+
+
 def _usage(arch: str, config: dict[str, Any]) -> list[str]:
-    """How to load: ltreg, then timm alone with its own preprocessing from ``pretrained_cfg``."""
+    """How to load: ltreg, then timm alone with its own preprocessing from ``pretrained_cfg`` (or, for a model
+    whose backbone holds adapter modules or only an adapter, with ltreg / peft)."""
     lines = ["", "## How to load", "", f"Replace `{REPO_PLACEHOLDER}` with the Hub repo id or a local folder.", "",
              "```python", "import ltreg", "",
              f'model = ltreg.from_pretrained("{REPO_PLACEHOLDER}")  # LTModel, eval mode',
              "logits = model.predict(images)  # images [N, C, H, W], normalised with config.json's mean / std",
              f'backbone = ltreg.load_backbone("{REPO_PLACEHOLDER}")  # timm backbone: pooled features',
-             "```", "", "With timm alone (backbone + classifier, no projection head), preprocessing included:", "",
-             "```python", "import timm, torch", "from PIL import Image"]
+             "```"]
+    adapter = config["ltreg"].get("adapter")
+    if adapter:
+        base = adapter["base"]
+        return lines + ["", "With timm and peft alone (the backbone: pooled features):", "", "```python",
+                        "import timm", "from peft import PeftModel", "",
+                        f'base = timm.create_model("{base}", pretrained=True, num_classes=0)',
+                        f'backbone = PeftModel.from_pretrained(base, "{REPO_PLACEHOLDER}").eval()', "```"]
+    if config["ltreg"]["model"].get("tuner"):
+        return lines
+    lines += ["", "With timm alone (backbone + classifier, no projection head), preprocessing included:", "",
+              "```python", "import timm, torch", "from PIL import Image"]
     module = timm.models.model_entrypoint(arch).__module__
     if module.startswith("ltreg"):
         lines.append(f"import {module}  # registers {arch} into timm")
