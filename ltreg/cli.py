@@ -16,6 +16,7 @@ import dataclasses
 import json
 import sys
 import typing
+import warnings
 from typing import Any
 
 from ltreg.clierrors import latest_checkpoint, report
@@ -112,10 +113,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ltreg.data.build import parse_data_args
-    from ltreg.evaluate import evaluate_pretrained, format_table
+    from ltreg.evaluate import DataMismatchWarning, evaluate_pretrained, format_table
 
-    metrics = evaluate_pretrained(args.model, dataset=args.dataset, data_root=args.data_root,
-                                  data_kwargs=parse_data_args(args.data_arg), split=args.split)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataMismatchWarning)
+        metrics = evaluate_pretrained(args.model, dataset=args.dataset, data_root=args.data_root,
+                                      data_kwargs=parse_data_args(args.data_arg), split=args.split)
+    for w in caught:  # loud: on stderr, before and after the table
+        print(f"ltreg: warning: {w.message}", file=sys.stderr)
 
     print(format_table(metrics, title=f"{args.model} (top-1 %)"))
     if args.json:
@@ -126,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from ltreg.hub import push_run
 
-    url = push_run(args.run_dir, args.repo, private=args.private, revision=args.revision)
+    url = push_run(args.run_dir, args.repo, private=args.private, revision=args.revision, say=print)
     print(f"pushed {args.run_dir} to {url}")
     return 0
 

@@ -12,6 +12,7 @@ to import a higher one to raise or catch an error::
     │   │   └── SettingError         a training setting out of range or contradicting another
     │   ├── RegistryError            (LookupError) Unknown / Duplicate name, PluginLoad failure
     │   ├── DataError                (ValueError) DataLayout / DataArgument / ImageDecode errors
+    │   ├── RunFolderError           a run folder that is not ltreg's, is locked by another run, or has a link
     │   ├── PrototypeError           (ValueError)
     │   └── RebalanceError           (ValueError)
     ├── CheckpointError              (ValueError) a checkpoint or model folder missing, corrupt or unsafe
@@ -91,6 +92,11 @@ class ImageDecodeError(DataError):
     """An image that cannot be decoded (truncated, not an image); names the file or row and the fix."""
 
 
+class RunFolderError(UsageError):
+    """A run folder ltreg may not use as asked: not a run ltreg wrote, in use by another training, or reached
+    through a symbolic link (writes never leave the run folder)."""
+
+
 class PrototypeError(UsageError, ValueError):
     """A prototype module that cannot be built or updated as configured."""
 
@@ -115,4 +121,4 @@ class PushError(LtregError, RuntimeError):
     """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
-__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError"]
+__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "RunFolderError", "PrototypeError", "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError"]

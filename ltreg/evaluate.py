@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ltreg.data.build import DataArgs, build_data
-from ltreg.data.lt import LTData, LTDataset
+from ltreg.data.lt import LTData, LTDataset, data_identity
 from ltreg.data.views import ViewDataset, collate
 
 
@@ -140,7 +140,7 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
     from ltreg.models.pretrained import load_pretrained
 
     model, card = load_pretrained(LTModel, repo_or_dir, revision)
-    recorded = recorded_data_args(card, trusted=Path(repo_or_dir).is_dir())
+    recorded = recorded_data_args(card)
     if dataset is None and recorded is None:
         raise CheckpointError(f"{repo_or_dir} does not record the data set it was trained on; pass --dataset")
     if recorded is None or (dataset is not None and dataset != recorded.dataset):
@@ -156,14 +156,41 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
             f"{repo_or_dir} has {model.num_classes} classes and {model.config.in_chans} input channels; the data set "
             f"{args.dataset} has {target.num_classes} and {target.channels}: evaluate it on a matching data set"
         )
+    _warn_other_data(card, data, args, repo_or_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     passes = DataPasses(model.to(device), device, batch_size=batch_size)
     return evaluate(passes, target, data.train)
 
 
-def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
-    """The data set arguments a model records, type-checked; from a Hub repo (``trusted`` False) its
-    recorded folder and builder arguments are dropped (they are data, never paths to follow): pass
+class DataMismatchWarning(UserWarning):
+    """The data an evaluation reads is not the data the model was trained on (class names or training set)."""
+
+
+def _warn_other_data(card: Any, data: LTData, args: DataArgs, label: Any) -> None:
+    """Warn loudly when the class names or the training set's identity differ from what the model records."""
+    import warnings
+
+    ds = card.dataset
+    if ds is None:
+        return
+    mine = list(map(str, data.train.class_names))
+    if ds.class_names and list(map(str, ds.class_names)) != mine:
+        diff = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(ds.class_names, mine)) if str(a) != b]
+        warnings.warn(DataMismatchWarning(
+            f"the class names of {args.dataset} differ from those {label} was trained with ({'; '.join(diff[:4])}"
+            f"{' ...' if len(diff) > 4 else ''}): its predictions are scored against other labels, so the accuracy "
+            f"below is meaningless unless the classes correspond. Evaluate on the data set it was trained on"),
+            stacklevel=3)
+    elif ds.identity and ds.identity != data_identity(data.train):
+        warnings.warn(DataMismatchWarning(
+            f"the training set rebuilt for {args.dataset} ({data_identity(data.train)}) is not the one {label} was "
+            f"trained on ({ds.identity}): the many / medium / few split and the class counts below come from this "
+            f"one. Pass the --data-root / --data-arg of the training run for the recorded split"), stacklevel=3)
+
+
+def recorded_data_args(card: Any) -> DataArgs | None:
+    """The data set arguments a model records, type-checked; its recorded folder and builder arguments are
+    dropped, from a Hub repo and a local folder alike (they are data, never paths to follow): pass
     ``--data-root`` / ``--data-arg``. A Hub data set id is kept, since it names no local path."""
     from ltreg.errors import CheckpointError
 
@@ -179,10 +206,8 @@ def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
         ok = False
     if not ok:
         raise CheckpointError(f"the recorded data set arguments of this model are malformed: {str(raw)[:200]}")
-    if not trusted:
-        keep_root = card.dataset.hub_id is not None and args.root == card.dataset.hub_id
-        args = dataclasses.replace(args, root=args.root if keep_root else None, kwargs={})
-    return args
+    keep_root = card.dataset.hub_id is not None and args.root == card.dataset.hub_id
+    return dataclasses.replace(args, root=args.root if keep_root else None, kwargs={})
 
 
 def _split(data: LTData, split: str, label: Any) -> LTDataset:

@@ -5,7 +5,9 @@ files into an :class:`~ltreg.models.ltmodel.LTModel`. A model folder (or Hub rep
 ``config.json`` (timm's keys plus an ``ltreg`` block), ``model.safetensors`` (timm's layout),
 ``ltreg_heads.safetensors`` (projection head and exact classifier), ``README.md`` (the model card),
 ``per_class_accuracy.png``, ``metrics.json`` and ``manifest.json`` (SHA-256 of each, checked on load).
-Weights are never read from pickle unless the caller trusts it.
+Weights are never read from pickle unless the caller trusts it. An ltreg folder (its ``config.json`` has
+an ``ltreg`` block) is trusted only with a manifest that lists and matches every file that is read; a
+push uploads only the regular files its manifest lists, never a link's target.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import fnmatch
 import json
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ltreg.card import PLOT_FILE, REPO_PLACEHOLDER
-from ltreg.checkpoint import MANIFEST, verify_manifest
-from ltreg.errors import CheckpointError, PushError
+from ltreg.errors import CheckpointError, PushError, UsageError
+from ltreg.files import MANIFEST, Manifest, open_regular, read_bounded
 from ltreg.models.config import folder_model_config
 from ltreg.version import __version__
 
@@ -66,7 +69,7 @@ def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_r
     """
     path = Path(repo_or_dir)
     if path.is_dir():
-        verify_manifest(path, str(path), required=False)
+        verify_folder(path, str(path))
         return path, str(path)
     repo_id = str(repo_or_dir).removeprefix("hf-hub:")
     if path.exists() or repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
@@ -83,8 +86,26 @@ def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_r
     except (RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError, HFValidationError) as exc:
         raise CheckpointError(f"{repo_or_dir} is not a local folder, and the Hub repo {label} cannot be found "
                               f"(nor in the cache when offline): {type(exc).__name__}: {exc}") from exc
-    verify_manifest(folder, label, required=False)
+    verify_folder(folder, label)
     return folder, label
+
+
+def verify_folder(folder: Path, label: str) -> None:
+    """An ltreg folder's files against its manifest: each of config, weights and heads that is present must be
+    listed and match. A folder without a manifest is ltreg's (an error naming the manifest) when its
+    ``config.json`` has an ``ltreg`` block; else it is another library's (a timm folder) and its readers
+    decide."""
+    if not (folder / MANIFEST).is_file():
+        config = folder / CONFIG_FILE
+        try:
+            ours = config.is_file() and b'"ltreg"' in read_bounded(config, MAX_CONFIG_BYTES, CONFIG_FILE, "")
+        except CheckpointError:
+            ours = True  # an oversized config: read_config names it
+        if ours:
+            Manifest.read(folder, label)  # raises: no manifest
+        return
+    need = [f for f in REQUIRED_FILES if (folder / f).exists()]
+    Manifest.read(folder, label).verify(folder, label, need=need)
 
 
 def read_config(folder: Path, label: str) -> dict[str, Any]:
@@ -117,24 +138,57 @@ def read_safetensors(path: Path, label: str) -> dict[str, Tensor]:
         ) from exc
 
 
-def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
-             token: str | None = None) -> str:
-    """Upload a run folder's model files to ``repo_id`` in one commit; returns the repo URL.
+def check_repo_id(repo_id: str) -> None:
+    """``org/name`` as the Hub allows it, checked before anything is read or uploaded."""
+    from huggingface_hub.utils import validate_repo_id
 
-    Local files are only read. Any failure raises :class:`PushError` with the retry command.
+    try:
+        if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+            raise HFValidationError("it must be exactly one org (or user) and one name, separated by '/'")
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"--repo {str(repo_id)[:100]!r} is not a Hub repo id: {' '.join(str(exc).split())[:300]} "
+                         f"Pass --repo ORG/NAME (letters, digits, '-', '_', '.'; at most 96 characters)") from None
+
+
+def upload_list(run_dir: Path) -> list[str]:
+    """The files a push uploads: those the folder's manifest lists (each a model file name, a regular file,
+    matching its SHA-256, no link followed), and the manifest itself."""
+    manifest = Manifest.read(run_dir, str(run_dir))
+    names = sorted(manifest.sha256)
+    foreign = [n for n in names if n not in MODEL_FILES]
+    if foreign:
+        raise CheckpointError(f"the {MANIFEST} of {run_dir} lists {', '.join(foreign[:4])}, which is not a model file "
+                              f"ltreg uploads ({', '.join(MODEL_FILES)}): save the model again")
+    manifest.verify(run_dir, str(run_dir), need=names, follow=False)
+    return [*names, MANIFEST]
+
+
+def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
+             token: str | None = None, say: Callable[[str], None] | None = None) -> str:
+    """Upload a run folder's model files (:func:`upload_list`) to ``repo_id`` in one commit; returns the repo URL.
+
+    Local files are only read; ``say`` gets the list of files before the upload. Any failure of the
+    upload raises :class:`PushError` with the retry command.
     """
     run_dir = Path(run_dir).resolve()
+    check_repo_id(repo_id)
     missing = [f for f in REQUIRED_FILES if not (run_dir / f).is_file()]
     if missing:
         raise CheckpointError(f"{run_dir} lacks {', '.join(missing)}: not a finished run or model folder; "
                               f"train it to the end (or save_pretrained a model there) first")
-    verify_manifest(run_dir, str(run_dir), required=False)
+    files = upload_list(run_dir)
     config = read_config(run_dir, str(run_dir))
     folder_model_config(config, str(run_dir))  # refuses a tampered config before anything is uploaded
     method = config["ltreg"].get("method") or "model"
-    ops = [CommitOperationAdd(f, (run_dir / f).read_bytes().replace(REPO_PLACEHOLDER.encode(), repo_id.encode())
-                              if f == CARD_FILE else str(run_dir / f))
-           for f in MODEL_FILES if (run_dir / f).is_file()]
+    if say is not None:
+        say(f"uploading to {repo_id}: {', '.join(files)} (from {run_dir})")
+    ops = []
+    for f in files:
+        with os.fdopen(open_regular(run_dir / f), "rb") as fh:  # read once, no link followed
+            raw = fh.read()
+        ops.append(CommitOperationAdd(f, raw.replace(REPO_PLACEHOLDER.encode(), repo_id.encode()) if f == CARD_FILE
+                                      else raw))
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True)

@@ -20,10 +20,12 @@ from torch import Tensor
 
 import ltreg.distributed as D
 from ltreg.card import RunCard
-from ltreg.checkpoint import TrainerState, write_atomic
+from ltreg.checkpoint import TrainerState
 from ltreg.config import TrainConfig
+from ltreg.data.lt import data_identity
 from ltreg.errors import NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
+from ltreg.files import write_atomic
 from ltreg.models.ltmodel import LTModel
 from ltreg.run import Run
 from ltreg.runlog import RunLog
@@ -107,13 +109,20 @@ def run_epoch(run: Run, st: StageSetup, epoch: int, log: RunLog) -> dict[str, An
     return row
 
 
+def run_fingerprint(run: Run) -> dict[str, Any]:
+    """What a resume must match: the settings that change the result, and the training data's identity
+    (class names, counts, each sample's file or index and label), so another data set of the same class
+    count is not continued on silently."""
+    return {**json.loads(json.dumps(run.cfg.fingerprint(), default=str)), "data": data_identity(run.train_set)}
+
+
 def _train_stage(run: Run, st: StageSetup, log: RunLog, start_epoch: int) -> None:
     run.state.num_epochs, run.state.steps_per_epoch = st.epochs, st.steps_per_epoch
     if start_epoch >= st.epochs:
         return
     for h in st.hooks:
         h.on_train_start(run.state)
-    fingerprint = json.loads(json.dumps(run.cfg.fingerprint(), default=str))
+    fingerprint = run_fingerprint(run)
     for epoch in range(start_epoch, st.epochs):
         row = run_epoch(run, st, epoch, log)
         if (epoch + 1) % run.cfg.checkpoint_every == 0 or epoch + 1 == st.epochs:
@@ -130,7 +139,7 @@ def _resume(run: Run, log: RunLog, stage: int) -> int:
         return 0
     if int(path.name[5]) > stage:  # this stage finished; the later stage loads the checkpoint
         return 10**9
-    saved = run.checkpoints.load(path, run.stateful(), json.loads(json.dumps(run.cfg.fingerprint(), default=str)))
+    saved = run.checkpoints.load(path, run.stateful(), run_fingerprint(run))
     log.history = list(saved.history)
     log.say(f"resumed from {path} (stage {saved.stage}, epoch {saved.epoch})")
     return saved.epoch
@@ -161,7 +170,7 @@ def fit(run: Run) -> RunResult:
     metrics["stage2"] = stage2_info
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1), root=run.run_dir)
         card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))

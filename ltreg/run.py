@@ -21,12 +21,13 @@ from torch import nn
 
 import ltreg.distributed as D
 from ltreg.card import DatasetRecord, RunCard
-from ltreg.checkpoint import Checkpoints, guard_run_folder
-from ltreg.config import RunConfig, TrainConfig
+from ltreg.checkpoint import Checkpoints, claim_run_folder, guard_run_folder
+from ltreg.config import RunConfig, TrainConfig, ineffective
 from ltreg.data.build import build_data
-from ltreg.data.lt import LTData, LTDataset
+from ltreg.data.lt import LTData, LTDataset, data_identity
 from ltreg.errors import ConfigError, TrainingError
 from ltreg.evaluate import DataPasses
+from ltreg.files import RunLock, probe_writable
 from ltreg.method import PartRef, build_part
 from ltreg.models.backbones import load_initial_weights, resolve_arch
 from ltreg.models.ltmodel import LTModel, LTModelConfig
@@ -72,6 +73,7 @@ class Run:
     ctx: BuildContext
     passes: DataPasses
     checkpoints: Checkpoints
+    lock: RunLock | None = None  # held by the main process from the folder check to the end of the run
 
     @property
     def cfg(self) -> TrainConfig:
@@ -85,6 +87,11 @@ class Run:
         """What a checkpoint saves besides the optimizer: the model and every part with tensors."""
         return {"model": self.model, **self.parts.modules()}
 
+    def effective_recipe(self) -> dict[str, Any]:
+        """The recipe settings that took effect in this run (the card records only those)."""
+        drop = ineffective(self.cfg, self.config.spec)
+        return {k: v for k, v in self.cfg.recipe_items().items() if k not in drop}
+
     def card(self, metrics: dict[str, Any]) -> RunCard:
         """What ``config.json``, the model card and ``ltreg eval`` record about this run."""
         train, cfg, spec = self.data.train, self.cfg, self.config.spec
@@ -93,9 +100,10 @@ class Run:
         dataset = DatasetRecord(name=cfg.dataset, test_name=self.data.test.name, class_counts=train.class_counts.tolist(),
                                 class_names=list(train.class_names), many_thr=train.many_thr, few_thr=train.few_thr,
                                 image_size=train.image_size, mean=list(train.mean), std=list(train.std),
-                                info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id)
+                                info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id,
+                                identity=data_identity(train))
         return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=self.config.hparams.to_dict(),
-                       recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
+                       recipe=self.effective_recipe(), dataset=dataset, license=cfg.license,
                        metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"))
 
 
@@ -119,9 +127,7 @@ def preflight_output(run_dir: Path, min_free_mb: int = 50) -> None:
     """Fail before training when the run folder cannot be written or the disk is (nearly) full."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_bytes(b"0" * 1024)
-        probe.unlink()
+        probe_writable(run_dir)
     except OSError as exc:
         raise TrainingError(
             f"cannot write to the run folder {run_dir} ({exc.strerror or exc}); pass --output-dir to a writable folder"
@@ -216,11 +222,20 @@ def build_run(rc: RunConfig) -> Run:
     state.prototypes, state.memory, state.model = parts.prototypes, parts.memory, model
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it over: pass one of them")
-    guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite, delete=acc.is_main_process)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+    lock = None
+    if not acc.is_main_process:  # the same refusal on every process; the main one deletes and locks
+        guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite, delete=False)
+    else:
         preflight_output(cfg.run_dir, cfg.min_free_mb)
-    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc))
+        lock = RunLock(cfg.run_dir).acquire()  # a second training into this folder stops here, named
+        try:
+            guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite)
+            claim_run_folder(cfg.run_dir)
+        except BaseException:
+            lock.release()
+            raise
+    acc.wait_for_everyone()
+    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc), lock)
 
 
 def loader_workers(cfg: TrainConfig, acc: Accelerator) -> int:

@@ -75,9 +75,9 @@ def test_hyper_parameters_are_checked_when_the_config_is_built():
 
 
 def test_valid_settings_still_resolve():
-    cfg = resolve(max_steps_per_epoch=None, lr_decay="1", schedule="step", milestones=[5], epochs=10,
-                  warmup_epochs=2, stage2_epochs="0", push_to_hub="org/name")
-    assert cfg.lr_decay == 1.0 and cfg.stage2_epochs == 0
+    cfg = resolve("supcon", max_steps_per_epoch=None, lr_decay="1", schedule="step", milestones=[5], epochs=10,
+                  warmup_epochs=2, stage2_epochs="0", push_to_hub="org/name")  # supcon: two stages (cRT)
+    assert cfg.lr_decay == 1.0 and cfg.hparams["stage2_epochs"] == 0  # the method's own knob for it
     assert resolve(epochs=200, warmup_epochs=5, quick=True).epochs == 2
 
 

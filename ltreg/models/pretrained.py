@@ -18,12 +18,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ltreg.card import PLOT_FILE, RunCard, model_card, plot_per_class
-from ltreg.checkpoint import write_atomic, write_manifest
 from ltreg.errors import CheckpointError, ModelConfigError, RegistryError
+from ltreg.files import MANIFEST, make_dir, write_atomic, write_manifest, write_with
 from ltreg.hub import (
     CARD_FILE,
     CONFIG_FILE,
     HEADS_FILE,
+    MODEL_FILES,
     PICKLE_PATTERNS,
     WEIGHTS_FILE,
     read_config,
@@ -82,20 +83,22 @@ def folder_config(model: Any, card: RunCard) -> dict[str, Any]:
 def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | None = None) -> Path:
     """Write weights, heads, card, plot, config and manifest into ``directory``; each file atomically."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     card = card or RunCard()
     config = folder_config(model, card)
     heads = {f"projector.{k}": v for k, v in model.projector.state_dict().items()}
     heads.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
     timm_weights = timm_state_dict(model.backbone, model.classifier, config["pretrained_cfg"]["classifier"])
     for name, tensors in ((WEIGHTS_FILE, timm_weights), (HEADS_FILE, heads)):
-        tmp = directory / f".{name}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, directory / name)
+        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        write_with(directory / name, lambda f, flat=flat: save_file(flat, f, metadata={"format": "pt"}), root=directory)
     plot = plot_per_class(card, directory / PLOT_FILE)
-    write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot))
-    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str))
-    write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE])
+    write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot), root=directory)
+    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str), root=directory)
+    # every model file here (metrics.json too, which a run writes just before): what push may upload
+    names = [f for f in MODEL_FILES if f != MANIFEST and (directory / f).is_file() and not (directory / f).is_symlink()
+             and (plot or f != PLOT_FILE)]  # a plot from an earlier save is not this model's
+    write_manifest(directory, "model", names, root=directory)
     return directory
 
 
