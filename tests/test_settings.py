@@ -144,4 +144,5 @@ def test_one_knob_for_the_length_of_stage_2():
     rc = resolve_config(ltreg.get_method("supcon"), {"stage2_epochs": 3})  # supcon's cRT reads hp("stage2_epochs")
     assert rc.hparams.stage2_epochs == 3 and rc.cfg.stage2_epochs is None  # one value, where the method reads it
     assert "stage2_epochs" not in rc.cfg.recipe_items() or rc.cfg.recipe_items()["stage2_epochs"] is None
-    assert resolve(stage2_epochs=3).stage2_epochs == 3  # ce has no such hyper-parameter: the flag stays the knob
+    with pytest.raises(ConfigError, match=r"method ce has one stage .* drop it"):
+        resolve(stage2_epochs=3)  # ce has no stage 2: the flag would do nothing
