@@ -58,10 +58,14 @@ class TrainerState:
     def read(cls, path: Path) -> TrainerState:
         try:
             raw = json.loads(path.read_text())
-            return cls(stage=int(raw["stage"]), epoch=int(raw["epoch"]), history=list(raw.get("history", [])),
-                       fingerprint=dict(raw.get("fingerprint", {})))
+            state = cls(stage=int(raw["stage"]), epoch=int(raw["epoch"]), history=list(raw.get("history", [])),
+                        fingerprint=dict(raw.get("fingerprint", {})))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path} is missing or corrupt ({exc})") from exc
+        if state.stage not in (1, 2) or state.epoch < 1:
+            raise CheckpointError(f"{path} records stage {state.stage}, epoch {state.epoch}: a checkpoint is stage 1 "
+                                  f"or 2 after epoch 1 or later. It was edited; start over with --overwrite")
+        return state
 
 
 def module_tensors(modules: dict[str, nn.Module]) -> dict[str, Tensor]:

@@ -42,13 +42,26 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if hints[f.name] is bool:
             p.add_argument(flag, action="store_true", default=None)
         elif f.name == "milestones":
-            p.add_argument(flag, type=lambda s: [int(x) for x in s.split(",") if x], default=None,
+            p.add_argument(flag, type=_number_list(int, "epochs, e.g. 30,60"), default=None,
                            help="comma-separated epochs for schedule=step")
         elif f.name == "opt_betas":
-            p.add_argument(flag, type=lambda s: [float(x) for x in s.split(",") if x], default=None,
+            p.add_argument(flag, type=_number_list(float, "numbers, e.g. 0.9,0.999"), default=None,
                            help="comma-separated betas of Adam-family optimizers, e.g. 0.9,0.999")
         else:
             p.add_argument(flag, default=None, help=f"default {f.default!r}" if f.default is not dataclasses.MISSING else None)
+
+
+def _number_list(kind: type, want: str) -> Any:
+    """An argparse type for a comma-separated list; its name is what argparse prints on a bad value."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated {want}") from None
+
+    parse.__name__ = f"comma-separated {kind.__name__} list"
+    return parse
 
 
 def _pairs(pairs: list[str], flag: str) -> dict[str, str]:

@@ -276,7 +276,8 @@ class Manifest:
         """Check files against their SHA-256. ``need``: the files the caller will use (each must be listed
         and match; listed files absent here are fine); None: the whole folder (every listed file present
         and matching, no regular file unlisted)."""
-        fix = "Delete it and resume from an earlier checkpoint, or train / save / download it again"
+        fix = ("Start over with --overwrite (or resume from an earlier checkpoint after deleting this one)"
+               if self.kind == "checkpoint" else "Save, train or download the model again")
         names = list(need) if need is not None else sorted(self.sha256)
         if need is None:
             extra = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and not p.name.startswith("."))

@@ -52,7 +52,8 @@ def _check_finite(run: Run, bad_step: Tensor, bad_mask: Tensor | None, names: li
         raise NonFiniteLossError(
             f"non-finite loss at stage {stage}, global step {int(bad_step.clamp(min=0).item())} (parts: {', '.join(bad) or 'loss'}). "
             f"The run stopped; the last good checkpoint {'is ' + str(kept) if kept else 'does not exist yet'}. "
-            f"Lower the learning rate, check the temperature, or use mixed_precision=no, then resume with --resume."
+            f"Start over with --overwrite and a lower --lr (or another temperature, or --mixed-precision no): "
+            f"--resume continues only with the same settings, which would diverge again."
         )
 
 
