@@ -62,6 +62,30 @@ def test_writes_never_follow_a_link_planted_at_any_name(tmp_path: Path) -> None:
     assert (run / "model.safetensors").read_bytes() == b"weights"
 
 
+def test_a_training_writes_nothing_through_links_planted_in_its_folder(tmp_path: Path, tiny: dict) -> None:
+    """Family 1 and 10 end to end: every fixed temporary or probe name of the old code is a link to the victim;
+    a killed run's temporary checkpoint folder is left over; a whole training runs into the folder."""
+    run, target = tmp_path / "run", victim(tmp_path)
+    (run / "checkpoints" / f"{TMP_PREFIX}stage1-epoch-9").mkdir(parents=True)  # killed before its first checkpoint
+    write_manifest(run, "run", [])
+    names = [".write-probe", ".metrics.csv.tmp", ".metrics.json.tmp", ".config.json.tmp", ".README.md.tmp",
+             ".model.safetensors.tmp", ".ltreg_heads.safetensors.tmp", ".manifest.json.tmp",
+             ".per_class_accuracy.png.tmp", "checkpoints/.latest.tmp", "checkpoints/.tmp-stage1-epoch-1",
+             "checkpoints/.tmp-stage1-epoch-2"]
+    for name in names:
+        (run / name).symlink_to(target)
+    old = os.umask(0o027)
+    try:
+        ltreg.train("ce", output_dir=str(run), quiet=True, resume=True, **tiny)
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == VICTIM and sorted(p.name for p in target.parent.iterdir()) == ["victim.txt"]
+    assert (run / "model.safetensors").stat().st_mode & 0o777 == 0o640  # the umask, like every other file
+    assert (run / "config.json").stat().st_mode & 0o777 == 0o640
+    assert not list(run.rglob(f"{TMP_PREFIX}*"))  # the killed run's leftover went at this start
+    assert json.loads((run / MANIFEST).read_text())["kind"] == "model"
+
+
 def test_writes_refuse_a_link_on_the_way_out_of_the_run_folder(tmp_path: Path) -> None:
     run, target = tmp_path / "run", victim(tmp_path)
     run.mkdir()
