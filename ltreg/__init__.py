@@ -26,6 +26,7 @@ from ltreg.errors import (
     PushError,
     RebalanceError,
     RegistryError,
+    RunFolderError,
     SettingError,
     TrainingError,
     UsageError,
@@ -122,7 +123,7 @@ __all__ = [
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",
-    "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError",
+    "RebalanceError", "RunFolderError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError",
     # models, training and evaluation (loaded on first use)
     *_LAZY,
 ]

@@ -335,6 +335,9 @@ class RunLock:
         import filelock
 
         make_dir(self.run_dir)
+        if self.path.is_symlink():  # filelock 4 refuses it too; older versions would open the link's target
+            raise RunFolderError(f"{self.path} is a symbolic link (to {os.path.realpath(self.path)}): ltreg never "
+                                 f"writes through a link. Remove it, or pass another --output-dir")
         try:
             self._lock.acquire()
         except filelock.Timeout:
