@@ -42,6 +42,16 @@ def _corrupt_file(exc: BaseException) -> bool:
                             "unexpected EOF", "HeaderTooLarge", "InvalidHeader", "MetadataIncompleteBuffer"))
 
 
+def _what_is_damaged(exc: BaseException) -> str:
+    """The damage in words, not the library's internals (``--debug`` shows those)."""
+    text = str(exc)
+    if "zip" in text or "central directory" in text or "PytorchStreamReader" in text:
+        return "a torch state file's zip archive is incomplete"
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)):
+        return "a pickled state file ends early or is damaged"
+    return "a safetensors file's header is invalid or the file ends early"
+
+
 def latest_checkpoint(output_dir: str | None) -> Path | None:
     """The folder the ``latest`` pointer of a run folder names, when it can be read (for messages only)."""
     if not output_dir:
@@ -66,7 +76,13 @@ def explain(exc: BaseException, *, resuming: bool = False, checkpoint: Path | No
         return Failure(f"the disk filled up while a file was written ({text}). Free space (or pass --output-dir "
                        f"on another disk), then rerun the same command with --resume: it continues from the last "
                        f"complete checkpoint", 1)
+    if _corrupt_file(exc) and "HeaderTooLarge" in str(exc):
+        return Failure("a safetensors file declares a header larger than safetensors reads (100 MB): it was not "
+                       "written by ltreg (the file is not merely truncated). Replace it with the file ltreg wrote: "
+                       "save or download it again" + (", or rerun without --resume to train from the start"
+                                                      if resuming else ""), 1)
     if _corrupt_file(exc):
+        text = _what_is_damaged(exc)
         which = f" ({checkpoint})" if checkpoint else " (under the run folder's checkpoints/)"
         where = (f" It happened while resuming: the latest checkpoint{which} is damaged. Rerun without --resume "
                  f"to train from the start (new checkpoints replace it)" if resuming else

@@ -73,7 +73,11 @@ def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_r
         return path, str(path)
     repo_id = str(repo_or_dir).removeprefix("hf-hub:")
     if path.exists() or repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
-        raise CheckpointError(f"{repo_or_dir} is neither a model folder nor a Hub repo id (org/name)")
+        raise CheckpointError(f"{repo_or_dir} is neither a model folder nor a Hub repo id (org/name)"
+                              + (": no such folder; check the path" if not path.exists() else ""))
+    if str(path.parent) not in ("", ".") and path.parent.is_dir():  # runs/x: a local path, not a repo to download
+        raise CheckpointError(f"{repo_or_dir} does not exist (its folder {path.parent} does, so it is meant as a local "
+                              f"model folder, not a Hub repo): check the path, or train / save the model there first")
     label = f"{repo_id}@{revision or 'main'}"
     patterns = [*files, *(PICKLE_PATTERNS if trust_remote_pickle else ())]
     try:
