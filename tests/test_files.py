@@ -328,3 +328,22 @@ def test_exit_code_table_matches_the_cli(capsys: pytest.CaptureFixture[str], mon
 
     monkeypatch.setattr(cli, "cmd_list", interrupted)
     assert cli.main(["list"]) == 130
+
+
+def test_resume_on_another_data_set_of_the_same_class_count_stops_and_eval_warns(tmp_path: Path, tiny: dict) -> None:
+    """Family 8: same class count, other images: --resume stops naming both data sets; eval on other class names warns."""
+    from ltreg.evaluate import DataMismatchWarning
+    from tests.test_run_folder import image_folder
+
+    a, b = image_folder(tmp_path / "a", per_class=8), image_folder(tmp_path / "b", per_class=8)
+    (b / "c2" / "7.png").unlink()  # three classes in both; one image fewer in b
+    run = tmp_path / "run"
+    settings = {**tiny, "epochs": 1, "batch_size": 4, "dataset": "imagefolder-lt", "output_dir": str(run), "quiet": True}
+    ltreg.train("ce", data_root=str(a), **settings)
+    with pytest.raises(CheckpointError, match=r"other settings .*data: '\d+ images, 3 classes, sha256 \w+' in the run, "
+                                              r"'\d+ images, 3 classes, sha256 \w+' now"):
+        ltreg.train("ce", data_root=str(b), resume=True, **settings)
+    for c in range(3):
+        (b / f"c{c}").rename(b / f"k{c}")
+    with pytest.warns(DataMismatchWarning, match=r"class names of imagefolder-lt differ .*'c0' -> 'k0'"):
+        ltreg.evaluate_pretrained(run, dataset="imagefolder-lt", data_root=str(b))
