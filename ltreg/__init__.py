@@ -35,6 +35,7 @@ from ltreg.losses import (
     NEG,
     ContrastiveResult,
     ContrastSet,
+    anchors_and_columns,
     balanced_softmax,
     bcl,
     centre_columns,
@@ -118,8 +119,8 @@ __all__ = [
     "Batch", "BuildContext", "Extra", "LossOutput", "Outputs", "Part", "StepState", "flatten_views",
     "LabelSampler", "Rebalancer", "PairMixup",
     # losses: the contrastive core and helpers, logit-level losses
-    "NEG", "ContrastSet", "ContrastiveResult", "contrast_set", "contrastive_loss", "centre_columns", "global_mean",
-    "group_ids", "sample_positives", "state_contrast", "supcon", "kcl", "bcl", "paco", "balanced_softmax",
+    "NEG", "ContrastSet", "ContrastiveResult", "anchors_and_columns", "contrast_set", "contrastive_loss",
+    "centre_columns", "global_mean", "group_ids", "sample_positives", "state_contrast", "supcon", "kcl", "bcl", "paco", "balanced_softmax",
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",

@@ -15,10 +15,10 @@ import timm
 from huggingface_hub import EvalResult, ModelCardData
 
 from ltreg.files import write_with
+from ltreg.layout import PLOT_FILE
 from ltreg.registry import IN_PROCESS
 from ltreg.version import __version__
 
-PLOT_FILE = "per_class_accuracy.png"
 #: Stands for the repo id in the card's snippets; a push writes the real id into the uploaded copy.
 REPO_PLACEHOLDER = "<repo_id>"
 SPLITS = (("top1", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"))

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from ltreg.errors import CheckpointError, RunFolderError
 from ltreg.files import (
-    MANIFEST,
     TMP_PREFIX,
     Manifest,
     clean_leftovers,
@@ -37,10 +36,8 @@ from ltreg.files import (
     write_manifest,
     write_with,
 )
+from ltreg.layout import CHECKPOINTS_DIR, MANIFEST, POINTER, RUN_FILES, STATE_WEIGHTS, TRAINER_STATE
 
-WEIGHTS = "ltreg_state.safetensors"
-STATE = "trainer_state.json"
-POINTER = "latest"
 #: A checkpoint's folder name: what ``latest`` may hold (no separators, no dots in front).
 NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")
 
@@ -97,10 +94,6 @@ def load_module_tensors(path: Path, modules: dict[str, nn.Module]) -> None:
                                   f"written by a run with other settings") from exc
 
 
-RUN_FILES = ("config.json", "model.safetensors", "ltreg_heads.safetensors", "metrics.json", "metrics.csv",
-             "README.md", "per_class_accuracy.png", MANIFEST)
-
-
 def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool = True) -> None:
     """Never overwrite an existing run unasked, nor anything that is not ltreg's.
 
@@ -109,8 +102,8 @@ def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool 
     deleted), and then removes only the files a run writes (a link is removed, never followed). The
     caller holds the run-folder lock.
     """
-    ckpt = run_dir / "checkpoints"
-    present = [n for n in RUN_FILES if os.path.lexists(run_dir / n)] + (["checkpoints/"] if os.path.lexists(ckpt) else [])
+    ckpt = run_dir / CHECKPOINTS_DIR
+    present = [n for n in RUN_FILES if os.path.lexists(run_dir / n)] + ([f"{CHECKPOINTS_DIR}/"] if os.path.lexists(ckpt) else [])
     if not present or resume:
         return
     listed = f"{', '.join(present[:4])}{' ...' if len(present) > 4 else ''}"
@@ -127,7 +120,7 @@ def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool 
         )
     if not delete:  # other processes: the main process deletes
         return
-    for name in ("checkpoints", *RUN_FILES):  # MANIFEST last: a killed --overwrite leaves the folder ltreg's
+    for name in (CHECKPOINTS_DIR, *RUN_FILES):  # MANIFEST last: a killed --overwrite leaves the folder ltreg's
         remove(run_dir / name)
     fsync_dir(run_dir)
 
@@ -136,7 +129,7 @@ def claim_run_folder(run_dir: Path) -> list[str]:
     """Mark ``run_dir`` as an ltreg run (a ``manifest.json`` of kind ``run``, when it has none) and remove a
     killed run's temporary files; the caller holds the run-folder lock. Returns what was removed."""
     make_dir(run_dir)
-    gone = clean_leftovers(run_dir, run_dir / "checkpoints")
+    gone = clean_leftovers(run_dir, run_dir / CHECKPOINTS_DIR)
     if not owned_by_ltreg(run_dir):
         write_manifest(run_dir, "run", [], root=run_dir)
     return gone
@@ -146,7 +139,7 @@ class Checkpoints:
     """Save / find / load the checkpoints of one run folder (``run_dir/checkpoints``)."""
 
     def __init__(self, run_dir: Path, accelerator: Any) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / CHECKPOINTS_DIR
         self.accelerator = accelerator
 
     def _confined(self, name: str) -> Path | None:
@@ -202,8 +195,8 @@ class Checkpoints:
         if acc.is_main_process:
             try:
                 tensors = module_tensors(modules)
-                write_with(tmp / WEIGHTS, lambda f: save_file(tensors, f), root=run_dir)
-                write_atomic(tmp / STATE, json.dumps(asdict(state), indent=1, default=str), root=run_dir)
+                write_with(tmp / STATE_WEIGHTS, lambda f: save_file(tensors, f), root=run_dir)
+                write_atomic(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=1, default=str), root=run_dir)
                 write_manifest(tmp, "checkpoint", root=run_dir)
             except BaseException:  # e.g. a full disk: drop the partial folder, keep the previous checkpoint
                 remove(tmp)
@@ -247,7 +240,7 @@ class Checkpoints:
         written with; a difference is named before anything is loaded.
         """
         Manifest.read(path, f"checkpoint {path}").verify(path, f"checkpoint {path}")
-        state = TrainerState.read(path / STATE)
+        state = TrainerState.read(path / TRAINER_STATE)
         if fingerprint is not None and "data" not in state.fingerprint:  # a checkpoint from before data identity
             fingerprint = {k: v for k, v in fingerprint.items() if k != "data"}
         if fingerprint is not None and state.fingerprint and state.fingerprint != fingerprint:
@@ -257,7 +250,7 @@ class Checkpoints:
                 f"--resume would continue {path.parent.parent} with other settings than it was trained with ("
                 + "; ".join(diff[:6]) + "). Resume with the same settings, or train into a new --output-dir"
             )
-        load_module_tensors(path / WEIGHTS, modules)  # first: a shape mismatch is named tensor by tensor
+        load_module_tensors(path / STATE_WEIGHTS, modules)  # first: a shape mismatch is named tensor by tensor
         try:
             self.accelerator.load_state(str(path))
         except Exception as exc:  # noqa: BLE001 - accelerate/torch raise many kinds for a bad state file

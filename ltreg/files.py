@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ltreg.errors import CheckpointError, RunFolderError
+from ltreg.layout import MANIFEST
 from ltreg.version import __version__
 
-MANIFEST = "manifest.json"
 LOCK_FILE = ".ltreg.lock"
 #: Every temporary file or folder ltreg makes starts with this (so leftovers are found by name).
 TMP_PREFIX = ".ltreg-tmp-"

@@ -26,6 +26,7 @@ from ltreg.data.lt import data_identity
 from ltreg.errors import NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
 from ltreg.files import write_atomic
+from ltreg.layout import METRICS_FILE
 from ltreg.models.ltmodel import LTModel
 from ltreg.run import Run
 from ltreg.runlog import RunLog
@@ -171,7 +172,7 @@ def fit(run: Run) -> RunResult:
     metrics["stage2"] = stage2_info
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1), root=run.run_dir)
+        write_atomic(run.run_dir / METRICS_FILE, json.dumps(metrics, indent=1), root=run.run_dir)
         card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))

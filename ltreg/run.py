@@ -25,6 +25,7 @@ from ltreg.checkpoint import Checkpoints, claim_run_folder, guard_run_folder
 from ltreg.config import RunConfig, TrainConfig, ineffective
 from ltreg.data.build import build_data
 from ltreg.data.lt import LTData, LTDataset, data_identity
+from ltreg.data.split import carve_holdout
 from ltreg.errors import ConfigError, TrainingError
 from ltreg.evaluate import DataPasses
 from ltreg.files import RunLock, probe_writable
@@ -105,22 +106,6 @@ class Run:
         return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=self.config.hparams.to_dict(),
                        recipe=self.effective_recipe(), dataset=dataset, license=cfg.license,
                        metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"))
-
-
-def carve_holdout(train: LTDataset, fraction: float, seed: int) -> tuple[LTDataset, LTDataset]:
-    """Split ``fraction`` of every class with >= 2 images off the training set (for stage-2 tuning)."""
-    g = torch.Generator().manual_seed(seed + 7)
-    perm = torch.randperm(len(train), generator=g)
-    targets = train.targets[perm]
-    order = torch.argsort(targets, stable=True)
-    perm, targets = perm[order], targets[order]
-    counts = torch.bincount(targets, minlength=train.num_classes)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(train)) - starts[targets]
-    take = torch.where(counts >= 2, (counts.double() * fraction).floor().clamp(min=1).long(), 0)
-    held = rank < take[targets]
-    return (train.subset(perm[~held].sort().values.numpy()),
-            train.subset(perm[held].sort().values.numpy(), name=f"{train.name}-holdout"))
 
 
 def preflight_output(run_dir: Path, min_free_mb: int = 50) -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ltreg.errors import CheckpointError
-from ltreg.files import MANIFEST, write_manifest
-from ltreg.hub import HEADS_FILE, MODEL_FILES, WEIGHTS_FILE
+from ltreg.files import write_manifest
+from ltreg.layout import HEADS_FILE, MANIFEST, MODEL_FILES, WEIGHTS_FILE
 from ltreg.models.ltmodel import LTModel, from_pretrained
 from ltreg.models.pretrained import MissingPluginWarning
 from tests.test_hub import toy_run

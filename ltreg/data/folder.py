@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import make_dataset
 
-from ltreg.data.infer import dataset_fields, holdout, infer_format
+from ltreg.data.infer import dataset_fields, infer_format
 from ltreg.data.lt import LTData, LTDataset, make_lt_indices
 from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
+from ltreg.data.split import holdout
 from ltreg.errors import DataError, DataLayoutError
 
 #: Folder name -> split role.

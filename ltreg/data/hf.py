@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ltreg.data.infer import dataset_fields, holdout, infer_format
+from ltreg.data.infer import dataset_fields, infer_format
 from ltreg.data.lt import LTData, LTDataset, make_lt_indices, subset_source
 from ltreg.data.sources import HFSource
+from ltreg.data.split import holdout
 from ltreg.errors import DataError, DataLayoutError
 
 IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")

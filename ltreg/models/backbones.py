@@ -159,7 +159,8 @@ def _init_from(model: nn.Module, source: str) -> str:
     """Backbone (and matching heads) from an ltreg run / model folder, Hub repo or timm folder."""
     from timm.models import split_model_name_tag
 
-    from ltreg.hub import HEADS_FILE, read_config, read_safetensors, resolve
+    from ltreg.hub import read_config, read_safetensors, resolve
+    from ltreg.layout import HEADS_FILE
 
     try:
         folder, label = resolve(source)

@@ -17,21 +17,11 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ltreg.card import PLOT_FILE, RunCard, model_card, plot_per_class
+from ltreg.card import RunCard, model_card, plot_per_class
 from ltreg.errors import CheckpointError, ModelConfigError, RegistryError
-from ltreg.files import MANIFEST, make_dir, write_atomic, write_manifest, write_with
-from ltreg.hub import (
-    CARD_FILE,
-    CONFIG_FILE,
-    HEADS_FILE,
-    MODEL_FILES,
-    PICKLE_PATTERNS,
-    WEIGHTS_FILE,
-    read_config,
-    read_safetensors,
-    refuse_pickle,
-    resolve,
-)
+from ltreg.files import make_dir, write_atomic, write_manifest, write_with
+from ltreg.hub import PICKLE_PATTERNS, read_config, read_safetensors, refuse_pickle, resolve
+from ltreg.layout import CARD_FILE, CONFIG_FILE, HEADS_FILE, MANIFEST, MODEL_FILES, PLOT_FILE, WEIGHTS_FILE
 from ltreg.models.config import LTModelConfig, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
 from ltreg.registry import IN_PROCESS, registry
