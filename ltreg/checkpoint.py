@@ -27,6 +27,7 @@ from ltreg.files import (
     TMP_PREFIX,
     Manifest,
     clean_leftovers,
+    follow_umask,
     fsync_dir,
     make_dir,
     make_dir_exclusive,
@@ -197,6 +198,7 @@ class Checkpoints:
                 tensors = module_tensors(modules)
                 write_with(tmp / STATE_WEIGHTS, lambda f: save_file(tensors, f), root=run_dir)
                 write_atomic(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=1, default=str), root=run_dir)
+                follow_umask(tmp)  # Accelerate's and torch's files too
                 write_manifest(tmp, "checkpoint", root=run_dir)
             except BaseException:  # e.g. a full disk: drop the partial folder, keep the previous checkpoint
                 remove(tmp)

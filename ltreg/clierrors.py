@@ -21,6 +21,10 @@ from ltreg.errors import LtregError
 from ltreg.layout import CHECKPOINTS_DIR, POINTER
 
 
+#: The longest error paragraph printed (a message quoting a huge value from a file is cut).
+MAX_MESSAGE = 2000
+
+
 @dataclass(frozen=True)
 class Failure:
     """What the user reads, and the exit status."""
@@ -107,5 +111,8 @@ def report(exc: BaseException, *, debug: bool = False, resuming: bool = False, c
     if debug:
         traceback.print_exception(exc, file=stream)
     failure = explain(exc, resuming=resuming, checkpoint=checkpoint)
-    print(f"ltreg: error: {failure.message}", file=stream)
+    message = failure.message
+    if len(message) > MAX_MESSAGE:  # a value from a file can be huge; the paragraph stays readable
+        message = message[:MAX_MESSAGE] + f" … (cut at {MAX_MESSAGE} characters; --debug shows the whole error)"
+    print(f"ltreg: error: {message}", file=stream)
     return failure.exit_code

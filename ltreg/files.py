@@ -57,6 +57,14 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def follow_umask(folder: Path) -> None:
+    """Give the regular files of ``folder`` (a checkpoint another library wrote) the mode the umask gives."""
+    mode = file_mode()
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            os.chmod(entry, mode)
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (POSIX: the directory entry is data of the folder)."""
     try:
@@ -380,4 +388,4 @@ class RunLock:
 
 __all__ = ["MANIFEST", "LOCK_FILE", "TMP_PREFIX", "Manifest", "RunLock", "write_atomic", "write_with", "write_manifest",
            "sha256", "check_inside", "make_dir", "make_dir_exclusive", "remove", "clean_leftovers", "probe_writable",
-           "open_regular", "read_bounded", "owned_by_ltreg", "plain_name", "file_mode", "fsync_dir"]
+           "open_regular", "read_bounded", "owned_by_ltreg", "plain_name", "file_mode", "follow_umask", "fsync_dir"]

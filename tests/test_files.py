@@ -82,6 +82,8 @@ def test_a_training_writes_nothing_through_links_planted_in_its_folder(tmp_path:
     assert target.read_bytes() == VICTIM and sorted(p.name for p in target.parent.iterdir()) == ["victim.txt"]
     assert (run / "model.safetensors").stat().st_mode & 0o777 == 0o640  # the umask, like every other file
     assert (run / "config.json").stat().st_mode & 0o777 == 0o640
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o640}, modes  # Accelerate's checkpoint files too
     assert not list(run.rglob(f"{TMP_PREFIX}*"))  # the killed run's leftover went at this start
     assert json.loads((run / MANIFEST).read_text())["kind"] == "model"
 
@@ -347,3 +349,14 @@ def test_resume_on_another_data_set_of_the_same_class_count_stops_and_eval_warns
         (b / f"c{c}").rename(b / f"k{c}")
     with pytest.warns(DataMismatchWarning, match=r"class names of imagefolder-lt differ .*'c0' -> 'k0'"):
         ltreg.evaluate_pretrained(run, dataset="imagefolder-lt", data_root=str(b))
+
+
+def test_an_error_paragraph_is_bounded() -> None:
+    """Family 6: a message quoting a huge value from a file stays one readable paragraph."""
+    import io
+
+    from ltreg.clierrors import MAX_MESSAGE, report
+
+    out = io.StringIO()
+    assert report(ConfigError("unknown key " + "k" * 1_000_000), stream=out) == 2
+    assert len(out.getvalue()) < MAX_MESSAGE + 200 and "--debug shows the whole error" in out.getvalue()
