@@ -21,6 +21,10 @@ from ltreg.errors import LtregError
 from ltreg.layout import CHECKPOINTS_DIR, POINTER
 
 
+#: What torch.distributed says when a peer process died (gloo / NCCL): not a bug of this process.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted",
+              "ProcessGroupNCCL", "Broken pipe", "recvBytes", "gloo/transport")
+
 #: The longest error paragraph printed (a message quoting a huge value from a file is cut).
 MAX_MESSAGE = 2000
 
@@ -99,6 +103,10 @@ def explain(exc: BaseException, *, resuming: bool = False, checkpoint: Path | No
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return Failure(f"out of memory ({text}). Lower --batch-size (or --eval-batch-size), use "
                        f"--mixed-precision bf16, or a smaller --backbone", 1)
+    if any(s in text for s in _PEER_GONE):
+        return Failure(f"another process of this distributed run stopped, so this one cannot go on ({text[:300]}). "
+                       f"That process's own error, printed above, names the cause: fix it, then rerun the same "
+                       f"launch command with --resume (the last complete checkpoint is intact)", 1)
     return Failure(f"internal error: {text}. This is a bug in ltreg or in a plugin, not in your input. Rerun "
                    f"the same command with --debug for the traceback and please report it (with the traceback) "
                    f"on the ltreg issue tracker", 1)

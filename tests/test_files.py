@@ -360,3 +360,12 @@ def test_an_error_paragraph_is_bounded() -> None:
     out = io.StringIO()
     assert report(ConfigError("unknown key " + "k" * 1_000_000), stream=out) == 2
     assert len(out.getvalue()) < MAX_MESSAGE + 200 and "--debug shows the whole error" in out.getvalue()
+
+
+def test_a_peer_process_crash_is_not_called_a_bug() -> None:
+    """Family 9: a dead peer of a distributed run was reported as 'a bug in ltreg'."""
+    from ltreg.clierrors import explain
+
+    failure = explain(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    assert "bug" not in failure.message and "another process of this distributed run stopped" in failure.message
+    assert "bug in ltreg" in explain(KeyError("boom")).message
