@@ -20,7 +20,6 @@ from typing import TextIO
 from ltreg.errors import LtregError
 from ltreg.layout import CHECKPOINTS_DIR, POINTER
 
-
 #: What torch.distributed says when a peer process died (gloo / NCCL): not a bug of this process.
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted",
               "ProcessGroupNCCL", "Broken pipe", "recvBytes", "gloo/transport")

@@ -222,8 +222,8 @@ def test_resume_on_another_data_set_is_a_named_error(run_copy: Path, tmp_path: P
 def test_resume_with_other_tensor_shapes_is_a_named_error_not_a_size_mismatch(
         run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Even when the recorded settings were edited to match, 3 RGB classes do not load into 10 grey ones."""
-    from ltreg.files import write_manifest
     from ltreg.config import resolve_config
+    from ltreg.files import write_manifest
 
     root = image_folder(tmp_path / "imgs")
     overrides = {**RUN, "batch_size": 4, "dataset": "imagefolder-lt", "data_root": str(root),
