@@ -71,6 +71,8 @@ from ltreg.mixing import PairMixup
 from ltreg.rebalance import Rebalancer
 from ltreg.registry import (
     register_dataset,
+    register_eval_views,
+    register_head_init,
     register_loss,
     register_memory,
     register_prototypes,
@@ -93,6 +95,10 @@ _LAZY = {
     "from_pretrained": "ltreg.models.ltmodel",
     "train": "ltreg.trainer",
     "evaluate_pretrained": "ltreg.evaluate",
+    "evaluate_model": "ltreg.evaluate",
+    "EvalReport": "ltreg.evaluate",
+    "predict": "ltreg.inference",
+    "Prediction": "ltreg.inference",
     "RunCard": "ltreg.card",
     "DatasetRecord": "ltreg.card",
 }
@@ -112,7 +118,7 @@ __all__ = [
     # method specs and the registry
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
-    "register_sampler", "register_transform",
+    "register_sampler", "register_transform", "register_head_init", "register_eval_views",
     # data sets
     "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases

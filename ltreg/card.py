@@ -157,9 +157,14 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
         n_all = sum(metrics.get(f"num_{g}", 0) for g in ("many", "medium", "few"))
         for key, label in SPLITS:
             n = n_all if key == "top1" else metrics.get(f"num_{key}", "")
-            value = float(metrics.get(key, float("nan")))
-            body.append(f"| {label} | {n} | {'–' if value != value else f'{value:.2f}'} |")
+            value = metrics.get(key)
+            shown = f"{value:.2f}" if isinstance(value, (int, float)) and value == value else "–"
+            body.append(f"| {label} | {n} | {shown} |")
         body += ["", f"Many-shot: > {ds.many_thr} training images; few-shot: < {ds.few_thr}."]
+        views = metrics.get("eval_views")
+        if isinstance(views, dict) and isinstance(views.get("name"), str):
+            body += [f"Test-time views: `{views['name']}` ({views.get('description', '')}); "
+                     f"`ltreg eval --tta NAME` evaluates with another set."]
     if plot:
         body += ["", f"![per-class test accuracy against training frequency]({PLOT_FILE})"]
     if method and ds:
@@ -194,8 +199,9 @@ def _usage(arch: str, config: dict[str, Any]) -> list[str]:
              f'backbone = ltreg.load_backbone("{REPO_PLACEHOLDER}")  # timm backbone: pooled features',
              "```", "", "With timm alone (backbone + classifier, no projection head), preprocessing included:", "",
              "```python", "import timm, torch", "from PIL import Image"]
-    if timm.models.model_entrypoint(arch).__module__.startswith("ltreg"):
-        lines.append(f"import ltreg.models.cifar_resnet  # registers {arch} into timm")
+    module = timm.models.model_entrypoint(arch).__module__
+    if module.startswith("ltreg"):
+        lines.append(f"import {module}  # registers {arch} into timm")
     lines += ["", f'model = timm.create_model("hf-hub:{REPO_PLACEHOLDER}", pretrained=True).eval()',
               "cfg = timm.data.resolve_data_config({}, model=model)",
               "transform = timm.data.create_transform(**cfg)",

@@ -105,4 +105,4 @@ class RunLog:
     def final(self, metrics: dict[str, Any]) -> None:
         """The test metrics (All / Many / Medium / Few, balanced) to the trackers, at the last step."""
         keys = ("top1", "balanced_acc", "many", "medium", "few")
-        self.accelerator.log({f"test/{k}": metrics[k] for k in keys if k in metrics}, step=self.steps)
+        self.accelerator.log({f"test/{k}": metrics[k] for k in keys if metrics.get(k) is not None}, step=self.steps)

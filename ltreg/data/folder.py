@@ -245,7 +245,7 @@ def imagefolder_lt(
     src = FileSource(train_scan.paths, channels, size)
     common = dataset_fields(
         classes, channels, image_size, np.bincount(targets[train], minlength=len(classes)), many_thr, few_thr, notes,
-        {"source": str(base), "imbalance": imbalance, "profile": profile, "seed": seed,
+        {"source": str(base), "imbalance": imbalance, "profile": profile, "seed": seed, "resize": resize,
          "layout": "flat" if "flat" in roles else sorted(roles), "skipped": len(skipped), "skipped_files": skipped[:20]},
     )
 

@@ -214,7 +214,7 @@ def hf_lt(
     common = dataset_fields(
         class_names, channels, image_size, np.bincount(y_all[idx], minlength=num_classes), many_thr, few_thr, notes,
         {"source": root, "imbalance": imbalance, "profile": profile, "seed": seed, "image_column": img,
-         "label_column": lab},
+         "label_column": lab, "resize": resize},
     )
     test_part = (subset_source(test_src, test_idx), y_te) if test_idx is not None else (test_src, y_te)
     data = LTData(

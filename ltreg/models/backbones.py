@@ -83,6 +83,18 @@ def resolve_arch(name: str) -> tuple[str, dict[str, Any]]:
     return split_model_name_tag(arch)[0], args
 
 
+def backbone_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean / std a timm backbone name (tagged or its default tag) was pretrained with (``--normalize backbone``)."""
+    from timm.models import get_pretrained_cfg
+
+    kind = parse_backbone(name)[0]
+    cfg = get_pretrained_cfg(name) if kind in ("arch", "tag") else None
+    if cfg is None or not cfg.mean or not cfg.std:
+        raise ConfigError(f"--normalize backbone: timm records no mean / std for the backbone {name!r} (a timm name "
+                          f"or tag is needed); use --normalize data")
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
 def _weights_of(name: str) -> str:
     """Where timm finds the weights of a registry name (tagged or its default tag); error if it has none."""
     import timm

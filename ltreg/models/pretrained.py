@@ -25,6 +25,7 @@ from ltreg.layout import CARD_FILE, CONFIG_FILE, HEADS_FILE, MANIFEST, MODEL_FIL
 from ltreg.models.config import LTModelConfig, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
 from ltreg.registry import IN_PROCESS, registry
+from ltreg.reports import json_safe
 from ltreg.version import __version__
 
 
@@ -84,7 +85,8 @@ def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | No
         write_with(directory / name, lambda f, flat=flat: save_file(flat, f, metadata={"format": "pt"}), root=directory)
     plot = plot_per_class(card, directory / PLOT_FILE)
     write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot), root=directory)
-    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str), root=directory)
+    write_atomic(directory / CONFIG_FILE, json.dumps(json_safe(config), indent=1, default=str, allow_nan=False),
+                 root=directory)
     # every model file here (metrics.json too, which a run writes just before): what push may upload
     names = [f for f in MODEL_FILES if f != MANIFEST and (directory / f).is_file() and not (directory / f).is_symlink()
              and (plot or f != PLOT_FILE)]  # a plot from an earlier save is not this model's
