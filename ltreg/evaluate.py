@@ -265,10 +265,11 @@ def evaluate_model(model: str | os.PathLike | LoadedModel, *, data_root: str | N
                    device: str | torch.device | None = None, tta: str | None = None) -> EvalReport:
     """Evaluate a run folder, model folder or Hub repo on labelled images.
 
-    * No ``data_root`` (or the recorded one), or a ``dataset`` named: the data set builder rebuilds the
-      data (from the recorded arguments, changed by ``data_root`` / ``data_kwargs``) and its ``split``
-      (test or val) is scored -- for a flat folder that is the hold-out the run was tested on, and the
-      header says so.
+    * No ``data_root`` (or the one the run recorded), or a ``dataset`` named: the data set builder rebuilds
+      the data (from the recorded name, imbalance, profile and seed; the recorded folder and builder
+      arguments are never read: ``data_root`` / ``data_kwargs`` give them) and its ``split`` (test or val)
+      is scored -- for a flat folder that is the hold-out the run was tested on, and the header says so. A
+      rebuilt training set other than the model's warns (:class:`DataMismatchWarning`).
     * A new ``data_root``: a folder of class sub-folders (flat: every image; split layout: ``test/``,
       else ``val/``) or a ``datasets`` table (its test split, or all rows of its only split) is scored,
       nothing held out (:func:`ltreg.data.labelled.read_labelled`; ``data_kwargs``: layout,
