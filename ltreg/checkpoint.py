@@ -104,7 +104,8 @@ def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool 
     caller holds the run-folder lock.
     """
     ckpt = run_dir / CHECKPOINTS_DIR
-    present = [n for n in RUN_FILES if os.path.lexists(run_dir / n)] + ([f"{CHECKPOINTS_DIR}/"] if os.path.lexists(ckpt) else [])
+    present = [n for n in RUN_FILES if n != MANIFEST and os.path.lexists(run_dir / n)]  # a run's mark alone: no run yet
+    present += [f"{CHECKPOINTS_DIR}/"] if os.path.lexists(ckpt) else []
     if not present or resume:
         return
     listed = f"{', '.join(present[:4])}{' ...' if len(present) > 4 else ''}"

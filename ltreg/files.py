@@ -337,7 +337,9 @@ class RunLock:
 
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
-        self._lock = filelock.FileLock(str(self.path), timeout=0, is_singleton=False)
+        # a singleton per path: in one process (a notebook building runs again) the lock is re-entrant;
+        # another process is refused
+        self._lock = filelock.FileLock(str(self.path), timeout=0, is_singleton=True)
 
     def acquire(self) -> RunLock:
         import filelock
