@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ltreg.errors import CheckpointError, RunFolderError
+from ltreg.errors import CheckpointError, ResumeStateError, RunFolderError
 from ltreg.files import (
     TMP_PREFIX,
     Manifest,
@@ -45,25 +45,30 @@ NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")
 
 @dataclass
 class TrainerState:
-    """What a checkpoint records besides tensors: where the run stood and the settings it ran with."""
+    """A checkpoint's state record: where the run stood (stage, epochs and steps done in it) and the settings
+    it ran with. ``--resume`` reads where to continue from this record, never from the folder's name."""
 
     stage: int
     epoch: int
+    step: int = 0  # loop steps (batches) done in this stage: epoch * steps per epoch
     history: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> TrainerState:
+        """The record in ``path``; missing, unreadable or ill-typed is a :class:`ResumeStateError`."""
         try:
             raw = json.loads(path.read_text())
-            state = cls(stage=int(raw["stage"]), epoch=int(raw["epoch"]), history=list(raw.get("history", [])),
-                        fingerprint=dict(raw.get("fingerprint", {})))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path} is missing or corrupt ({exc})") from exc
-        if state.stage not in (1, 2) or state.epoch < 1:
-            raise CheckpointError(f"{path} records stage {state.stage}, epoch {state.epoch}: a checkpoint is stage 1 "
-                                  f"or 2 after epoch 1 or later. It was edited; start over with --overwrite")
-        return state
+            stage, epoch, step = raw["stage"], raw["epoch"], raw.get("step", 0)
+            if not all(type(v) is int for v in (stage, epoch, step)) or stage < 1 or epoch < 0 or step < 0:
+                raise ValueError(f"stage {stage!r}, epoch {epoch!r}, step {step!r} are not counts (stage >= 1)")
+            return cls(stage=stage, epoch=epoch, step=step, history=list(raw.get("history", [])),
+                       fingerprint=dict(raw.get("fingerprint", {})))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ResumeStateError(
+                f"the state record {path} of this checkpoint is missing or corrupt ({type(exc).__name__}: {exc}); "
+                f"--resume cannot tell where the run stood. Delete the checkpoint folder and resume from an earlier "
+                f"one, or start over with --overwrite") from exc
 
 
 def module_tensors(modules: dict[str, nn.Module]) -> dict[str, Tensor]:
@@ -235,6 +240,10 @@ class Checkpoints:
                 f"checkpoint to continue from. Delete {pointer} to train from the start, or start over with --overwrite"
             )
         return path
+
+    def state(self, path: Path) -> TrainerState:
+        """The state record of checkpoint ``path`` (stage, epoch, step): where ``--resume`` continues."""
+        return TrainerState.read(path / TRAINER_STATE)
 
     def load(self, path: Path, modules: dict[str, nn.Module], fingerprint: dict[str, Any] | None = None) -> TrainerState:
         """Verify and load checkpoint ``path`` into the prepared objects and ``modules``.
