@@ -27,6 +27,7 @@ from ltreg.errors import (
     RebalanceError,
     RegistryError,
     ResumeStateError,
+    RunFolderError,
     SettingError,
     SpecError,
     TrainingError,
@@ -147,7 +148,7 @@ __all__ = [
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",
-    "RebalanceError", "TunerError", "CheckpointError", "ResumeStateError", "SpecError", "TrainingError", "NonFiniteLossError", "PushError",
+    "RebalanceError", "TunerError", "RunFolderError", "CheckpointError", "ResumeStateError", "SpecError", "TrainingError", "NonFiniteLossError", "PushError",
     # models, training and evaluation (loaded on first use)
     *_LAZY,
 ]

@@ -7,7 +7,6 @@ A finished run hands one typed :class:`RunCard` to ``save_pretrained``; it is st
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import timm
 from huggingface_hub import EvalResult, ModelCardData
 
+from ltreg.files import write_with
 from ltreg.layout import PLOT_FILE
 from ltreg.registry import IN_PROCESS
 from ltreg.version import __version__
@@ -40,6 +40,7 @@ class DatasetRecord:
     info: dict[str, Any] = field(default_factory=dict)
     builder_args: dict[str, Any] = field(default_factory=dict)
     hub_id: str | None = None  # the Hub data set id, when the data came from the Hub
+    identity: str = ""  # ltreg.data.lt.data_identity of the training set: evaluation compares it
 
 
 @dataclass
@@ -108,9 +109,7 @@ def plot_per_class(card: RunCard, path: Path) -> bool:
            title="per-class test accuracy against training frequency")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    write_with(path, lambda f: fig.savefig(f, format="png"))
     return True
 
 

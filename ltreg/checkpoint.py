@@ -1,20 +1,19 @@
-"""Training checkpoints and the one atomic file writer.
+"""Training checkpoints, and the run folder's guard against overwriting what is not ltreg's.
 
 A checkpoint is a folder ``RUN/checkpoints/<name>/`` holding Accelerate's state (optimizer,
 scheduler, RNG), the model and part tensors as ``ltreg_state.safetensors``, ``trainer_state.json``
 and ``manifest.json`` (SHA-256 of every other file). It is written under a temporary name, verified,
-renamed, and only then does the pointer ``checkpoints/latest`` move to it (atomically). Every path
+renamed, and only then does the pointer ``checkpoints/latest`` move to it (atomically); every file goes
+through :mod:`ltreg.files` (no link followed, nothing written outside the run folder). Every path
 this module reads from a file is confined to the checkpoints folder: a pointer is a plain folder
 name, never a path to follow.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ltreg.errors import CheckpointError, ResumeStateError
+from ltreg.errors import CheckpointError, ResumeStateError, RunFolderError
+from ltreg.files import (
+    TMP_PREFIX,
+    Manifest,
+    clean_leftovers,
+    follow_umask,
+    fsync_dir,
+    make_dir,
+    make_dir_exclusive,
+    owned_by_ltreg,
+    remove,
+    write_atomic,
+    write_manifest,
+    write_with,
+)
 from ltreg.layout import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -36,64 +49,6 @@ from ltreg.layout import (
 
 #: A checkpoint's folder name: what ``latest`` may hold (no separators, no dots in front).
 NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a part.
-
-    The bytes go to a hidden temporary file in the same folder, are flushed and fsynced, and the
-    file is renamed over ``path`` (``os.replace`` is atomic on one file system).
-    """
-    raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(raw)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_manifest(folder: Path, files: list[str] | None = None) -> None:
-    """``manifest.json``: name -> SHA-256 of each listed file (default: every regular file in ``folder``)."""
-    names = files if files is not None else sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST
-                                                   and not p.name.startswith("."))
-    digest = {name: sha256(folder / name) for name in names if (folder / name).is_file()}
-    write_atomic(folder / MANIFEST, json.dumps({"sha256": digest}, indent=1))
-
-
-def verify_manifest(folder: Path, label: str, required: bool = True) -> None:
-    """Check every file the manifest lists against its SHA-256; a mismatch names the file and the fix."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        if required:
-            raise CheckpointError(f"{label} has no {MANIFEST}: it was not written completely by ltreg; "
-                                  f"delete it and resume from an earlier checkpoint or train again")
-        return
-    try:
-        digest = json.loads(path.read_text())["sha256"]
-        items = [(str(k), str(v)) for k, v in digest.items()]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{MANIFEST} of {label} is corrupt ({exc}); the folder cannot be verified") from exc
-    for name, want in items:
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise CheckpointError(f"{MANIFEST} of {label} names {name!r}, which is not a plain file name: refused")
-        file = folder / name
-        if not file.is_file():  # a missing file is named by whoever needs it, with what to do
-            continue
-        if sha256(file) != want:
-            raise CheckpointError(
-                f"{label}: {name} does not match its SHA-256 in {MANIFEST} (corrupted on disk or edited). "
-                f"Delete the folder and resume from an earlier checkpoint, or train / download it again"
-            )
 
 
 @dataclass
@@ -154,32 +109,47 @@ def load_module_tensors(path: Path, modules: dict[str, nn.Module]) -> None:
 
 
 def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool = True) -> None:
-    """Never overwrite an existing run unasked: a folder holding a run needs ``--resume`` or ``--overwrite``.
+    """Never overwrite an existing run unasked, nor anything that is not ltreg's.
 
-    With ``overwrite`` the old run's checkpoints and model files are removed (only those, and only
-    inside ``run_dir``; a symbolic link is removed, never followed).
+    A folder holding run files needs ``--resume`` or ``--overwrite``; ``--overwrite`` needs the folder's
+    ``manifest.json`` to say ltreg wrote it (a user's own ``README.md`` or ``config.json`` is never
+    deleted), and then removes only the files a run writes (a link is removed, never followed). The
+    caller holds the run-folder lock.
     """
     ckpt = run_dir / CHECKPOINTS_DIR
-    present = [n for n in RUN_FILES if (run_dir / n).exists()] + ([f"{CHECKPOINTS_DIR}/"] if ckpt.exists() else [])
+    present = [n for n in RUN_FILES if n != MANIFEST and os.path.lexists(run_dir / n)]  # a run's mark alone: no run yet
+    present += [f"{CHECKPOINTS_DIR}/"] if os.path.lexists(ckpt) else []
     if not present or resume:
         return
+    listed = f"{', '.join(present[:4])}{' ...' if len(present) > 4 else ''}"
+    if not owned_by_ltreg(run_dir):
+        raise RunFolderError(
+            f"{run_dir} holds {listed} but is not an ltreg run folder (no {MANIFEST} written by ltreg), so ltreg "
+            f"neither writes over nor deletes these files{' (--overwrite included)' if overwrite else ''}. Pass "
+            f"--output-dir with a new or empty folder, or move those files away"
+        )
     if not overwrite:
-        raise CheckpointError(
-            f"{run_dir} already holds a run ({', '.join(present[:4])}{' ...' if len(present) > 4 else ''}). "
-            f"Pass --resume to continue it, --overwrite to start over (its checkpoints and model files are "
-            f"deleted), or --output-dir for a new folder"
+        raise RunFolderError(
+            f"{run_dir} already holds a run ({listed}). Pass --resume to continue it, --overwrite to start over (its "
+            f"checkpoints and model files are deleted), or --output-dir for a new folder"
         )
     if not delete:  # other processes: the main process deletes
         return
-    for folder in (ckpt, run_dir / ADAPTER_DIR):  # the adapter-only export of a run is one of its model files
-        if folder.is_symlink() or folder.is_file():
-            folder.unlink()
-        elif folder.is_dir():
-            shutil.rmtree(folder)
-    for name in RUN_FILES:
-        f = run_dir / name
-        if f.is_symlink() or f.is_file():
-            f.unlink()
+    # the adapter-only export of a run is one of its model files; MANIFEST last: a killed --overwrite leaves the
+    # folder ltreg's
+    for name in (CHECKPOINTS_DIR, ADAPTER_DIR, *RUN_FILES):
+        remove(run_dir / name)
+    fsync_dir(run_dir)
+
+
+def claim_run_folder(run_dir: Path) -> list[str]:
+    """Mark ``run_dir`` as an ltreg run (a ``manifest.json`` of kind ``run``, when it has none) and remove a
+    killed run's temporary files; the caller holds the run-folder lock. Returns what was removed."""
+    make_dir(run_dir)
+    gone = clean_leftovers(run_dir, run_dir / CHECKPOINTS_DIR)
+    if not owned_by_ltreg(run_dir):
+        write_manifest(run_dir, "run", [], root=run_dir)
+    return gone
 
 
 class Checkpoints:
@@ -230,32 +200,32 @@ class Checkpoints:
             raise CheckpointError(f"invalid checkpoint name {name!r}")
         self._check_root()
         acc = self.accelerator
-        tmp = self.root / f".tmp-{name}"
+        run_dir = self.root.parent
+        tmp = self.root / f"{TMP_PREFIX}{name}"
         if acc.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            make_dir(self.root, root=run_dir)
+            make_dir_exclusive(tmp)  # a link or folder planted at that name is removed, never written through
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)  # optimizer, scheduler, RNG states of every process
         acc.wait_for_everyone()  # every process has written its RNG state before the rename
         final = self.root / name
         if acc.is_main_process:
             try:
-                save_file(module_tensors(modules), str(tmp / STATE_WEIGHTS))
-                write_atomic(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=1, default=str))
-                write_manifest(tmp)
+                tensors = module_tensors(modules)
+                write_with(tmp / STATE_WEIGHTS, lambda f: save_file(tensors, f), root=run_dir)
+                write_atomic(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=1, default=str), root=run_dir)
+                follow_umask(tmp)  # Accelerate's and torch's files too
+                write_manifest(tmp, "checkpoint", root=run_dir)
             except BaseException:  # e.g. a full disk: drop the partial folder, keep the previous checkpoint
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove(tmp)
                 raise
             previous = self.latest()
-            if final.is_symlink() or final.is_file():  # never followed: removed as the entry it is
-                final.unlink()
-            elif final.exists():
-                shutil.rmtree(final)
+            remove(final)  # a link there is removed, never followed
             os.replace(tmp, final)
-            write_atomic(self.root / POINTER, name)
+            fsync_dir(self.root)
+            write_atomic(self.root / POINTER, name, root=run_dir)
             if previous is not None and previous != final:  # confined by latest(): inside root
-                shutil.rmtree(previous)
+                remove(previous)
         acc.wait_for_everyone()
         return final
 
@@ -291,8 +261,10 @@ class Checkpoints:
         ``fingerprint`` (the settings that change the result) must equal the one the checkpoint was
         written with; a difference is named before anything is loaded.
         """
-        verify_manifest(path, f"checkpoint {path}")
+        Manifest.read(path, f"checkpoint {path}").verify(path, f"checkpoint {path}")
         state = TrainerState.read(path / TRAINER_STATE)
+        if fingerprint is not None and "data" not in state.fingerprint:  # a checkpoint from before data identity
+            fingerprint = {k: v for k, v in fingerprint.items() if k != "data"}
         if fingerprint is not None and state.fingerprint and state.fingerprint != fingerprint:
             diff = [f"{k}: {state.fingerprint.get(k)!r} in the run, {fingerprint.get(k)!r} now"
                     for k in sorted(set(state.fingerprint) | set(fingerprint)) if state.fingerprint.get(k) != fingerprint.get(k)]

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import sys
 import typing
+import warnings
 from typing import Any
 
 from ltreg.clierrors import latest_checkpoint, report
@@ -43,13 +44,26 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if hints[f.name] is bool:
             p.add_argument(flag, action="store_true", default=None)
         elif f.name == "milestones":
-            p.add_argument(flag, type=lambda s: [int(x) for x in s.split(",") if x], default=None,
+            p.add_argument(flag, type=_number_list(int, "epochs, e.g. 30,60"), default=None,
                            help="comma-separated epochs for schedule=step")
         elif f.name == "opt_betas":
-            p.add_argument(flag, type=lambda s: [float(x) for x in s.split(",") if x], default=None,
+            p.add_argument(flag, type=_number_list(float, "numbers, e.g. 0.9,0.999"), default=None,
                            help="comma-separated betas of Adam-family optimizers, e.g. 0.9,0.999")
         else:
             p.add_argument(flag, default=None, help=f"default {f.default!r}" if f.default is not dataclasses.MISSING else None)
+
+
+def _number_list(kind: type, want: str) -> Any:
+    """An argparse type for a comma-separated list; its name is what argparse prints on a bad value."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated {want}") from None
+
+    parse.__name__ = f"comma-separated {kind.__name__} list"
+    return parse
 
 
 def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
@@ -119,11 +133,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ltreg.data.build import parse_data_args
-    from ltreg.evaluate import evaluate_model
+    from ltreg.evaluate import DataMismatchWarning, evaluate_model
 
-    result = evaluate_model(args.model, dataset=args.dataset, data_root=args.data_root,
-                            data_kwargs=parse_data_args(args.data_arg), split=args.split, revision=args.revision,
-                            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, tta=args.tta)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataMismatchWarning)
+        result = evaluate_model(args.model, dataset=args.dataset, data_root=args.data_root,
+                                data_kwargs=parse_data_args(args.data_arg), split=args.split, revision=args.revision,
+                                batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                                tta=args.tta)
+    for w in caught:  # loud: on stderr, whatever --json does with stdout
+        print(f"ltreg: warning: {w.message}", file=sys.stderr)
     human = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
     views = result.metrics["eval_views"]
     print(f"test-time views: {views['name']} ({views['description']})", file=human)
@@ -142,7 +161,7 @@ def write_eval_files(result: Any, output_dir: str) -> list[str]:
     """``report.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` (with matplotlib) in ``output_dir``."""
     from pathlib import Path
 
-    from ltreg.checkpoint import write_atomic
+    from ltreg.files import write_atomic
     from ltreg.reports import confusion_csv, dumps, per_class_csv, plot_confusion
 
     folder = Path(output_dir)
@@ -185,7 +204,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from ltreg.hub import push_run
 
-    url = push_run(args.run_dir, args.repo, private=args.private, revision=args.revision, adapter_only=args.adapter_only)
+    url = push_run(args.run_dir, args.repo, private=args.private, revision=args.revision, adapter_only=args.adapter_only,
+                   say=print)
     print(f"pushed {args.run_dir} to {url}")
     return 0
 

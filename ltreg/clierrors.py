@@ -20,6 +20,13 @@ from typing import TextIO
 from ltreg.errors import LtregError
 from ltreg.layout import CHECKPOINTS_DIR, POINTER
 
+#: What torch.distributed says when a peer process died (gloo / NCCL): not a bug of this process.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted",
+              "ProcessGroupNCCL", "Broken pipe", "recvBytes", "gloo/transport")
+
+#: The longest error paragraph printed (a message quoting a huge value from a file is cut).
+MAX_MESSAGE = 2000
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -41,6 +48,16 @@ def _corrupt_file(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(
         s in text for s in ("PytorchStreamReader", "failed finding central directory", "invalid header",
                             "unexpected EOF", "HeaderTooLarge", "InvalidHeader", "MetadataIncompleteBuffer"))
+
+
+def _what_is_damaged(exc: BaseException) -> str:
+    """The damage in words, not the library's internals (``--debug`` shows those)."""
+    text = str(exc)
+    if "zip" in text or "central directory" in text or "PytorchStreamReader" in text:
+        return "a torch state file's zip archive is incomplete"
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)):
+        return "a pickled state file ends early or is damaged"
+    return "a safetensors file's header is invalid or the file ends early"
 
 
 def latest_checkpoint(output_dir: str | None) -> Path | None:
@@ -67,7 +84,13 @@ def explain(exc: BaseException, *, resuming: bool = False, checkpoint: Path | No
         return Failure(f"the disk filled up while a file was written ({text}). Free space (or pass --output-dir "
                        f"on another disk), then rerun the same command with --resume: it continues from the last "
                        f"complete checkpoint", 1)
+    if _corrupt_file(exc) and "HeaderTooLarge" in str(exc):
+        return Failure("a safetensors file declares a header larger than safetensors reads (100 MB): it was not "
+                       "written by ltreg (the file is not merely truncated). Replace it with the file ltreg wrote: "
+                       "save or download it again" + (", or rerun without --resume to train from the start"
+                                                      if resuming else ""), 1)
     if _corrupt_file(exc):
+        text = _what_is_damaged(exc)
         which = f" ({checkpoint})" if checkpoint else " (under the run folder's checkpoints/)"
         where = (f" It happened while resuming: the latest checkpoint{which} is damaged. Rerun without --resume "
                  f"to train from the start (new checkpoints replace it)" if resuming else
@@ -79,6 +102,10 @@ def explain(exc: BaseException, *, resuming: bool = False, checkpoint: Path | No
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return Failure(f"out of memory ({text}). Lower --batch-size (or --eval-batch-size), use "
                        f"--mixed-precision bf16, or a smaller --backbone", 1)
+    if any(s in text for s in _PEER_GONE):
+        return Failure(f"another process of this distributed run stopped, so this one cannot go on ({text[:300]}). "
+                       f"That process's own error, printed above, names the cause: fix it, then rerun the same "
+                       f"launch command with --resume (the last complete checkpoint is intact)", 1)
     return Failure(f"internal error: {text}. This is a bug in ltreg or in a plugin, not in your input. Rerun "
                    f"the same command with --debug for the traceback and please report it (with the traceback) "
                    f"on the ltreg issue tracker", 1)
@@ -91,5 +118,8 @@ def report(exc: BaseException, *, debug: bool = False, resuming: bool = False, c
     if debug:
         traceback.print_exception(exc, file=stream)
     failure = explain(exc, resuming=resuming, checkpoint=checkpoint)
-    print(f"ltreg: error: {failure.message}", file=stream)
+    message = failure.message
+    if len(message) > MAX_MESSAGE:  # a value from a file can be huge; the paragraph stays readable
+        message = message[:MAX_MESSAGE] + f" … (cut at {MAX_MESSAGE} characters; --debug shows the whole error)"
+    print(f"ltreg: error: {message}", file=stream)
     return failure.exit_code

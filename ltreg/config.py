@@ -214,13 +214,42 @@ def _check_keys(values: dict[str, Any], where: str) -> None:
             raise ConfigError(f"unknown key {key!r} in {where}.{hint}")
 
 
+#: A YAML run file larger than this is refused before it is parsed (a real one is a few kB).
+MAX_YAML_BYTES = 1 << 20
+#: Nodes a YAML run file may expand to (aliases included): a few nested aliases could otherwise expand a
+#: small file to gigabytes ("billion laughs").
+MAX_YAML_NODES = 100_000
+
+
+def expanded_size(value: Any, memo: dict[int, int] | None = None) -> int:
+    """How many values ``value`` holds once shared parts (YAML aliases) are counted each time they are used;
+    linear in the distinct objects (memoised), so a nested-alias bomb is measured without expanding it."""
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
+    memo[id(value)] = 1  # a self-referencing alias counts once
+    if isinstance(value, dict):
+        n = 1 + sum(expanded_size(k, memo) + expanded_size(v, memo) for k, v in value.items())
+    elif isinstance(value, list):
+        n = 1 + sum(expanded_size(v, memo) for v in value)
+    else:
+        n = 1
+    memo[id(value)] = min(n, 1 << 62)
+    return memo[id(value)]
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML run file: training keys at top level, method hyper-parameters under ``hparams``."""
     import yaml
 
     try:
+        size = os.stat(path).st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"the YAML run file {path} (--config) is {size} bytes, more than a run file can be "
+                              f"({MAX_YAML_BYTES}): it is not corrupt, just too large; pass a file of settings only")
         with open(path) as fh:
-            values = yaml.safe_load(fh) or {}
+            text = fh.read(MAX_YAML_BYTES + 1)
+        values = yaml.safe_load(text) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read the YAML run file {path} (--config): {exc.strerror or exc}; check the path") from exc
     except UnicodeDecodeError as exc:
@@ -233,6 +262,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"the YAML run file {path} (--config) is not valid YAML: {_one_line(exc)}; fix the "
                           f"syntax at that line") from exc
+    if expanded_size(values) > MAX_YAML_NODES:
+        raise ConfigError(f"the YAML run file {path} (--config) expands to more than {MAX_YAML_NODES} values (nested "
+                          f"aliases &a / *a): a run file holds a few settings; write them out without aliases")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a YAML run file must be a mapping of keys to values")
     _check_keys(values, f"YAML file {path}")
@@ -313,6 +345,8 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     if cfg.stage2_epochs is not None and isinstance(epochs_ref, hp):
         # one knob per value: where the spec declares stage 2's length as a hyper-parameter, the flag sets it
         cfg = dataclasses.replace(cfg, hparams={**cfg.hparams, epochs_ref.name: cfg.stage2_epochs}, stage2_epochs=None)
+    given = {k for k in (*yaml_values, *overrides) if k in _FIELDS} - {"hparams", "method", "dataset", "quick"}
+    refuse_ineffective(cfg, spec, given)
     hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction, cfg.epochs,
                             frozenset(cfg.hparams))  # checked now, not when the run is built
     spec.check(hparams)  # the declared views and stages under these hyper-parameters
@@ -364,6 +398,56 @@ def parse_tuner_args(pairs: list[str]) -> dict[str, Any]:
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def ineffective(cfg: TrainConfig, spec: MethodSpec) -> dict[str, str]:
+    """Settings that would do nothing with this method, optimizer, schedule and hardware: name -> why and what
+    to use instead. Given ones are refused (:func:`refuse_ineffective`); the card leaves them all out."""
+    from ltreg.optim import optimizer_traits
+    from ltreg.registry import registry
+
+    out: dict[str, str] = {}
+    if cfg.schedule != "step":
+        for name in ("milestones", "lr_decay"):
+            out[name] = (f"it sets the lr drops of --schedule step, and this run uses --schedule {cfg.schedule}; "
+                         f"pass --schedule step to use it, or drop it")
+    for name, schedule in (("onecycle_pct", "onecycle"), ("poly_power", "poly")):
+        if cfg.schedule != schedule:
+            out[name] = f"it shapes --schedule {schedule}, and this run uses {cfg.schedule}; drop it"
+    two_stage = spec.rebalance is not None
+    if not two_stage:
+        for name in ("stage2_epochs", "stage2_lr", "stage2_batch_size", "stage2_optimizer"):
+            out[name] = (f"the method {spec.name} has one stage (no rebalancer), so there is no stage 2 to set; "
+                         f"drop it, or pick a two-stage method (ltreg list shows the stages)")
+    needs_holdout = two_stage and bool(getattr(registry("rebalancers").get(spec.rebalance.name), "needs_holdout",
+                                               False))
+    if not needs_holdout:
+        out["holdout_fraction"] = (f"only a rebalancer that tunes on held-out training data uses it, and "
+                                   f"{spec.name}'s {'does not' if two_stage else 'has none'}; drop it")
+    stage2_momentum = two_stage and optimizer_traits(cfg.stage2_optimizer)[0]
+    if not optimizer_traits(cfg.optimizer)[0] and not stage2_momentum:
+        out["momentum"] = (f"--optimizer {cfg.optimizer} has no momentum"
+                           + (f" and neither has --stage2-optimizer {cfg.stage2_optimizer}" if two_stage else "")
+                           + "; drop it (Adam-family optimizers take --opt-betas), or use --optimizer sgd")
+    if cfg.optimizer != "sgd":
+        out["nesterov"] = f"it applies to --optimizer sgd, not {cfg.optimizer}; drop it (or use --optimizer nesterov)"
+    if cfg.mixed_precision == "fp16" and (cfg.cpu or not _cuda()):
+        out["mixed_precision"] = ("fp16 autocast needs a CUDA GPU and this run is on the CPU, where it would train in "
+                                  "fp32; use --mixed-precision bf16 (CPU autocast) or no")
+    return out
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def refuse_ineffective(cfg: TrainConfig, spec: MethodSpec, given: set[str]) -> None:
+    """Stop before any work when a setting the user gave would do nothing (see :func:`ineffective`)."""
+    for name, why in ineffective(cfg, spec).items():
+        if name in given:
+            raise ConfigError(f"{flag(name)} {getattr(cfg, name)!r} would have no effect: {why}")
 
 
 def check_dataset_kwargs(cfg: TrainConfig) -> None:

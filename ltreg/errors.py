@@ -15,6 +15,7 @@ to import a higher one to raise or catch an error::
     │   ├── MissingExtraError        (ImportError) an optional extra a setting needs: pip install ltreg[EXTRA]
     │   ├── RegistryError            (LookupError) Unknown / Duplicate name, PluginLoad failure
     │   ├── DataError                (ValueError) DataLayout / DataArgument / ImageDecode errors
+    │   ├── RunFolderError           a run folder that is not ltreg's, is locked by another run, or has a link
     │   ├── PrototypeError           (ValueError)
     │   ├── TunerError               (ValueError) a tuner that does not fit the backbone, or its arguments
     │   └── RebalanceError           (ValueError)
@@ -100,6 +101,11 @@ class ImageDecodeError(DataError):
     """An image that cannot be decoded (truncated, not an image); names the file or row and the fix."""
 
 
+class RunFolderError(UsageError):
+    """A run folder ltreg may not use as asked: not a run ltreg wrote, in use by another training, or reached
+    through a symbolic link (writes never leave the run folder)."""
+
+
 class PrototypeError(UsageError, ValueError):
     """A prototype module that cannot be built or updated as configured."""
 
@@ -132,7 +138,7 @@ class PushError(LtregError, RuntimeError):
     """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
-__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "SpecError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "TunerError", "RebalanceError", "CheckpointError", "ResumeStateError", "TrainingError", "NonFiniteLossError", "PushError", "MissingExtraError",
+__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "SpecError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "TunerError", "RunFolderError", "RebalanceError", "CheckpointError", "ResumeStateError", "TrainingError", "NonFiniteLossError", "PushError", "MissingExtraError",
            "ClassNamesError"]
 
 

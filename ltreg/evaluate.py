@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from ltreg.data.build import DataArgs, build_data
 from ltreg.data.evalviews import EvalViewDataset, EvalViews, build_eval_views, center
 from ltreg.data.labelled import LabelledSet, read_labelled
-from ltreg.data.lt import LTData, LTDataset, subset_source
+from ltreg.data.lt import LTData, LTDataset, data_identity, subset_source
 from ltreg.data.views import ViewDataset, collate
 from ltreg.errors import CheckpointError, DataError
 from ltreg.inference import LoadedModel, default_workers, load_model, pick_device
@@ -232,7 +232,7 @@ def _same_path(a: str | None, b: str) -> bool:
 def _rebuild(loaded: LoadedModel, *, data_root: str | None, dataset: str | None, data_kwargs: dict[str, Any],
              split: str) -> tuple[LabelledSet, EvalData, Tensor | None, int, int]:
     """The recorded (or named) data set rebuilt by its builder, and its test or val split."""
-    recorded = recorded_data_args(loaded.card, trusted=loaded.local)
+    recorded = recorded_data_args(loaded.card)
     if dataset is None and recorded is None:
         raise CheckpointError(f"{loaded.label} does not record the data set it was trained on; pass --dataset, "
                               f"or --data-root a labelled folder or table")
@@ -249,6 +249,7 @@ def _rebuild(loaded: LoadedModel, *, data_root: str | None, dataset: str | None,
             f"{loaded.label} takes {loaded.model.config.in_chans}-channel images; the data set {args.dataset} has "
             f"{target.channels}-channel ones: evaluate it on a matching data set"
         )
+    _warn_other_data(loaded, data, args)
     found = LabelledSet(str(args.root), args.dataset, "", target.source, target.targets.numpy(), list(target.class_names))
     same = list(target.class_names) == loaded.class_names
     counts = data.train.class_counts if same else None
@@ -264,10 +265,11 @@ def evaluate_model(model: str | os.PathLike | LoadedModel, *, data_root: str | N
                    device: str | torch.device | None = None, tta: str | None = None) -> EvalReport:
     """Evaluate a run folder, model folder or Hub repo on labelled images.
 
-    * No ``data_root`` (or the recorded one), or a ``dataset`` named: the data set builder rebuilds the
-      data (from the recorded arguments, changed by ``data_root`` / ``data_kwargs``) and its ``split``
-      (test or val) is scored -- for a flat folder that is the hold-out the run was tested on, and the
-      header says so.
+    * No ``data_root`` (or the one the run recorded), or a ``dataset`` named: the data set builder rebuilds
+      the data (from the recorded name, imbalance, profile and seed; the recorded folder and builder
+      arguments are never read: ``data_root`` / ``data_kwargs`` give them) and its ``split`` (test or val)
+      is scored -- for a flat folder that is the hold-out the run was tested on, and the header says so. A
+      rebuilt training set other than the model's warns (:class:`DataMismatchWarning`).
     * A new ``data_root``: a folder of class sub-folders (flat: every image; split layout: ``test/``,
       else ``val/``) or a ``datasets`` table (its test split, or all rows of its only split) is scored,
       nothing held out (:func:`ltreg.data.labelled.read_labelled`; ``data_kwargs``: layout,
@@ -282,9 +284,10 @@ def evaluate_model(model: str | os.PathLike | LoadedModel, *, data_root: str | N
     loaded = load_model(model, revision)
     data_kwargs = dict(data_kwargs or {})
     card_ds = loaded.card.dataset
-    recorded = recorded_data_args(loaded.card, trusted=loaded.local)
     pre = loaded.preprocessing
-    if data_root is not None and dataset is None and not _same_path(recorded and recorded.root, data_root):
+    raw_root = (card_ds.builder_args or {}).get("root") if card_ds is not None else None
+    recorded_root = raw_root if isinstance(raw_root, str) else None  # compared with --data-root, never read
+    if data_root is not None and dataset is None and not _same_path(recorded_root, data_root):
         found = read_labelled(data_root, split, pre.channels, pre.load_size, data_kwargs)
         info = EvalData(found.kind, data_root, split, found.scored, 0, 0, 0, [], {}, skipped=found.skipped)
         counts, many_thr, few_thr = None, 100, 20
@@ -329,9 +332,30 @@ def recorded_eval_views(card: Any, tta: str | None, data: LTDataset) -> EvalView
     return build_eval_views(name, data)
 
 
-def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
-    """The data set arguments a model records, type-checked; from a Hub repo (``trusted`` False) its
-    recorded folder and builder arguments are dropped (they are data, never paths to follow): pass
+class DataMismatchWarning(UserWarning):
+    """The training set rebuilt for an evaluation is not the one the model was trained on."""
+
+
+def _warn_other_data(loaded: LoadedModel, data: LTData, args: DataArgs) -> None:
+    """Warn loudly when the rebuilt training set's identity differs from the one the model records (its
+    counts set the many / medium / few split of the scores)."""
+    import warnings
+
+    ds = loaded.card.dataset
+    if ds is None or not ds.identity:
+        return
+    now = data_identity(data.train)
+    if now != ds.identity:
+        warnings.warn(DataMismatchWarning(
+            f"the training set rebuilt for {args.dataset}{' at ' + str(args.root) if args.root else ''} ({now}) is "
+            f"not the one {loaded.label} was trained on ({ds.identity}): the test split scored below may hold images "
+            f"the model trained on, or other images. Pass the --data-root / --data-arg of the training run"),
+            stacklevel=3)
+
+
+def recorded_data_args(card: Any) -> DataArgs | None:
+    """The data set arguments a model records, type-checked; its recorded folder and builder arguments are
+    dropped, from a Hub repo and a local folder alike (they are data, never paths to follow): pass
     ``--data-root`` / ``--data-arg``. A Hub data set id is kept, since it names no local path."""
     raw = card.dataset.builder_args if card.dataset is not None else {}
     if not raw:
@@ -345,10 +369,8 @@ def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
         ok = False
     if not ok:
         raise CheckpointError(f"the recorded data set arguments of this model are malformed: {str(raw)[:200]}")
-    if not trusted:
-        keep_root = card.dataset.hub_id is not None and args.root == card.dataset.hub_id
-        args = dataclasses.replace(args, root=args.root if keep_root else None, kwargs={})
-    return args
+    keep_root = card.dataset.hub_id is not None and args.root == card.dataset.hub_id
+    return dataclasses.replace(args, root=args.root if keep_root else None, kwargs={})
 
 
 def _split(data: LTData, split: str, label: Any) -> LTDataset:

@@ -5,7 +5,9 @@ files into an :class:`~ltreg.models.ltmodel.LTModel`. A model folder (or Hub rep
 ``config.json`` (timm's keys plus an ``ltreg`` block), ``model.safetensors`` (timm's layout),
 ``ltreg_heads.safetensors`` (projection head and exact classifier), ``README.md`` (the model card),
 ``per_class_accuracy.png``, ``metrics.json`` and ``manifest.json`` (SHA-256 of each, checked on load).
-Weights are never read from pickle unless the caller trusts it.
+Weights are never read from pickle unless the caller trusts it. An ltreg folder (its ``config.json`` has
+an ``ltreg`` block) is trusted only with a manifest that lists and matches every file that is read; a
+push uploads only the regular files its manifest lists, never a link's target.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import fnmatch
 import json
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ltreg.card import REPO_PLACEHOLDER
-from ltreg.checkpoint import verify_manifest
-from ltreg.errors import CheckpointError, PushError
+from ltreg.errors import CheckpointError, PushError, UsageError
+from ltreg.files import Manifest, open_regular, read_bounded
 from ltreg.layout import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
@@ -71,11 +74,15 @@ def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_r
     """
     path = Path(repo_or_dir)
     if path.is_dir():
-        verify_manifest(path, str(path), required=False)
+        verify_folder(path, str(path))
         return path, str(path)
     repo_id = str(repo_or_dir).removeprefix("hf-hub:")
     if path.exists() or repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
-        raise CheckpointError(f"{repo_or_dir} is neither a model folder nor a Hub repo id (org/name)")
+        raise CheckpointError(f"{repo_or_dir} is neither a model folder nor a Hub repo id (org/name)"
+                              + (": no such folder; check the path" if not path.exists() else ""))
+    if str(path.parent) not in ("", ".") and path.parent.is_dir():  # runs/x: a local path, not a repo to download
+        raise CheckpointError(f"{repo_or_dir} does not exist (its folder {path.parent} does, so it is meant as a local "
+                              f"model folder, not a Hub repo): check the path, or train / save the model there first")
     label = f"{repo_id}@{revision or 'main'}"
     patterns = [*files, *(PICKLE_PATTERNS if trust_remote_pickle else ())]
     try:
@@ -88,8 +95,26 @@ def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_r
     except (RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError, HFValidationError) as exc:
         raise CheckpointError(f"{repo_or_dir} is not a local folder, and the Hub repo {label} cannot be found "
                               f"(nor in the cache when offline): {type(exc).__name__}: {exc}") from exc
-    verify_manifest(folder, label, required=False)
+    verify_folder(folder, label)
     return folder, label
+
+
+def verify_folder(folder: Path, label: str) -> None:
+    """An ltreg folder's files against its manifest: each of config, weights and heads that is present must be
+    listed and match. A folder without a manifest is ltreg's (an error naming the manifest) when its
+    ``config.json`` has an ``ltreg`` block; else it is another library's (a timm folder) and its readers
+    decide."""
+    if not (folder / MANIFEST).is_file():
+        config = folder / CONFIG_FILE
+        try:
+            ours = config.is_file() and b'"ltreg"' in read_bounded(config, MAX_CONFIG_BYTES, CONFIG_FILE, "")
+        except CheckpointError:
+            ours = True  # an oversized config: read_config names it
+        if ours:
+            Manifest.read(folder, label)  # raises: no manifest
+        return
+    need = [f for f in REQUIRED_FILES if (folder / f).exists()]
+    Manifest.read(folder, label).verify(folder, label, need=need)
 
 
 def read_config(folder: Path, label: str) -> dict[str, Any]:
@@ -122,34 +147,66 @@ def read_safetensors(path: Path, label: str) -> dict[str, Tensor]:
         ) from exc
 
 
+def check_repo_id(repo_id: str) -> None:
+    """``org/name`` as the Hub allows it, checked before anything is read or uploaded."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+            raise HFValidationError("it must be exactly one org (or user) and one name, separated by '/'")
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"--repo {str(repo_id)[:100]!r} is not a Hub repo id: {' '.join(str(exc).split())[:300]} "
+                         f"Pass --repo ORG/NAME (letters, digits, '-', '_', '.'; at most 96 characters)") from None
+
+
+def upload_list(run_dir: Path, allowed: tuple[str, ...] = MODEL_FILES) -> list[str]:
+    """The files a push uploads: those the folder's manifest lists (each one of ``allowed``, a regular file,
+    matching its SHA-256, no link followed), and the manifest itself."""
+    manifest = Manifest.read(run_dir, str(run_dir))
+    names = sorted(manifest.sha256)
+    foreign = [n for n in names if n not in allowed]
+    if foreign:
+        raise CheckpointError(f"the {MANIFEST} of {run_dir} lists {', '.join(foreign[:4])}, which is not a model file "
+                              f"ltreg uploads ({', '.join(allowed)}): save the model again")
+    manifest.verify(run_dir, str(run_dir), need=names, follow=False)
+    return [*names, MANIFEST]
+
+
 def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
-             token: str | None = None, adapter_only: bool = False) -> str:
-    """Upload a run folder's model files to ``repo_id`` in one commit; returns the repo URL.
+             token: str | None = None, adapter_only: bool = False, say: Callable[[str], None] | None = None) -> str:
+    """Upload a run folder's model files (:func:`upload_list`) to ``repo_id`` in one commit; returns the repo URL.
 
     ``adapter_only`` uploads the run's ``adapter/`` folder instead (peft's adapter files, the heads and a
-    config naming the base model). Local files are only read. Any failure raises :class:`PushError` with
-    the retry command.
+    config naming the base model). Local files are only read; ``say`` gets the list of files before the
+    upload. Any failure of the upload raises :class:`PushError` with the retry command.
     """
     run_dir = Path(run_dir).resolve()
-    required = REQUIRED_FILES
+    check_repo_id(repo_id)
+    required, allowed = REQUIRED_FILES, MODEL_FILES
     if adapter_only:
         if not (run_dir / ADAPTER_DIR / CONFIG_FILE).is_file():
             raise CheckpointError(
                 f"{run_dir} has no adapter-only export ({ADAPTER_DIR}/): only a run with a mergeable tuner (lora, "
                 f"dora, ia3) on a base timm can fetch (a tagged timm name or --backbone hf-hub:org/name, not a local "
                 f"folder, random weights or --init-from) writes one. Push the merged model: drop --adapter-only")
-        run_dir, required = run_dir / ADAPTER_DIR, ADAPTER_FILES
+        run_dir, required, allowed = run_dir / ADAPTER_DIR, ADAPTER_FILES, ADAPTER_MODEL_FILES
     missing = [f for f in required if not (run_dir / f).is_file()]
     if missing:
         raise CheckpointError(f"{run_dir} lacks {', '.join(missing)}: not a finished run or model folder; "
                               f"train it to the end (or save_pretrained a model there) first")
-    verify_manifest(run_dir, str(run_dir), required=False)
+    files = upload_list(run_dir, allowed)
     config = read_config(run_dir, str(run_dir))
     folder_model_config(config, str(run_dir))  # refuses a tampered config before anything is uploaded
     method = config["ltreg"].get("method") or "model"
-    ops = [CommitOperationAdd(f, (run_dir / f).read_bytes().replace(REPO_PLACEHOLDER.encode(), repo_id.encode())
-                              if f == CARD_FILE else str(run_dir / f))
-           for f in (ADAPTER_MODEL_FILES if adapter_only else MODEL_FILES) if (run_dir / f).is_file()]
+    if say is not None:
+        say(f"uploading to {repo_id}: {', '.join(files)} (from {run_dir})")
+    ops = []
+    for f in files:
+        with os.fdopen(open_regular(run_dir / f), "rb") as fh:  # read once, no link followed
+            raw = fh.read()
+        ops.append(CommitOperationAdd(f, raw.replace(REPO_PLACEHOLDER.encode(), repo_id.encode()) if f == CARD_FILE
+                                      else raw))
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True)

@@ -23,11 +23,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from ltreg.card import RunCard
-from ltreg.checkpoint import write_atomic
 from ltreg.data.lt import LTDataset
 from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
 from ltreg.data.views import ViewDataset, collate
 from ltreg.errors import CheckpointError, ConfigError, DataError
+from ltreg.files import write_atomic
 from ltreg.models.ltmodel import LTModel
 from ltreg.models.pretrained import load_pretrained
 from ltreg.reports import dumps

@@ -20,10 +20,12 @@ from torch import Tensor
 
 import ltreg.distributed as D
 from ltreg.card import RunCard
-from ltreg.checkpoint import TrainerState, write_atomic
+from ltreg.checkpoint import TrainerState
 from ltreg.config import TrainConfig
+from ltreg.data.lt import data_identity
 from ltreg.errors import NonFiniteLossError, SpecError
 from ltreg.evaluate import evaluate, format_table
+from ltreg.files import write_atomic
 from ltreg.layout import METRICS_FILE
 from ltreg.method import StageKind
 from ltreg.models.ltmodel import LTModel
@@ -54,7 +56,8 @@ def _check_finite(run: Run, bad_step: Tensor, bad_mask: Tensor | None, names: li
         raise NonFiniteLossError(
             f"non-finite loss at stage {stage}, global step {int(bad_step.clamp(min=0).item())} (parts: {', '.join(bad) or 'loss'}). "
             f"The run stopped; the last good checkpoint {'is ' + str(kept) if kept else 'does not exist yet'}. "
-            f"Lower the learning rate, check the temperature, or use mixed_precision=no, then resume with --resume."
+            f"Start over with --overwrite and a lower --lr (or another temperature, or --mixed-precision no): "
+            f"--resume continues only with the same settings, which would diverge again."
         )
 
 
@@ -111,13 +114,20 @@ def run_epoch(run: Run, st: StageSetup, epoch: int, log: RunLog) -> dict[str, An
     return row
 
 
+def run_fingerprint(run: Run) -> dict[str, Any]:
+    """What a resume must match: the settings that change the result, and the training data's identity
+    (class names, counts, each sample's file or index and label), so another data set of the same class
+    count is not continued on silently."""
+    return {**json.loads(json.dumps(run.cfg.fingerprint(), default=str)), "data": data_identity(run.train_set)}
+
+
 def _train_stage(run: Run, st: StageSetup, log: RunLog, start_epoch: int) -> None:
     run.state.num_epochs, run.state.steps_per_epoch = st.epochs, st.steps_per_epoch
     if start_epoch >= st.epochs:
         return
     for h in st.hooks:
         h.on_train_start(run.state)
-    fingerprint = json.loads(json.dumps(run.cfg.fingerprint(), default=str))
+    fingerprint = run_fingerprint(run)
     for epoch in range(start_epoch, st.epochs):
         row = run_epoch(run, st, epoch, log)
         if (epoch + 1) % run.cfg.checkpoint_every == 0 or epoch + 1 == st.epochs:
@@ -140,7 +150,7 @@ def _resume(run: Run, log: RunLog, stage: int) -> int:
         return 0
     if stood.stage > stage:  # this stage finished; the later stage loads the checkpoint
         return 10**9
-    saved = run.checkpoints.load(path, run.stateful(), json.loads(json.dumps(run.cfg.fingerprint(), default=str)))
+    saved = run.checkpoints.load(path, run.stateful(), run_fingerprint(run))
     log.history = list(saved.history)
     log.say(f"resumed from {path} (stage {saved.stage}, epoch {saved.epoch})")
     return saved.epoch
@@ -184,7 +194,7 @@ def fit(run: Run) -> RunResult:
     metrics = json_safe(metrics)  # None and a reason, never NaN: metrics.json and config.json stay valid JSON
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / METRICS_FILE, dumps(metrics))  # strict: never NaN
+        write_atomic(run.run_dir / METRICS_FILE, dumps(metrics), root=run.run_dir)  # strict: never NaN
         card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))

@@ -21,13 +21,14 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ltreg.files import write_with
 
 #: Equal-width confidence bins of the expected calibration error.
 ECE_BINS = 15
@@ -416,7 +417,5 @@ def plot_confusion(report: LTReport, path: Path, title: str = "") -> bool:
     ax.set(xlabel=f"predicted {what}, head → tail{borders}", ylabel=f"true {what}, head → tail",
            title=title or f"confusion matrix, {report.num_classes} classes (rows normalised)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    write_with(path, lambda f: fig.savefig(f, format="png"))
     return True

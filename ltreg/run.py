@@ -25,14 +25,15 @@ from torch import nn
 
 import ltreg.distributed as D
 from ltreg.card import DatasetRecord, RunCard
-from ltreg.checkpoint import Checkpoints, guard_run_folder, write_atomic
-from ltreg.config import RunConfig, TrainConfig, resolve_tuner
+from ltreg.checkpoint import Checkpoints, claim_run_folder, guard_run_folder
+from ltreg.config import RunConfig, TrainConfig, ineffective, resolve_tuner
 from ltreg.data.build import build_data, with_input
 from ltreg.data.evalviews import EvalViews, build_eval_views
-from ltreg.data.lt import LTData, LTDataset
+from ltreg.data.lt import LTData, LTDataset, data_identity
 from ltreg.data.split import carve_holdout
 from ltreg.errors import ConfigError, TrainingError
 from ltreg.evaluate import DataPasses
+from ltreg.files import RunLock, probe_writable, write_atomic
 from ltreg.method import PartRef, build_part
 from ltreg.models.backbones import backbone_stats, load_initial_weights, resolve_arch
 from ltreg.models.heads import CosineLinear
@@ -85,6 +86,7 @@ class Run:
     #: Trainable and total parameters of stage 1 (model and trainable parts), set by ``stages.stage1_setup``.
     counts: tuple[int, int] = (0, 0)
     eval_views: EvalViews | None = None  # the test-time views of the final evaluation (None: the centre view)
+    lock: RunLock | None = None  # held by the main process from the folder check to the end of the run
 
     @property
     def cfg(self) -> TrainConfig:
@@ -101,6 +103,11 @@ class Run:
         reb = self.parts.rebalancer
         return {"model": self.model, **self.parts.modules(), **({"rebalancer": reb} if isinstance(reb, nn.Module) else {})}
 
+    def effective_recipe(self) -> dict[str, Any]:
+        """The recipe settings that took effect in this run (the card records only those)."""
+        drop = ineffective(self.cfg, self.config.spec)
+        return {k: v for k, v in self.cfg.recipe_items().items() if k not in drop}
+
     def card(self, metrics: dict[str, Any]) -> RunCard:
         """What ``config.json``, the model card and ``ltreg eval`` record about this run."""
         train, cfg, spec = self.data.train, self.cfg, self.config.spec
@@ -109,12 +116,13 @@ class Run:
         dataset = DatasetRecord(name=cfg.dataset, test_name=self.data.test.name, class_counts=train.class_counts.tolist(),
                                 class_names=list(train.class_names), many_thr=train.many_thr, few_thr=train.few_thr,
                                 image_size=train.image_size, mean=list(train.mean), std=list(train.std),
-                                info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id)
+                                info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id,
+                                identity=data_identity(train))
         tuner = {**self.tuner.to_dict(), "backbone_trainable": self.tuned.trainable, "backbone_total": self.tuned.total,
                  "trainable": self.counts[0], "total": self.counts[1], "structural": self.tuner.structural,
                  "mergeable": self.tuner.mergeable, "base": base_weights(cfg)}
         return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=self.config.hparams.to_dict(),
-                       recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
+                       recipe=self.effective_recipe(), dataset=dataset, license=cfg.license,
                        metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"),
                        tuner=tuner)
 
@@ -134,9 +142,7 @@ def preflight_output(run_dir: Path, min_free_mb: int = 50) -> None:
     """Fail before training when the run folder cannot be written or the disk is (nearly) full."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_bytes(b"0" * 1024)
-        probe.unlink()
+        probe_writable(run_dir)
     except OSError as exc:
         raise TrainingError(
             f"cannot write to the run folder {run_dir} ({exc.strerror or exc}); pass --output-dir to a writable folder"
@@ -238,15 +244,24 @@ def build_run(rc: RunConfig) -> Run:
     state.prototypes, state.memory, state.model = parts.prototypes, parts.memory, model
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it over: pass one of them")
-    guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite, delete=acc.is_main_process)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+    lock = None
+    if not acc.is_main_process:  # the same refusal on every process; the main one deletes and locks
+        guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite, delete=False)
+    else:
         preflight_output(cfg.run_dir, cfg.min_free_mb)
+        lock = RunLock(cfg.run_dir).acquire()  # a second training into this folder stops here, named
+        try:
+            guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite)
+            claim_run_folder(cfg.run_dir)
+        except BaseException:
+            lock.release()
+            raise
+    acc.wait_for_everyone()
     if spec.head_init is not None:
         init_head(rc, model, train_set, say=acc.print, write=acc.is_main_process)
         acc.wait_for_everyone()
     return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc),
-               tuner=tuner, tuned=tuned, eval_views=views)
+               tuner=tuner, tuned=tuned, eval_views=views, lock=lock)
 
 
 def test_views(rc: RunConfig, test: LTDataset) -> EvalViews:
@@ -291,7 +306,7 @@ def init_head(rc: RunConfig, model: LTModel, train: LTDataset, say: Callable[[st
         with torch.random.fork_rng(devices=[]):  # random-weight towers (tests, --quick) leave the run's RNG alone
             rows = init.weights(train).contiguous()
         if write:
-            write_atomic(cache, save(tensors={"weight": rows}, metadata={"key": key}))
+            write_atomic(cache, save(tensors={"weight": rows}, metadata={"key": key}), root=rc.cfg.run_dir)
             where = f"computed, cached in {cache}"
     if rows.shape != classifier.weight.shape:
         raise ConfigError(f"head init {ref.name!r} gives rows of shape {tuple(rows.shape)} but the classifier is "

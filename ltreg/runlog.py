@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ltreg.checkpoint import write_atomic
 from ltreg.errors import ConfigError
+from ltreg.files import write_atomic
 from ltreg.layout import METRICS_CSV
 
 #: The package each Accelerate tracker needs (``--log-with NAME``).
@@ -90,7 +90,7 @@ class RunLog:
             writer = csv.DictWriter(buf, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.history)
-            write_atomic(self.run_dir / METRICS_CSV, buf.getvalue())
+            write_atomic(self.run_dir / METRICS_CSV, buf.getvalue(), root=self.run_dir)
         scalars = {f"stage{row['stage']}/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "stage"}
         self.accelerator.log(scalars, step=self.steps)
         parts = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in _META)

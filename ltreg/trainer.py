@@ -23,7 +23,11 @@ class Trainer:
         self.run: Run = build_run(config)
 
     def fit(self) -> RunResult:
-        return fit(self.run)
+        try:
+            return fit(self.run)
+        finally:
+            if self.run.lock is not None:  # the run folder is free for the next training
+                self.run.lock.release()
 
 
 def train(method: str | None = None, yaml_path: str | None = None, **overrides: Any) -> RunResult:

@@ -238,7 +238,8 @@ def test_no_few_classes_write_null_with_a_reason_not_nan(tmp_path: Path, capsys:
     assert config["ltreg"]["metrics"]["few"] is None
     assert metrics["top5"] is None and "2 classes" in metrics["top5_reason"]
     capsys.readouterr()
-    code, text, _ = cli(["eval", str(out)], capsys)  # the recorded flat folder: its hold-out, said so
+    # the recorded flat folder, named again (a recorded path is never read): its hold-out, said so
+    code, text, _ = cli(["eval", str(out), "--data-root", str(root)], capsys)
     assert code == 0 and "flat: test = 0.2 of each class held out" in text and "4 images in 2 of" in text
     code, text, _ = cli(["eval", str(out), "--data-root", str(root)], capsys)  # the same folder given again
     assert code == 0 and "held out" in text and "4 images in 2 of" in text
@@ -314,6 +315,8 @@ def test_a_malformed_recorded_transform_is_refused(run: Path, tmp_path: Path) ->
     import shutil
 
     from ltreg.errors import CheckpointError
+    from ltreg.files import write_manifest
+    from ltreg.layout import MANIFEST, MODEL_FILES
 
     for field, value in (("image_size", 10**9), ("std", [0.0]), ("mean", ["x"])):
         folder = tmp_path / field
@@ -321,5 +324,6 @@ def test_a_malformed_recorded_transform_is_refused(run: Path, tmp_path: Path) ->
         config = json.loads((folder / "config.json").read_text())
         config["ltreg"]["dataset"][field] = value
         (folder / "config.json").write_text(json.dumps(config))
+        write_manifest(folder, "model", [f for f in MODEL_FILES if f != MANIFEST and (folder / f).is_file()])
         with pytest.raises(CheckpointError, match="recorded preprocessing of this model is malformed"):
             ltreg.predict(folder, tmp_path)

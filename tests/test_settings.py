@@ -75,9 +75,9 @@ def test_hyper_parameters_are_checked_when_the_config_is_built():
 
 
 def test_valid_settings_still_resolve():
-    cfg = resolve(max_steps_per_epoch=None, lr_decay="1", schedule="step", milestones=[5], epochs=10,
-                  warmup_epochs=2, stage2_epochs="0", push_to_hub="org/name")
-    assert cfg.lr_decay == 1.0 and cfg.stage2_epochs == 0
+    cfg = resolve("supcon", max_steps_per_epoch=None, lr_decay="1", schedule="step", milestones=[5], epochs=10,
+                  warmup_epochs=2, stage2_epochs="0", push_to_hub="org/name")  # supcon: two stages (cRT)
+    assert cfg.lr_decay == 1.0 and cfg.hparams["stage2_epochs"] == 0  # the method's own knob for it
     assert resolve(epochs=200, warmup_epochs=5, quick=True).epochs == 2
 
 
@@ -144,4 +144,5 @@ def test_one_knob_for_the_length_of_stage_2():
     rc = resolve_config(ltreg.get_method("supcon"), {"stage2_epochs": 3})  # supcon's cRT reads hp("stage2_epochs")
     assert rc.hparams.stage2_epochs == 3 and rc.cfg.stage2_epochs is None  # one value, where the method reads it
     assert "stage2_epochs" not in rc.cfg.recipe_items() or rc.cfg.recipe_items()["stage2_epochs"] is None
-    assert resolve(stage2_epochs=3).stage2_epochs == 3  # ce has no such hyper-parameter: the flag stays the knob
+    with pytest.raises(ConfigError, match=r"method ce has one stage .* drop it"):
+        resolve(stage2_epochs=3)  # ce has no stage 2: the flag would do nothing

@@ -11,19 +11,25 @@ import pytest
 import torch
 
 from ltreg.errors import CheckpointError
-from ltreg.layout import HEADS_FILE, WEIGHTS_FILE
+from ltreg.files import write_manifest
+from ltreg.layout import HEADS_FILE, MANIFEST, MODEL_FILES, WEIGHTS_FILE
 from ltreg.models.ltmodel import LTModel, from_pretrained
 from ltreg.models.pretrained import MissingPluginWarning
 from tests.test_hub import toy_run
 
 
+def resign(folder: Path) -> None:
+    """A new manifest for the folder as it is now: a hostile folder comes with a manifest matching its files."""
+    write_manifest(folder, "model", [f for f in MODEL_FILES if f != MANIFEST and (folder / f).is_file()])
+
+
 def edit_config(folder: Path, edit: Any) -> None:
-    """Hand-edit config.json; the edited folder no longer matches its manifest, which goes (a folder from elsewhere)."""
+    """Hand-edit config.json and re-sign the folder (its manifest matches: only the config's checks are left)."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
     edit(config)
     path.write_text(json.dumps(config))
-    (folder / "manifest.json").unlink(missing_ok=True)
+    resign(folder)
 
 
 def test_missing_or_corrupt_files_are_named(tmp_path: Path) -> None:
@@ -37,8 +43,11 @@ def test_missing_or_corrupt_files_are_named(tmp_path: Path) -> None:
             from_pretrained(tmp_path)  # the manifest catches it first
         manifest = (tmp_path / "manifest.json").read_bytes()
         (tmp_path / "manifest.json").unlink()
+        with pytest.raises(CheckpointError, match=r"has no manifest\.json"):
+            from_pretrained(tmp_path)  # no manifest: not trusted, never a reason to skip the check
+        resign(tmp_path)
         with pytest.raises(CheckpointError, match=rf"{name} of .* is corrupt or truncated"):
-            from_pretrained(tmp_path)  # without a manifest, safetensors' own check
+            from_pretrained(tmp_path)  # a matching manifest: safetensors' own check
         (tmp_path / name).write_bytes(data)
         (tmp_path / "manifest.json").write_bytes(manifest)
     (tmp_path / HEADS_FILE).unlink()
@@ -159,7 +168,7 @@ def test_allowed_backbone_kwargs_still_load(tmp_path: Path) -> None:
 def test_malformed_config_json_is_a_named_error(tmp_path: Path, text: str, match: str) -> None:
     toy_run(tmp_path)
     (tmp_path / "config.json").write_text(text)
-    (tmp_path / "manifest.json").unlink()  # a folder from elsewhere: nothing to verify against
+    resign(tmp_path)  # a folder from elsewhere, signed by whoever wrote it
     with pytest.raises(CheckpointError, match=rf"config\.json of .*{match}"):
         from_pretrained(tmp_path)
 
@@ -167,7 +176,7 @@ def test_malformed_config_json_is_a_named_error(tmp_path: Path, text: str, match
 def test_oversized_config_json_is_not_parsed(tmp_path: Path) -> None:
     toy_run(tmp_path)
     (tmp_path / "config.json").write_text(" " * (5 * 2**20) + "{}")
-    (tmp_path / "manifest.json").unlink()
+    resign(tmp_path)
     with pytest.raises(CheckpointError, match="more than a model config can be"):
         from_pretrained(tmp_path)
 
@@ -187,12 +196,11 @@ def test_recorded_data_args_are_validated_and_paths_from_the_hub_dropped() -> No
     args = {"dataset": "imagefolder-lt", "root": "/etc", "imbalance": 10.0, "profile": None, "seed": 1,
             "kwargs": {"split_dir": "/etc"}}
     card = RunCard(method="ce", dataset=DatasetRecord(name="imagefolder-lt", builder_args=args))
-    assert recorded_data_args(card, trusted=True) == DataArgs(**args)  # the user's own run folder
-    assert recorded_data_args(card, trusted=False) == DataArgs("imagefolder-lt", None, 10.0, None, 1, {})
+    assert recorded_data_args(card) == DataArgs("imagefolder-lt", None, 10.0, None, 1, {})  # local or Hub alike
     hub = RunCard(dataset=DatasetRecord(name="hf-lt", hub_id="org/data",
                                         builder_args={**args, "dataset": "hf-lt", "root": "org/data"}))
-    assert recorded_data_args(hub, trusted=False).root == "org/data"  # a Hub data set id is no path
+    assert recorded_data_args(hub).root == "org/data"  # a Hub data set id is no path
     for key, value in (("imbalance", 0.5), ("seed", "1"), ("kwargs", []), ("root", 3), ("nope", 1)):
         bad = RunCard(dataset=DatasetRecord(name="x", builder_args={**args, key: value}))
         with pytest.raises(CheckpointError, match="recorded data set arguments"):
-            recorded_data_args(bad, trusted=True)
+            recorded_data_args(bad)

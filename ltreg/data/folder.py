@@ -8,6 +8,7 @@ Anything ambiguous raises :class:`DataLayoutError` naming the folder and the fix
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,37 @@ def detect_layout(base: Path, layout: str | None = None) -> dict[str, Path]:
     return roles
 
 
+def check_tree(top: Path) -> None:
+    """Refuse a class folder that links back into itself (a loop torchvision would walk until the path is too
+    long, yielding every image many times) or reaches one folder twice; names the link and the fix."""
+    seen: dict[str, str] = {}
+    for here, dirs, _files in os.walk(top, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            raise DataLayoutError(
+                f"{here} is {seen[real]} again (through a symbolic link to {real}): a link loop or a folder linked "
+                f"twice would read the same images several times, under wrong labels. Remove the link, or replace "
+                f"it with a copy of the images it should add"
+            )
+        seen[real] = here
+        if len(seen) > 100_000:
+            raise DataLayoutError(f"{top} holds more than 100000 folders; is a link pointing at a system folder?")
+        dirs.sort()
+
+
+def duplicate_files(paths: list[str]) -> None:
+    """Refuse two image paths that are one file (hard links aside, a symbolic link to another image)."""
+    seen: dict[str, str] = {}
+    for p in paths:
+        real = os.path.realpath(p)
+        if real in seen:
+            raise DataLayoutError(
+                f"{p} and {seen[real]} are the same file ({real}): it would be read twice, possibly under two labels. "
+                f"Remove one of them (links count as copies)"
+            )
+        seen[real] = p
+
+
 @dataclass
 class Scan:
     """The readable images of one folder of classes, with their header sizes and modes."""
@@ -122,7 +154,10 @@ def scan(folder: Path, classes: list[str] | None, on_bad_image: str) -> Scan:
             f"extra: {', '.join(extra[:10]) or '-'}); give every split the same class folders"
         )
     out = Scan(folder, classes)
+    for c in classes:
+        check_tree(folder / c)
     samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, IMAGE_EXTENSIONS, allow_empty=True)
+    duplicate_files([p for p, _ in samples])
     for path, label in samples:
         try:
             with Image.open(path) as img:

@@ -119,7 +119,17 @@ def prepare(dd: Any, image_column: str | None, label_column: str | None) -> tupl
 
 
 def _labels(ds: Any, column: str) -> np.ndarray:
-    return np.array(ds.data.column(column).to_numpy(), dtype=np.int64)
+    """The label column as integers; a float or boolean column is refused, never truncated (1.7 is not class 1)."""
+    raw = np.asarray(ds.data.column(column).to_numpy())
+    if raw.dtype.kind not in "iu":
+        example = next((v for v in raw.tolist() if v != int(v)), raw[0].item() if len(raw) else None) \
+            if raw.dtype.kind == "f" else (raw[0].item() if len(raw) else None)
+        raise DataError(
+            f"the label column {column!r} holds {raw.dtype} values (e.g. {example!r}), not integer class indices; "
+            f"ltreg refuses them rather than truncate 1.7 to class 1. Convert the column to integers (or to strings, "
+            f"which are encoded in sorted order), or pass --data-arg label_column=NAME for the right column"
+        )
+    return raw.astype(np.int64)
 
 
 def sample_format(ds: Any, column: str, n: int = FORMAT_SAMPLE) -> tuple[list[tuple[int, int]], list[str]]:

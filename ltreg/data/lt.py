@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -221,3 +224,26 @@ def class_split_sizes(counts: Tensor, many_thr: int, few_thr: int) -> dict[str, 
 def effective_imbalance(counts: Tensor) -> float:
     counts = counts[counts > 0]
     return float(counts.max()) / max(1.0, float(counts.min())) if counts.numel() else math.nan
+
+
+def data_identity(ds: LTDataset) -> str:
+    """What identifies a training set beyond its class count: ``"N images, C classes, sha256 <16 hex>"`` over
+    the class names, the per-class counts and each sample's (file path relative to the data's common folder,
+    or index; label), in order. A resume compares it with the run's (and stops on a difference); an
+    evaluation with the model's (and warns)."""
+    h = hashlib.sha256(json.dumps([list(map(str, ds.class_names)), ds.class_counts.tolist()]).encode())
+    source, idx = ds.source, None
+    if isinstance(source, SubsetSource):
+        source, idx = source.base, source.idx
+    paths = getattr(source, "paths", None)
+    if paths:
+        if idx is not None:
+            paths = [paths[int(i)] for i in idx]
+        common = os.path.commonpath([os.path.dirname(p) for p in paths])
+        for p, y in zip(paths, ds.targets.tolist()):
+            h.update(f"{os.path.relpath(p, common)}\0{y}\n".encode())
+    else:
+        if idx is not None:
+            h.update(np.asarray(idx).astype("<i8").tobytes())
+        h.update(ds.targets.numpy().astype("<i8").tobytes())
+    return f"{len(ds)} images, {ds.num_classes} classes, sha256 {h.hexdigest()[:16]}"

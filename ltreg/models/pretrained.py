@@ -20,8 +20,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ltreg.card import RunCard, model_card, plot_per_class
-from ltreg.checkpoint import write_atomic, write_manifest
 from ltreg.errors import CheckpointError, ModelConfigError, RegistryError, TunerError
+from ltreg.files import make_dir, write_atomic, write_manifest, write_with
 from ltreg.hub import PICKLE_PATTERNS, read_config, read_safetensors, refuse_pickle, resolve
 from ltreg.layout import (
     ADAPTER_CONFIG,
@@ -30,6 +30,8 @@ from ltreg.layout import (
     CARD_FILE,
     CONFIG_FILE,
     HEADS_FILE,
+    MANIFEST,
+    MODEL_FILES,
     PLOT_FILE,
     WEIGHTS_FILE,
 )
@@ -90,9 +92,8 @@ def folder_config(model: Any, card: RunCard, cfg: LTModelConfig | None = None, n
 
 
 def _write_tensors(directory: Path, name: str, tensors: dict[str, Tensor]) -> None:
-    tmp = directory / f".{name}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, directory / name)
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_with(directory / name, lambda f: save_file(flat, f, metadata={"format": "pt"}), root=directory)
 
 
 def _heads(model: Any) -> dict[str, Tensor]:
@@ -112,7 +113,7 @@ def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | No
     from ltreg.tuners import tuner_from_dict
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     card = card or RunCard()
     tuner = tuner_from_dict(model.config.tuner, "the model") if model.config.tuner else None
     backbone, cfg = model.backbone, model.config
@@ -125,9 +126,13 @@ def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | No
     _write_tensors(directory, WEIGHTS_FILE, timm_state_dict(backbone, model.classifier, config["pretrained_cfg"]["classifier"]))
     _write_tensors(directory, HEADS_FILE, _heads(model))
     plot = plot_per_class(card, directory / PLOT_FILE)
-    write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot))
-    write_atomic(directory / CONFIG_FILE, json.dumps(json_safe(config), indent=1, default=str, allow_nan=False))
-    write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE])
+    write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot), root=directory)
+    write_atomic(directory / CONFIG_FILE, json.dumps(json_safe(config), indent=1, default=str, allow_nan=False),
+                 root=directory)
+    # every model file here (metrics.json too, which a run writes just before): what push may upload
+    names = [f for f in MODEL_FILES if f != MANIFEST and (directory / f).is_file() and not (directory / f).is_symlink()
+             and (plot or f != PLOT_FILE)]  # a plot from an earlier save is not this model's
+    write_manifest(directory, "model", names, root=directory)
     base = card.tuner.get("base") if card.tuner else None
     if tuner is not None and tuner.mergeable and base:
         save_adapter(model, directory / ADAPTER_DIR, card, tuner, base)
@@ -136,14 +141,17 @@ def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | No
 
 def save_adapter(model: Any, directory: Path, card: RunCard, tuner: Any, base: str) -> Path:
     """The adapter-only model folder: peft's adapter files, the heads, a config naming ``base`` and a card."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     config = folder_config(model, card, adapter={"base": base})
     _write_tensors(directory, ADAPTER_WEIGHTS, tuner.adapter_state(model.backbone))
-    write_atomic(directory / ADAPTER_CONFIG, json.dumps(tuner.adapter_config(model.backbone, base), indent=1, default=str))
+    write_atomic(directory / ADAPTER_CONFIG, json.dumps(tuner.adapter_config(model.backbone, base), indent=1, default=str),
+                 root=directory)
     _write_tensors(directory, HEADS_FILE, _heads(model))
-    write_atomic(directory / CARD_FILE, model_card(config, card))
-    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str))
-    write_manifest(directory, [CONFIG_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEADS_FILE])
+    write_atomic(directory / CARD_FILE, model_card(config, card), root=directory)
+    write_atomic(directory / CONFIG_FILE, json.dumps(json_safe(config), indent=1, default=str, allow_nan=False),
+                 root=directory)
+    write_manifest(directory, "model", [CONFIG_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEADS_FILE, CARD_FILE],
+                   root=directory)
     return directory
 
 
