@@ -66,6 +66,7 @@ class TrainConfig:
     holdout_fraction: float = field(default=0.1, metadata={"recipe": True})  # for rebalancers that tune on held-out training data
     min_free_mb: int = 200  # free disk space the run folder needs before training starts
     seed: int = field(default=0, metadata={"recipe": True})
+    augment: str | None = field(default=None, metadata={"recipe": True})  # preset for the method's cls views; None: its own
     output_dir: str | None = None  # None: runs/<method>-<dataset>
     recipe: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +95,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             check_type("TrainConfig", f.name, getattr(self, f.name), hints[f.name])
         check_settings(self)
+        self._check_augment()
         self._check_optim()
         self._check_init()
 
@@ -142,6 +144,16 @@ class TrainConfig:
                               f"(or --schedule onecycle), or drop --warmup-lr")
         if self.min_lr and self.schedule not in ("cosine", "poly", "onecycle"):
             raise ConfigError(f"min_lr applies to schedule cosine, poly or onecycle, not {self.schedule!r}; drop --min-lr")
+
+    def _check_augment(self) -> None:
+        if self.augment is None:
+            return
+        from ltreg.data.views import AUGMENT_PRESETS
+
+        if self.augment not in AUGMENT_PRESETS:
+            close = difflib.get_close_matches(self.augment, list(AUGMENT_PRESETS), n=2)
+            raise SettingError(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}"
+                               + (f"; did you mean {' or '.join(close)}?" if close else ""), ["augment"])
 
     def _check_init(self) -> None:
         """Where the initial weights come from must be one source, named once."""
@@ -237,6 +249,7 @@ class RunConfig:
     spec: MethodSpec
     cfg: TrainConfig
     hparams: HParams
+    notes: tuple[str, ...] = ()  # defaults chosen for this run's other settings, printed when it starts
 
 
 def _one_line(exc: BaseException) -> str:
@@ -280,6 +293,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     for key, value in list(merged.items()):
         if isinstance(value, str) and hints[key] not in (str, str | None):
             merged[key] = parse_value(value, hints[key], flag(key))
+    notes = _optimizer_lr(merged, source, [where for where, _ in layers])
     if merged.get("quick") is True:
         merged.update(_quick_values(merged))
     fraction = merged.get("budget_fraction", 1.0)
@@ -303,7 +317,29 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction, cfg.epochs,
                             frozenset(cfg.hparams))  # checked now, not when the run is built
     check_dataset_kwargs(cfg)
-    return RunConfig(spec, cfg, hparams)
+    return RunConfig(spec, cfg, hparams, tuple(notes))
+
+
+def _optimizer_lr(merged: dict[str, Any], source: dict[str, str], order: list[str]) -> list[str]:
+    """Give a non-SGD optimizer its own default lr when the lr in ``merged`` was chosen below the layer that
+    chose the optimizer (an SGD lr: ltreg's 0.05 or a data set's); the note says so. An optimizer
+    with no default of its own stops the run (:func:`ltreg.optim.default_lr`)."""
+    from ltreg.optim import default_lr, optimizer_names
+
+    name = merged.get("optimizer", TrainConfig.optimizer)
+    if not isinstance(name, str) or name not in optimizer_names():
+        return []  # TrainConfig names the bad value
+    rank = {where: i for i, where in enumerate(order)}
+    if rank.get(source.get("lr", ""), -1) >= rank.get(source.get("optimizer", ""), -1):
+        return []  # the layer that chose the optimizer (or one above it) chose the lr too
+    lr = default_lr(name)
+    if lr is None:
+        return []
+    old, origin = merged.get("lr", TrainConfig.lr), source.get("lr", "ltreg's defaults")
+    merged["lr"] = lr
+    source["lr"] = f"the default lr of --optimizer {name}"
+    return [f"lr {lr:g}: the default of --optimizer {name}; the lr {old!r} of {origin} is meant for SGD "
+            f"(pass --lr to choose another)"]
 
 
 def check_dataset_kwargs(cfg: TrainConfig) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ltreg.budget import scale_count
-from ltreg.data.views import ViewDataset, collate
+from ltreg.data.views import ViewDataset, apply_augment, collate
 from ltreg.errors import ConfigError
 from ltreg.method import PartRef, build_part
 from ltreg.optim import (
@@ -73,7 +73,7 @@ def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int) -
     Workers persist across epochs (the view dataset's epoch lives in shared memory), memory is pinned
     for CUDA, and each worker prefetches batches ahead.
     """
-    vds = ViewDataset(run.train_set, tuple(views), role=getattr(sampler, "extra_role", None),
+    vds = ViewDataset(run.train_set, apply_augment(tuple(views), run.cfg.augment), role=getattr(sampler, "extra_role", None),
                       positive_views=run.config.spec.positive_views, seed=run.cfg.seed)
     if len(sampler) < batch_size:
         raise ConfigError(f"an epoch of the {type(sampler).__name__} has {len(sampler)} samples, fewer than one batch "

@@ -18,8 +18,59 @@ from torchvision.transforms import v2
 from ltreg.data.lt import LTDataset
 from ltreg.step import Batch, Extra
 
-PIPELINES = ("none", "cls", "crop", "sim", "rand", "cifar")
+PIPELINES = ("none", "cls", "crop", "cropflip", "sim", "rand", "cifar", "randaugment", "trivialaugment", "autoaugment")
 MODIFIERS = ("erase", "jitter")  # +erase: random erasing; +jitter: colour jitter 0.4 (Kang et al.)
+#: ``--augment`` presets (torchvision v2 policies, as timm's transform factory and torchvision's reference
+#: scripts offer them) -> the pipeline that replaces a method's ``cls`` views. ``crop+flip`` always flips;
+#: the policies flip only where the data set declares that a mirrored image keeps its label.
+AUGMENT_PRESETS = {"none": "none", "crop": "crop", "crop+flip": "cropflip", "randaugment": "randaugment",
+                   "trivialaugment": "trivialaugment", "autoaugment": "autoaugment"}
+#: What each pipeline does, for the log and the model card.
+DESCRIPTIONS = {
+    "none": "resize and centre crop (no augmentation)",
+    "cls": "random crop{flip}",
+    "crop": "random crop, no flip",
+    "cropflip": "random crop + horizontal flip",
+    "sim": "SimAugment: random-resized crop{flip}, colour jitter{grey}{blur}",
+    "rand": "random-resized crop{flip} + RandAugment (2 ops, magnitude 10)",
+    "cifar": "random crop{flip} + AutoAugment (CIFAR-10 policy) + Cutout",
+    "randaugment": "random crop{flip} + RandAugment (2 ops, magnitude 9)",
+    "trivialaugment": "random crop{flip} + TrivialAugment (wide)",
+    "autoaugment": "random crop{flip} + AutoAugment ({policy} policy)",
+}
+
+
+def check_augment(augment: str | None) -> None:
+    """Raise ValueError naming the presets when ``augment`` is not one."""
+    if augment is not None and augment not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown --augment {augment!r}; presets: {', '.join(AUGMENT_PRESETS)}")
+
+
+def apply_augment(views: Sequence[str], augment: str | None) -> tuple[str, ...]:
+    """The method's view pipelines with every ``cls`` view (modifiers kept) replaced by ``augment``'s pipeline."""
+    check_augment(augment)
+    if augment is None:
+        return tuple(views)
+    out = []
+    for v in views:
+        base, *mods = v.split("+")
+        out.append("+".join([AUGMENT_PRESETS[augment], *mods]) if base == "cls" else v)
+    return tuple(out)
+
+
+def describe_views(views: Sequence[str], data: LTDataset) -> str:
+    """One line per distinct pipeline of ``views``, and whether images are flipped (and why)."""
+    flip = " + horizontal flip" if data.allow_flip else ""
+    policy = "ImageNet" if data.image_size >= 96 else "CIFAR-10"
+    parts = []
+    for v in dict.fromkeys(views):
+        base, *mods = v.split("+")
+        text = DESCRIPTIONS[base].format(flip=flip, policy=policy, grey=", grey-scale" if data.channels == 3 else "",
+                                         blur=", blur" if data.image_size >= 96 else "")
+        parts.append(f"{v}: {text}{''.join(f' + {m}' for m in mods)}")
+    why = ("mirrored images keep their labels" if data.allow_flip else
+           "no flips: the data set does not declare that a mirrored image keeps its label")
+    return f"{'; '.join(parts)} ({data.name}: {why})"
 
 
 class Cutout(torch.nn.Module):
@@ -57,8 +108,19 @@ def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor]:
     ops: list[Any] = [v2.ToImage()]
     if base == "none":
         ops += [v2.Resize(int(s * 256 / 224), antialias=True), v2.CenterCrop(s)] if large else [v2.Resize(s, antialias=True), v2.CenterCrop(s)]
-    elif base in ("cls", "crop"):
+    elif base == "cls":
         ops += crop + flip
+    elif base == "crop":
+        ops += crop
+    elif base == "cropflip":
+        ops += crop + [v2.RandomHorizontalFlip()]
+    elif base == "randaugment":
+        ops += crop + flip + [v2.RandAugment(num_ops=2, magnitude=9)]
+    elif base == "trivialaugment":
+        ops += crop + flip + [v2.TrivialAugmentWide()]
+    elif base == "autoaugment":
+        policy = v2.AutoAugmentPolicy.IMAGENET if large else v2.AutoAugmentPolicy.CIFAR10
+        ops += crop + flip + [v2.AutoAugment(policy)]
     elif base == "sim":
         jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1) if c == 3 else v2.ColorJitter(0.4, 0.4)
         ops += [v2.RandomResizedCrop(s, scale=(0.2 if large else 0.5, 1.0), antialias=True), *flip,
