@@ -4,8 +4,8 @@ Fashion-MNIST (Debian ``dataset-fashion-mnist``) made long-tailed with the expon
 IF 100 / 50 / 10, evaluated on its balanced 10k test set; resnet8, batch 128, lr 0.05, cosine, each
 method's own views and hyper-parameters, several seeds. Writes ``lt_table.md`` (All / Many / Medium /
 Few top-1, mean ± std over seeds, stage-1 seconds per epoch relative to ``ce`` in the same run),
-``lt_table.json`` (every raw number and the environment) and ``per_class.png`` (per-class accuracy
-against training frequency at IF 100). ``--quick``: IF 100, 1 seed, 2 epochs of 5 steps, 300 test
+``lt_table.json`` (every raw number and the environment) and ``per_class.png`` (a method x class heatmap
+of per-class accuracy, classes head to tail, beside grouped Many / Medium / Few bars, at IF 100). ``--quick``: IF 100, 1 seed, 2 epochs of 5 steps, 300 test
 images per class (a balanced subsample: evaluation dominates a CPU run that short). ``--jobs N`` trains
 N runs at once with ``cpus // N`` threads each (small CPU models scale poorly over threads); every
 finished run is appended to ``runs.jsonl`` so ``--resume`` skips what a killed run already measured.
@@ -257,30 +257,64 @@ def markdown(env: dict[str, Any], args: argparse.Namespace, notes: list[str],
     return "\n".join(lines) + "\n"
 
 
+def _mean(values: list[Any]) -> float:
+    """Mean of the numbers in ``values`` (None: a split without classes); NaN when none."""
+    nums = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(nums) / len(nums) if nums else float("nan")
+
+
 def plot(runs: list[dict[str, Any]], methods: list[str], imbalance: float, path: Path) -> None:
-    """Per-class accuracy (mean over seeds) against training images per class, log x, one line per method."""
+    """Two panels that read at a glance: a method x class heatmap of per-class top-1 (classes head -> tail,
+    each labelled with its training images; mean over seeds) and grouped Many / Medium / Few bars per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    for i, m in enumerate(methods):
+    rows, names, counts = [], [], None
+    splits: dict[str, list[float]] = {"many": [], "medium": [], "few": []}
+    for m in methods:
         ok = [r for r in runs if r["method"] == m and r["imbalance"] == imbalance and not r["error"]]
         if not ok:
             continue
         counts = torch.tensor(ok[0]["metrics"]["train_counts"], dtype=torch.float64)
         per_class = [[float("nan") if v is None else v for v in r["metrics"]["per_class"]] for r in ok]
-        acc = torch.tensor(per_class, dtype=torch.float64).nanmean(0)
-        order = counts.argsort()
-        ax.plot(counts[order].numpy(), acc[order].numpy(), marker="o", ms=3, label=m,
-                ls=("-", "--", ":")[i // 10 % 3], lw=2.0 if m == "ce" else 1.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images of the class (log)")
-    ax.set_ylabel("test top-1 of the class (%)")
-    ax.set_title(f"per-class accuracy, IF {imbalance:g} (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        rows.append(torch.tensor(per_class, dtype=torch.float64).nanmean(0))
+        names.append(m)
+        for split, values in splits.items():
+            values.append(_mean([r["metrics"].get(split) for r in ok]))
+    if counts is None:
+        return
+    order = counts.argsort(descending=True, stable=True)  # head -> tail
+    grid = torch.stack(rows)[:, order].numpy()
+    n_cls = grid.shape[1]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(7 + 0.35 * min(n_cls, 40), 0.9 + 0.42 * len(names)),
+                                 gridspec_kw={"width_ratios": [max(2.0, min(n_cls, 40) / 4), 2.2]})
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    step = max(1, n_cls // 40)
+    ax.set_xticks(range(0, n_cls, step), [str(int(counts[order][i])) for i in range(0, n_cls, step)],
+                  rotation=90 if n_cls > 12 else 0, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("classes, head -> tail (training images per class)")
+    if n_cls <= 20:
+        for i in range(grid.shape[0]):
+            for j in range(n_cls):
+                if grid[i, j] == grid[i, j]:
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if grid[i, j] < 60 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="test top-1 of the class (%)")
+    ax.set_title(f"per-class top-1, IF {imbalance:g} (mean over seeds)", fontsize=9)
+    height = 0.8 / 3
+    for k, (split, color) in enumerate((("many", "tab:blue"), ("medium", "tab:orange"), ("few", "tab:red"))):
+        ys = [i + (k - 1) * height for i in range(len(names))]
+        bx.barh(ys, splits[split], height=height, color=color, label=split.capitalize())
+    bx.set_yticks(range(len(names)), [])
+    bx.invert_yaxis()  # the same row order as the heatmap
+    bx.set_xlim(0, 100)
+    bx.set_xlabel("top-1 (%)")
+    bx.set_title("Many / Medium / Few", fontsize=9)
+    bx.grid(axis="x", alpha=0.3)
+    bx.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -194,6 +194,8 @@ class TrainConfig:
             drop.add("momentum")  # stage 2 (a rebalancer) uses it with its SGD
         if self.optimizer != "sgd":
             drop.add("nesterov")
+        if self.augment is None:
+            drop.add("augment")  # the method's own views (the card's augmentation row says which)
         out = {k: v for k, v in out.items() if k not in drop}
         if self.pretrained and self.backbone:  # where the weights came from (the card's backbone row is the arch)
             out["backbone_weights"] = self.backbone if "." in self.backbone or ":" in self.backbone or "/" in self.backbone \

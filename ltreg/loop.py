@@ -20,9 +20,9 @@ from torch import Tensor
 
 import ltreg.distributed as D
 from ltreg.card import RunCard
-from ltreg.checkpoint import STATE, TrainerState, write_atomic
+from ltreg.checkpoint import STATE, TrainerState, verify_manifest, write_atomic
 from ltreg.config import TrainConfig
-from ltreg.errors import ConfigError, NonFiniteLossError
+from ltreg.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
 from ltreg.models.ltmodel import LTModel
 from ltreg.optim import base_lr
@@ -161,8 +161,12 @@ def _resume(run: Run, log: RunLog, stage: int) -> int:
     if int(path.name[5]) > stage:  # this stage finished; the later stage loads the checkpoint
         return 10**9
     fingerprint = json.loads(json.dumps(run.cfg.fingerprint(), default=str))
-    check_same_length(run, TrainerState.read(path / STATE), fingerprint)
-    saved = run.checkpoints.load(path, run.stateful(), fingerprint)
+    try:
+        saved = run.checkpoints.load(path, run.stateful(), fingerprint)  # verified first, then compared
+    except CheckpointError:  # damaged (named as is), or other settings: when only the length differs, say how
+        verify_manifest(path, f"checkpoint {path}")
+        check_same_length(run, TrainerState.read(path / STATE), fingerprint)
+        raise
     log.history = list(saved.history)
     log.say(f"resumed from {path} (stage {saved.stage}, epoch {saved.epoch})")
     return saved.epoch
