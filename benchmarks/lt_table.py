@@ -288,8 +288,8 @@ def plot(runs: list[dict[str, Any]], methods: list[str], imbalance: float, path:
     order = counts.argsort(descending=True, stable=True)  # head -> tail
     grid = torch.stack(rows)[:, order].numpy()
     n_cls = grid.shape[1]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(7 + 0.35 * min(n_cls, 40), 0.9 + 0.42 * len(names)),
-                                 gridspec_kw={"width_ratios": [max(2.0, min(n_cls, 40) / 4), 2.2]})
+    fig, (ax, cx, bx) = plt.subplots(1, 3, figsize=(7.5 + 0.35 * min(n_cls, 40), 1.4 + 0.42 * len(names)),
+                                     gridspec_kw={"width_ratios": [max(2.0, min(n_cls, 40) / 4), 0.08, 2.2]})
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=100)
     step = max(1, n_cls // 40)
     ax.set_xticks(range(0, n_cls, step), [str(int(counts[order][i])) for i in range(0, n_cls, step)],
@@ -302,19 +302,19 @@ def plot(runs: list[dict[str, Any]], methods: list[str], imbalance: float, path:
                 if grid[i, j] == grid[i, j]:
                     ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
                             color="white" if grid[i, j] < 60 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="test top-1 of the class (%)")
+    fig.colorbar(im, cax=cx, label="test top-1 of the class (%)")
     ax.set_title(f"per-class top-1, IF {imbalance:g} (mean over seeds)", fontsize=9)
     height = 0.8 / 3
     for k, (split, color) in enumerate((("many", "tab:blue"), ("medium", "tab:orange"), ("few", "tab:red"))):
         ys = [i + (k - 1) * height for i in range(len(names))]
         bx.barh(ys, splits[split], height=height, color=color, label=split.capitalize())
     bx.set_yticks(range(len(names)), [])
-    bx.invert_yaxis()  # the same row order as the heatmap
+    bx.set_ylim(len(names) - 0.5, -0.5)  # the rows of the heatmap, top to bottom
     bx.set_xlim(0, 100)
     bx.set_xlabel("top-1 (%)")
     bx.set_title("Many / Medium / Few", fontsize=9)
     bx.grid(axis="x", alpha=0.3)
-    bx.legend(fontsize=7, loc="lower right")
+    bx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.6 / len(names)), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -34,7 +34,7 @@ def test_plot_draws_a_heatmap_and_grouped_bars(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
     mod.plot(runs, ["a", "b", "c"], 100.0, tmp_path / "per_class.png")
     assert (tmp_path / "per_class.png").stat().st_size > 1000
-    heat, bars = drawn["axes"][0], drawn["axes"][1]
+    heat, bars = drawn["axes"][0], drawn["axes"][2]  # [1]: the colour bar
     grid = heat.get_images()[0].get_array()
     assert grid.shape == (2, 5)  # methods with results x classes; the failed run is left out
     assert [t.get_text() for t in heat.get_xticklabels()] == ["500", "200", "50", "20", "5"]
