@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import functools
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -193,7 +192,7 @@ def summarise(runs: list[dict[str, Any]], methods: list[str], imbalance: float) 
         errs = [r["error"] for r in runs if r["method"] == m and r["imbalance"] == imbalance and r["error"]]
         row: dict[str, Any] = {"seeds": len(ok), "errors": errs}
         for g in GROUPS:
-            vals = [r["metrics"][g] for r in ok if not math.isnan(r["metrics"][g])]  # NaN: the group has no class
+            vals = [v for r in ok if (v := r["metrics"][g]) is not None and v == v]  # None (NaN before 0.2): no class
             std = statistics.stdev(vals) if len(vals) > 1 else None
             row[g] = (statistics.fmean(vals), std) if vals else None
         row["epoch_seconds"] = statistics.fmean(r["stage1_epoch_seconds"] for r in ok) if ok else None

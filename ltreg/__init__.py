@@ -34,6 +34,7 @@ from ltreg.losses import (
     NEG,
     ContrastiveResult,
     ContrastSet,
+    anchors_and_columns,
     balanced_softmax,
     bcl,
     centre_columns,
@@ -69,6 +70,8 @@ from ltreg.mixing import PairMixup
 from ltreg.rebalance import Rebalancer
 from ltreg.registry import (
     register_dataset,
+    register_eval_views,
+    register_head_init,
     register_loss,
     register_memory,
     register_prototypes,
@@ -91,6 +94,10 @@ _LAZY = {
     "from_pretrained": "ltreg.models.ltmodel",
     "train": "ltreg.trainer",
     "evaluate_pretrained": "ltreg.evaluate",
+    "evaluate_model": "ltreg.evaluate",
+    "EvalReport": "ltreg.evaluate",
+    "predict": "ltreg.inference",
+    "Prediction": "ltreg.inference",
     "RunCard": "ltreg.card",
     "DatasetRecord": "ltreg.card",
 }
@@ -110,15 +117,15 @@ __all__ = [
     # method specs and the registry
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
-    "register_sampler", "register_transform",
+    "register_sampler", "register_transform", "register_head_init", "register_eval_views",
     # data sets
     "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases
     "Batch", "BuildContext", "Extra", "LossOutput", "Outputs", "Part", "StepState", "flatten_views",
     "LabelSampler", "Rebalancer", "PairMixup",
     # losses: the contrastive core and helpers, logit-level losses
-    "NEG", "ContrastSet", "ContrastiveResult", "contrast_set", "contrastive_loss", "centre_columns", "global_mean",
-    "group_ids", "sample_positives", "state_contrast", "supcon", "kcl", "bcl", "paco", "balanced_softmax",
+    "NEG", "ContrastSet", "ContrastiveResult", "anchors_and_columns", "contrast_set", "contrastive_loss",
+    "centre_columns", "global_mean", "group_ids", "sample_positives", "state_contrast", "supcon", "kcl", "bcl", "paco", "balanced_softmax",
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",

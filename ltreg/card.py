@@ -15,10 +15,10 @@ from typing import Any
 import timm
 from huggingface_hub import EvalResult, ModelCardData
 
+from ltreg.layout import PLOT_FILE
 from ltreg.registry import IN_PROCESS
 from ltreg.version import __version__
 
-PLOT_FILE = "per_class_accuracy.png"
 #: Stands for the repo id in the card's snippets; a push writes the real id into the uploaded copy.
 REPO_PLACEHOLDER = "<repo_id>"
 SPLITS = (("top1", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"))
@@ -210,9 +210,14 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
         n_all = sum(metrics.get(f"num_{g}", 0) for g in ("many", "medium", "few"))
         for key, label in SPLITS:
             n = n_all if key == "top1" else metrics.get(f"num_{key}", "")
-            value = float(metrics.get(key, float("nan")))
-            body.append(f"| {label} | {n} | {'–' if value != value else f'{value:.2f}'} |")
+            value = metrics.get(key)
+            shown = f"{value:.2f}" if isinstance(value, (int, float)) and value == value else "–"
+            body.append(f"| {label} | {n} | {shown} |")
         body += ["", f"Many-shot: > {ds.many_thr} training images; few-shot: < {ds.few_thr}."]
+        views = metrics.get("eval_views")
+        if isinstance(views, dict) and isinstance(views.get("name"), str):
+            body += [f"Test-time views: `{views['name']}` ({views.get('description', '')}); "
+                     f"`ltreg eval --tta NAME` evaluates with another set."]
     if plot:
         body += ["", f"![per-class test accuracy against training frequency]({PLOT_FILE})"]
     if method and ds:
@@ -249,8 +254,8 @@ def _usage(arch: str, config: dict[str, Any]) -> list[str]:
     mode = "RGB" if size[0] == 3 else "L"
     transform = (f"timm.data.create_transform(input_size={size}, interpolation={pcfg['interpolation']!r}, "
                  f"crop_pct={pcfg['crop_pct']}, mean={tuple(pcfg['mean'])}, std={tuple(pcfg['std'])})")
-    register = ([f"import ltreg.models.cifar_resnet  # registers {arch} into timm"]
-                if timm.models.model_entrypoint(arch).__module__.startswith("ltreg") else [])
+    module = timm.models.model_entrypoint(arch).__module__
+    register = [f"import {module}  # registers {arch} into timm"] if module.startswith("ltreg") else []
     lines = ["", "## How to load", "",
              f"Replace `{REPO_PLACEHOLDER}` with the Hub repo id (org/name) or a local folder, and `image.png` with "
              "your image.", "",

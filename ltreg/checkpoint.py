@@ -24,11 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ltreg.errors import CheckpointError
+from ltreg.layout import CHECKPOINTS_DIR, MANIFEST, POINTER, RUN_FILES, STATE_WEIGHTS, TRAINER_STATE
 
-WEIGHTS = "ltreg_state.safetensors"
-STATE = "trainer_state.json"
-MANIFEST = "manifest.json"
-POINTER = "latest"
 #: A checkpoint's folder name: what ``latest`` may hold (no separators, no dots in front).
 NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")
 
@@ -139,18 +136,14 @@ def load_module_tensors(path: Path, modules: dict[str, nn.Module]) -> None:
                                   f"written by a run with other settings") from exc
 
 
-RUN_FILES = ("config.json", "model.safetensors", "ltreg_heads.safetensors", "metrics.json", "metrics.csv",
-             "README.md", "per_class_accuracy.png", MANIFEST)
-
-
 def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool = True) -> None:
     """Never overwrite an existing run unasked: a folder holding a run needs ``--resume`` or ``--overwrite``.
 
     With ``overwrite`` the old run's checkpoints and model files are removed (only those, and only
     inside ``run_dir``; a symbolic link is removed, never followed).
     """
-    ckpt = run_dir / "checkpoints"
-    present = [n for n in RUN_FILES if (run_dir / n).exists()] + (["checkpoints/"] if ckpt.exists() else [])
+    ckpt = run_dir / CHECKPOINTS_DIR
+    present = [n for n in RUN_FILES if (run_dir / n).exists()] + ([f"{CHECKPOINTS_DIR}/"] if ckpt.exists() else [])
     if not present or resume:
         return
     if not overwrite:
@@ -175,7 +168,7 @@ class Checkpoints:
     """Save / find / load the checkpoints of one run folder (``run_dir/checkpoints``)."""
 
     def __init__(self, run_dir: Path, accelerator: Any) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / CHECKPOINTS_DIR
         self.accelerator = accelerator
 
     def _confined(self, name: str) -> Path | None:
@@ -230,8 +223,8 @@ class Checkpoints:
         final = self.root / name
         if acc.is_main_process:
             try:
-                save_file(module_tensors(modules), str(tmp / WEIGHTS))
-                write_atomic(tmp / STATE, json.dumps(asdict(state), indent=1, default=str))
+                save_file(module_tensors(modules), str(tmp / STATE_WEIGHTS))
+                write_atomic(tmp / TRAINER_STATE, json.dumps(asdict(state), indent=1, default=str))
                 write_manifest(tmp)
             except BaseException:  # e.g. a full disk: drop the partial folder, keep the previous checkpoint
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -277,7 +270,7 @@ class Checkpoints:
         written with; a difference is named before anything is loaded.
         """
         verify_manifest(path, f"checkpoint {path}")
-        state = TrainerState.read(path / STATE)
+        state = TrainerState.read(path / TRAINER_STATE)
         if fingerprint is not None and state.fingerprint and state.fingerprint != fingerprint:
             diff = [f"{k}: {state.fingerprint.get(k)!r} in the run, {fingerprint.get(k)!r} now"
                     for k in sorted(set(state.fingerprint) | set(fingerprint)) if state.fingerprint.get(k) != fingerprint.get(k)]
@@ -285,7 +278,7 @@ class Checkpoints:
                 f"--resume would continue {path.parent.parent} with other settings than it was trained with ("
                 + "; ".join(diff[:6]) + "). Resume with the same settings, or train into a new --output-dir"
             )
-        load_module_tensors(path / WEIGHTS, modules)  # first: a shape mismatch is named tensor by tensor
+        load_module_tensors(path / STATE_WEIGHTS, modules)  # first: a shape mismatch is named tensor by tensor
         try:
             self.accelerator.load_state(str(path))
         except Exception as exc:  # noqa: BLE001 - accelerate/torch raise many kinds for a bad state file

@@ -1,4 +1,4 @@
-"""Command line: ``ltreg list | info | train | eval | push``.
+"""Command line: ``ltreg list | info | train | eval | predict | push``.
 
 ``ltreg train`` with no flags is the demo: the default method on the embedded digits-LT data.
 Training flags are generated from :class:`ltreg.config.TrainConfig`, so the CLI, YAML files and
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import sys
 import typing
 from typing import Any
@@ -113,14 +113,66 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ltreg.data.build import parse_data_args
-    from ltreg.evaluate import evaluate_pretrained, format_table
+    from ltreg.evaluate import evaluate_model
 
-    metrics = evaluate_pretrained(args.model, dataset=args.dataset, data_root=args.data_root,
-                                  data_kwargs=parse_data_args(args.data_arg), split=args.split)
-
-    print(format_table(metrics, title=f"{args.model} (top-1 %)"))
+    result = evaluate_model(args.model, dataset=args.dataset, data_root=args.data_root,
+                            data_kwargs=parse_data_args(args.data_arg), split=args.split, revision=args.revision,
+                            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, tta=args.tta)
+    human = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON alone
+    views = result.metrics["eval_views"]
+    print(f"test-time views: {views['name']} ({views['description']})", file=human)
+    print(result.format(per_class=args.per_class), file=human)
+    if args.output_dir:
+        for path in write_eval_files(result, args.output_dir):
+            print(f"wrote {path}", file=human)
     if args.json:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+        from ltreg.reports import dumps
+
+        print(dumps(result.to_json()))
+    return 0
+
+
+def write_eval_files(result: Any, output_dir: str) -> list[str]:
+    """``report.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` (with matplotlib) in ``output_dir``."""
+    from pathlib import Path
+
+    from ltreg.checkpoint import write_atomic
+    from ltreg.reports import confusion_csv, dumps, per_class_csv, plot_confusion
+
+    folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--output-dir {folder}: cannot create it ({exc.strerror or exc}); pass a writable folder") from exc
+    files = {"report.json": dumps(result.to_json()), "per_class.csv": per_class_csv(result.report),
+             "confusion.csv": confusion_csv(result.report)}
+    for name, text in files.items():
+        write_atomic(folder / name, text)
+    written = [str(folder / name) for name in files]
+    title = f"{Path(result.model).name or result.model}: confusion on {result.data.dataset} ({result.data.split})"
+    if plot_confusion(result.report, folder / "confusion.png", title=title):
+        written.append(str(folder / "confusion.png"))
+    else:
+        written.append("(confusion.png not drawn: matplotlib is not installed; pip install 'ltreg[plot]')")
+    return written
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ltreg.inference import predict, predictions_json, write_predictions
+
+    preds = predict(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size,
+                    num_workers=args.num_workers, device=args.device, revision=args.revision)
+    if args.top_k > len(preds[0].top):
+        print(f"ltreg: note: the model has {len(preds[0].top)} classes; --top-k {args.top_k} lists them all",
+              file=sys.stderr)
+    if args.output:
+        path = write_predictions(preds, args.output, model=args.model)
+        print(f"wrote {len(preds)} predictions to {path}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(predictions_json(preds, model=args.model))
+    elif not args.output:
+        for p in preds:
+            print(f"{p.path}: " + ", ".join(f"{c.label} {100 * c.probability:.1f} %" for c in p.top))
     return 0
 
 
@@ -130,6 +182,14 @@ def cmd_push(args: argparse.Namespace) -> int:
     url = push_run(args.run_dir, args.repo, private=args.private, revision=args.revision)
     print(f"pushed {args.run_dir} to {url}")
     return 0
+
+
+def _add_inference_flags(p: argparse.ArgumentParser, batch: int) -> None:
+    p.add_argument("--batch-size", type=int, default=batch, help=f"images per forward pass (default {batch})")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="loader processes decoding images (default: none on the CPU, all CPUs but one on CUDA)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,15 +208,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a method (no flags: the digits-LT demo)", parents=[common])
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="evaluate a saved model folder or Hub repo on a data set", parents=[common])
+    p = sub.add_parser("eval", help="evaluate a saved model on its test split or on any labelled folder or table",
+                       description="Score a run folder, model folder or Hub repo: on the data set it was trained on "
+                       "(its test split, rebuilt), or with --data-root on a new labelled folder of class sub-folders "
+                       "or a datasets table (classes matched by name). Exit status: 0 scored, 2 bad input (flags, "
+                       "folder, no class in common), 1 a model that cannot be loaded.", parents=[common])
     p.add_argument("model", help="run folder, model folder or Hub repo id")
-    p.add_argument("--dataset", default=None, help="default: the data set it was trained on")
-    p.add_argument("--data-root", default=None, help="default: the folder it was trained on")
+    p.add_argument("--dataset", default=None,
+                   help="read --data-root with this data set builder (default: the recorded one, or none for a new folder)")
+    p.add_argument("--data-root", default=None,
+                   help="a new labelled folder (class sub-folders; flat or train/val/test) or datasets table to score, "
+                        "every image of it; default: the recorded data set's test split")
     p.add_argument("--data-arg", action="append", default=[], metavar="NAME=VALUE",
-                   help="change a recorded data set builder argument (repeatable)")
-    p.add_argument("--split", default="test", help="test (default) or val")
-    p.add_argument("--json", action="store_true")
+                   help="a data set builder argument; for a new folder or table: layout, image_column, label_column")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="the split to score (default test; train only for a new folder or table)")
+    p.add_argument("--tta", default=None, metavar="NAME",
+                   help="test-time view set, logits averaged (center, fivecrop, tencrop, ...: `ltreg list --parts`); "
+                        "default: the one the model card records")
+    p.add_argument("--per-class", action="store_true", help="also print one row per class, sorted by training count")
+    p.add_argument("--output-dir", default=None,
+                   help="write report.json, per_class.csv, confusion.csv and confusion.png there")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout (the table goes to stderr)")
+    _add_inference_flags(p, batch=256)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("predict", help="classify images with a saved model: top-k classes and probabilities",
+                       description="Classify image files (or every image in the folders named) with a run folder, "
+                       "model folder or Hub repo, with the model's own test transform. Exit status: 0 done, 2 bad "
+                       "input, 1 a model that cannot be loaded.", parents=[common])
+    p.add_argument("model", help="run folder, model folder or Hub repo id")
+    p.add_argument("images", nargs="+", help="image files or folders of images (searched recursively)")
+    p.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
+    p.add_argument("--output", default=None, help="write the predictions to a .csv or .json file")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON on stdout")
+    _add_inference_flags(p, batch=64)
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("push", help="push a run folder to the Hugging Face Hub", parents=[common])
     p.add_argument("run_dir")
     p.add_argument("--repo", required=True, help="org/name")
@@ -176,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
+    except BrokenPipeError:  # `ltreg predict ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # noqa: BLE001 - every failure ends in one paragraph and an exit status
         resuming = bool(getattr(args, "resume", None))
         checkpoint = latest_checkpoint(getattr(args, "output_dir", None)) if resuming else None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ltreg.errors import LtregError
+from ltreg.layout import CHECKPOINTS_DIR, POINTER
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ def latest_checkpoint(output_dir: str | None) -> Path | None:
     if not output_dir:
         return None
     try:
-        name = (Path(output_dir) / "checkpoints" / "latest").read_text().strip()
+        name = (Path(output_dir) / CHECKPOINTS_DIR / POINTER).read_text().strip()
     except (OSError, UnicodeDecodeError):
         return None
-    return Path(output_dir) / "checkpoints" / name
+    return Path(output_dir) / CHECKPOINTS_DIR / name
 
 
 def explain(exc: BaseException, *, resuming: bool = False, checkpoint: Path | None = None) -> Failure:

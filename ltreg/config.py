@@ -40,6 +40,8 @@ class TrainConfig:
     backbone: str | None = None  # a timm name (resnet50), a tagged one (resnet50.a1_in1k: pretrained), hf-hub:org/name or a folder
     pretrained: bool = field(default=False, metadata={"recipe": True})  # timm's weights for the backbone (a tag, hf-hub: or folder implies it)
     init_from: str | None = field(default=None, metadata={"recipe": True})  # an ltreg run / model folder or Hub repo to start stage 1 from
+    image_size: int | None = field(default=None, metadata={"recipe": True})  # views' side in pixels; None: the data set's (a ViT pretrained at 224 wants 224)
+    normalize: str = field(default="data", metadata={"recipe": True})  # data: the data set's mean / std; backbone: the pretrained backbone's (timm's pretrained_cfg, e.g. CLIP's)
     epochs: int = field(default=30, metadata={"recipe": True})
     batch_size: int = field(default=64, metadata={"recipe": True})  # global batch, split over processes
     lr: float = field(default=0.05, metadata={"recipe": True})
@@ -85,6 +87,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = field(default=None, metadata={"recipe": True})
     budget_fraction: float = field(default=1.0, metadata={"recipe": True})  # share of the recipe's budget (ltreg.budget)
     eval_batch_size: int = 256
+    tta: str | None = None  # test-time view set of the final evaluation (ltreg.eval_views); None: the method's
     push_to_hub: str | None = None
     cpu: bool = False
     license: str | None = None  # the model card's license; none unless given
@@ -366,7 +369,10 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
             merged[key] = parse_value(value, hints[key], flag(key))
     notes = _optimizer_lr(merged, source, [where for where, _ in layers])
     if merged.get("quick") is True:
-        merged.update(_quick_values(merged))
+        if spec.quick is not None:  # the method's own CPU set-up (e.g. a tiny ViT), then the common caps
+            merged.update({k: v for k, v in spec.quick.train.items() if k not in overrides})
+            hparams.update({**dict(spec.quick.hparams), **(overrides.get("hparams") or {})})  # --hp still wins
+        merged.update(_quick_values(merged, spec.quick.train.get("backbone") if spec.quick else None))
     fraction = merged.get("budget_fraction", 1.0)
     if isinstance(fraction, (int, float)) and 0 < fraction < 1 and isinstance(merged.get("warmup_epochs"), int):
         merged["warmup_epochs"] = scale_count(merged["warmup_epochs"], fraction)  # the warm-up's share of the run
@@ -388,6 +394,10 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction, cfg.epochs,
                             frozenset(cfg.hparams))  # checked now, not when the run is built
     check_dataset_kwargs(cfg)
+    if cfg.tta is not None:  # an unknown view set stops here, before any data is read
+        from ltreg.registry import registry
+
+        registry("eval_views").entry(cfg.tta)
     return RunConfig(spec, cfg, hparams, tuple(notes))
 
 
@@ -428,14 +438,15 @@ def check_dataset_kwargs(cfg: TrainConfig) -> None:
                        complete=False)
 
 
-def _quick_values(values: dict[str, Any]) -> dict[str, Any]:
-    """What ``--quick`` changes: 2 epochs of at most 10 steps, a small backbone, 1 stage-2 epoch."""
+def _quick_values(values: dict[str, Any], small_backbone: str | None = None) -> dict[str, Any]:
+    """What ``--quick`` changes: 2 epochs of at most 10 steps, a small backbone (``small_backbone``, the method's
+    quick one, is kept), 1 stage-2 epoch."""
     backbone = values.get("backbone")
     epochs, steps, batch = (values.get(k, getattr(TrainConfig, k)) for k in ("epochs", "max_steps_per_epoch", "batch_size"))
     ints = all(isinstance(v, int) for v in (epochs, batch)) and (steps is None or isinstance(steps, int))
     if not ints:  # a wrong type: leave it for TrainConfig to name
         return {}
-    small = backbone if backbone in ("resnet8", "resnet20", "resnet32") else "resnet8"
+    small = backbone if backbone in ("resnet8", "resnet20", "resnet32", small_backbone) else (small_backbone or "resnet8")
     out = {
         "epochs": min(epochs, 2),
         "warmup_epochs": 0,

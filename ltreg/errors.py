@@ -9,7 +9,9 @@ to import a higher one to raise or catch an error::
     ├── UsageError                   exit 2
     │   ├── ConfigError              (ValueError) a setting or name that cannot be used
     │   │   ├── ModelConfigError     an unknown backbone, an inconsistent head
-    │   │   └── SettingError         a training setting out of range or contradicting another
+    │   │   ├── SettingError         a training setting out of range or contradicting another
+    │   │   └── ClassNamesError      class names that cannot make text prompts (missing, bare indices)
+    │   ├── MissingExtraError        (ImportError) an optional extra a setting needs: pip install ltreg[EXTRA]
     │   ├── RegistryError            (LookupError) Unknown / Duplicate name, PluginLoad failure
     │   ├── DataError                (ValueError) DataLayout / DataArgument / ImageDecode errors
     │   ├── PrototypeError           (ValueError)
@@ -115,4 +117,13 @@ class PushError(LtregError, RuntimeError):
     """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
-__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError"]
+__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError", "MissingExtraError",
+           "ClassNamesError"]
+
+
+class MissingExtraError(UsageError, ImportError):
+    """An optional dependency a setting needs is not installed; the message names ``pip install ltreg[EXTRA]``."""
+
+
+class ClassNamesError(ConfigError):
+    """Class names that cannot make text prompts: missing, bare indices, or a names file that does not fit."""

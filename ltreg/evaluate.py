@@ -3,9 +3,11 @@
 :class:`DataPasses` owns the no-grad passes a run makes (test evaluation, the features post-hoc
 rebalancers read, the embeddings prototype modules ask for): always in eval mode, so what an image
 gives never depends on which other images share its batch or in which order they come.
-:func:`evaluate_pretrained` evaluates a saved model folder or Hub repo on the data it was trained on.
-The geometry metrics are the CoGloAT paper's (methods.md §5) on the normalised contrastive
-embedding of the test split.
+:func:`evaluate_model` evaluates a saved model folder or Hub repo on the data it was trained on or on any
+labelled folder or table, classes matched by name (:class:`EvalReport`; the metrics are :mod:`ltreg.reports`).
+The geometry metrics are those of Bach et al., "Global Contrastive Learning for Long-Tailed
+Classification" (TMLR 2023), §4: intra alignment (Eq. 9), variance (Eqs. 10-11), inter uniformity
+(Eq. 12) and its improved form (Eq. 13), on the normalised contrastive embedding of the test split.
 """
 
 from __future__ import annotations
@@ -18,13 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ltreg.data.build import DataArgs, build_data
-from ltreg.data.lt import LTData, LTDataset
+from ltreg.data.evalviews import EvalViewDataset, EvalViews, build_eval_views, center
+from ltreg.data.labelled import LabelledSet, read_labelled
+from ltreg.data.lt import LTData, LTDataset, subset_source
 from ltreg.data.views import ViewDataset, collate
+from ltreg.errors import CheckpointError, DataError
+from ltreg.inference import LoadedModel, default_workers, load_model, pick_device
+from ltreg.reports import LTReport, format_groups, format_per_class, lt_report
 
 
 @contextmanager
@@ -73,17 +81,20 @@ class DataPasses:
         return loader
 
     @torch.no_grad()
-    def extract(self, dataset: LTDataset) -> Extracted:
-        """Logits, embeddings, features and targets of ``dataset`` under the deterministic ``none`` view."""
+    def extract(self, dataset: LTDataset, views: EvalViews | None = None) -> Extracted:
+        """Logits, embeddings, features and targets of ``dataset`` under the deterministic ``none`` view, or
+        under a view set (``views``): logits averaged over its K views, embedding and features of the first."""
         model = self.model
         outs: list[tuple[Tensor, ...]] = []
+        source = ViewDataset(dataset, ("none",)) if views is None else EvalViewDataset(dataset, views)
         with eval_mode(model):
-            for batch in self._loader(ViewDataset(dataset, ("none",))):
+            for batch in self._loader(source):
                 images, targets = batch.images.to(self.device), batch.targets.to(self.device)
                 ctx = self.accelerator.autocast() if self.accelerator is not None else _null()
                 with ctx:
                     o = model(images)
-                got = (o.logits[:, 0].float(), o.z[:, 0].float(), o.features[:, 0].float(), targets)
+                logits = o.logits[:, 0].float() if views is None else o.logits.float().mean(1)
+                got = (logits, o.z[:, 0].float(), o.features[:, 0].float(), targets)
                 if self.accelerator is not None:
                     got = self.accelerator.gather_for_metrics(got)
                 outs.append(tuple(t.cpu() for t in got))
@@ -118,55 +129,210 @@ def _null() -> Iterator[None]:
     yield
 
 
-def evaluate(passes: DataPasses, test: LTDataset, train: LTDataset) -> dict[str, Any]:
-    """Test metrics: top-1, balanced, many / medium / few (by training counts), per class, embedding geometry."""
-    out = passes.extract(test)
+def evaluate(passes: DataPasses, test: LTDataset, train: LTDataset, views: EvalViews | None = None) -> dict[str, Any]:
+    """Test metrics: top-1, balanced, many / medium / few (by training counts), per class, embedding geometry;
+    under the test-time view set ``views`` (None: the one centre view), which ``eval_views`` records."""
+    out = passes.extract(test, None if views is None or views.name == "center" else views)
     metrics = lt_metrics(out.logits, out.targets, train.class_counts, train.many_thr, train.few_thr)
+    metrics["eval_views"] = (views or center(test)).record()
     metrics["geometry"] = geometry_metrics(out.z, out.targets, train.num_classes)
     metrics["train_counts"] = train.class_counts.tolist()
     return metrics
 
 
-def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None = None,
-                        data_kwargs: dict[str, Any] | None = None, split: str = "test", dataset: str | None = None,
-                        revision: str | None = None, batch_size: int = 256) -> dict[str, Any]:
-    """Evaluate a model folder or Hub repo on the data it was trained on, rebuilt from its recorded arguments.
+@dataclass
+class EvalData:
+    """What an evaluation scored: the data set, the split, in words what was scored, and the counts."""
 
-    ``data_root`` / ``data_kwargs`` / ``dataset`` point elsewhere; ``split`` is ``test`` or ``val``
-    (the data set's validation split). Split thresholds come from the rebuilt training set.
-    """
-    from ltreg.errors import CheckpointError
-    from ltreg.models.ltmodel import LTModel
-    from ltreg.models.pretrained import load_pretrained
+    dataset: str
+    root: str | None
+    split: str
+    scored: str
+    images: int
+    classes: int  # of the model's classes, those with at least one scored image
+    model_classes: int
+    missing_classes: list[str]  # model classes without an image here
+    extra_classes: dict[str, int]  # class name -> images: not a class of the model, not scored
+    skipped: int = 0  # unreadable images left out
+    summary: str = ""  # the data set builder's own line, when a builder read the data
 
-    model, card = load_pretrained(LTModel, repo_or_dir, revision)
-    recorded = recorded_data_args(card, trusted=Path(repo_or_dir).is_dir())
+    @property
+    def unknown_images(self) -> int:
+        return sum(self.extra_classes.values())
+
+    def header(self) -> list[str]:
+        """The lines above the table: data set, split, what is scored, classes matched by name."""
+        lines = [f"data: {self.summary}"] if self.summary else []
+        lines.append(f"scored: {self.scored}")
+        lines.append(f"{self.images} images in {self.classes} of the model's {self.model_classes} classes"
+                     + (f"; {self.skipped} unreadable image(s) skipped" if self.skipped else ""))
+        if self.missing_classes:
+            lines.append(f"classes of the model without images here ({len(self.missing_classes)}): "
+                         f"{_names(self.missing_classes)}")
+        if self.extra_classes:
+            lines.append(f"not scored: {self.unknown_images} image(s) of {len(self.extra_classes)} class(es) the model "
+                         f"does not know: {_names([f'{k} ({v})' for k, v in self.extra_classes.items()])}")
+        return lines
+
+
+def _names(items: list[str], limit: int = 12) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+@dataclass
+class EvalReport:
+    """An evaluation of a model: what was scored (:class:`EvalData`), the :class:`~ltreg.reports.LTReport`,
+    and the flat metrics (``metrics.json``'s keys, geometry included)."""
+
+    model: str
+    data: EvalData
+    report: LTReport
+    metrics: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """Model, data, flat metrics (without the per-class list), groups and per class (head -> tail)."""
+        data = {**dataclasses.asdict(self.data), "unknown_images": self.data.unknown_images}
+        metrics = {k: v for k, v in self.metrics.items() if k != "per_class"}
+        return {"model": self.model, "data": data, "metrics": metrics, **self.report.to_json()}
+
+    def format(self, per_class: bool = False) -> str:
+        """Header, the All / Many / Medium / Few table, and with ``per_class`` one row per class."""
+        lines = [f"model: {self.model}", *self.data.header(), "", *format_groups(self.metrics)]
+        if per_class:
+            lines += ["", format_per_class(self.report)]
+        return "\n".join(lines)
+
+
+def match_classes(found: LabelledSet, model_classes: list[str]) -> tuple[np.ndarray, list[str], dict[str, int]]:
+    """Labels of ``found`` as model class indices (-1: a class the model does not know), by class *name*;
+    the model's classes without images; the unknown class names with their image counts."""
+    index = {name: i for i, name in enumerate(model_classes)}
+    mapping = np.asarray([index.get(name, -1) for name in found.class_names], dtype=np.int64)
+    labels = mapping[found.labels] if len(found.labels) else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(found.labels, minlength=len(found.class_names))
+    present = set(labels[labels >= 0].tolist())
+    missing = [name for i, name in enumerate(model_classes) if i not in present]
+    extra = {name: int(counts[j]) for j, name in enumerate(found.class_names) if mapping[j] < 0 and counts[j]}
+    if not present:
+        lower = {n.lower() for n in model_classes}
+        hint = ("; some differ only in upper / lower case: rename the folders to the model's spelling"
+                if any(n.lower() in lower for n in found.class_names) else "")
+        raise DataError(
+            f"none of the {len(found.labels)} images of {found.root} belongs to a class of the model: its classes are "
+            f"{_names(found.class_names, 8)}; the model's are {_names(model_classes, 8)} (classes are matched by name"
+            f"{hint})"
+        )
+    return labels, missing, extra
+
+
+def _same_path(a: str | None, b: str) -> bool:
+    return a is not None and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _rebuild(loaded: LoadedModel, *, data_root: str | None, dataset: str | None, data_kwargs: dict[str, Any],
+             split: str) -> tuple[LabelledSet, EvalData, Tensor | None, int, int]:
+    """The recorded (or named) data set rebuilt by its builder, and its test or val split."""
+    recorded = recorded_data_args(loaded.card, trusted=loaded.local)
     if dataset is None and recorded is None:
-        raise CheckpointError(f"{repo_or_dir} does not record the data set it was trained on; pass --dataset")
+        raise CheckpointError(f"{loaded.label} does not record the data set it was trained on; pass --dataset, "
+                              f"or --data-root a labelled folder or table")
     if recorded is None or (dataset is not None and dataset != recorded.dataset):
-        args = DataArgs(dataset=str(dataset), root=data_root, kwargs=dict(data_kwargs or {}))
+        args = DataArgs(dataset=str(dataset), root=data_root, kwargs=dict(data_kwargs))
     else:
-        args = dataclasses.replace(recorded, kwargs={**recorded.kwargs, **(data_kwargs or {})})
+        args = dataclasses.replace(recorded, kwargs={**recorded.kwargs, **data_kwargs})
         if data_root is not None:
             args.root = data_root
     data = build_data(args)
-    target = _split(data, split, repo_or_dir)
-    if (target.num_classes, target.channels) != (model.num_classes, model.config.in_chans):
+    target = _split(data, split, loaded.label)
+    if target.channels != loaded.model.config.in_chans:
         raise CheckpointError(
-            f"{repo_or_dir} has {model.num_classes} classes and {model.config.in_chans} input channels; the data set "
-            f"{args.dataset} has {target.num_classes} and {target.channels}: evaluate it on a matching data set"
+            f"{loaded.label} takes {loaded.model.config.in_chans}-channel images; the data set {args.dataset} has "
+            f"{target.channels}-channel ones: evaluate it on a matching data set"
         )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    passes = DataPasses(model.to(device), device, batch_size=batch_size)
-    return evaluate(passes, target, data.train)
+    found = LabelledSet(str(args.root), args.dataset, "", target.source, target.targets.numpy(), list(target.class_names))
+    same = list(target.class_names) == loaded.class_names
+    counts = data.train.class_counts if same else None
+    where = f" at {args.root}" if args.root else ""
+    scored = f"the {split} split ({target.name}) that the {args.dataset} builder makes of its data{where}"
+    info = EvalData(args.dataset, args.root, split, scored, 0, 0, 0, [], {}, summary=data.summary)
+    return found, info, counts, data.train.many_thr, data.train.few_thr
+
+
+def evaluate_model(model: str | os.PathLike | LoadedModel, *, data_root: str | None = None,
+                   dataset: str | None = None, data_kwargs: dict[str, Any] | None = None, split: str = "test",
+                   revision: str | None = None, batch_size: int = 256, num_workers: int | None = None,
+                   device: str | torch.device | None = None, tta: str | None = None) -> EvalReport:
+    """Evaluate a run folder, model folder or Hub repo on labelled images.
+
+    * No ``data_root`` (or the recorded one), or a ``dataset`` named: the data set builder rebuilds the
+      data (from the recorded arguments, changed by ``data_root`` / ``data_kwargs``) and its ``split``
+      (test or val) is scored -- for a flat folder that is the hold-out the run was tested on, and the
+      header says so.
+    * A new ``data_root``: a folder of class sub-folders (flat: every image; split layout: ``test/``,
+      else ``val/``) or a ``datasets`` table (its test split, or all rows of its only split) is scored,
+      nothing held out (:func:`ltreg.data.labelled.read_labelled`; ``data_kwargs``: layout,
+      image_column, label_column).
+
+    Either way classes are matched to the model's *by name*: the model's classes without images and the
+    images of classes the model does not know (not scored) are named in :class:`EvalData`. Many / Medium /
+    Few follow the model's recorded training counts. Images go through the model's own test transform, under
+    the test-time view set ``tta`` names (``ltreg.eval_views``; None: the one the model card records, else
+    ``center``).
+    """
+    loaded = load_model(model, revision)
+    data_kwargs = dict(data_kwargs or {})
+    card_ds = loaded.card.dataset
+    recorded = recorded_data_args(loaded.card, trusted=loaded.local)
+    pre = loaded.preprocessing
+    if data_root is not None and dataset is None and not _same_path(recorded and recorded.root, data_root):
+        found = read_labelled(data_root, split, pre.channels, pre.load_size, data_kwargs)
+        info = EvalData(found.kind, data_root, split, found.scored, 0, 0, 0, [], {}, skipped=found.skipped)
+        counts, many_thr, few_thr = None, 100, 20
+    else:
+        found, info, counts, many_thr, few_thr = _rebuild(loaded, data_root=data_root, dataset=dataset,
+                                                          data_kwargs=data_kwargs, split=split)
+    if card_ds is not None and len(card_ds.class_counts) == loaded.model.num_classes:
+        counts = torch.tensor(card_ds.class_counts)
+        many_thr, few_thr = card_ds.many_thr, card_ds.few_thr
+    labels, missing, extra = match_classes(found, loaded.class_names)
+    keep = np.flatnonzero(labels >= 0)
+    target = pre.dataset(subset_source(found.source, keep), labels[keep], loaded.class_names, many_thr, few_thr,
+                         name=info.dataset)
+    dev = pick_device(device)
+    passes = DataPasses(loaded.model.to(dev), dev, batch_size=batch_size,
+                        num_workers=default_workers(dev) if num_workers is None else num_workers)
+    views = recorded_eval_views(loaded.card, tta, target)
+    out = passes.extract(target, None if views.name == "center" else views)
+    report = lt_report(out.logits, out.targets, counts, many_thr, few_thr, loaded.class_names)
+    metrics = report.metrics_dict()
+    metrics["geometry"] = geometry_metrics(out.z, out.targets, loaded.model.num_classes)
+    metrics["train_counts"] = None if counts is None else counts.tolist()
+    metrics["eval_views"] = views.record()
+    info = dataclasses.replace(info, images=len(keep), classes=report.groups["all"].scored_classes,
+                               model_classes=loaded.model.num_classes, missing_classes=missing, extra_classes=extra)
+    return EvalReport(loaded.label, info, report, metrics)
+
+
+def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None = None,
+                        data_kwargs: dict[str, Any] | None = None, split: str = "test", dataset: str | None = None,
+                        revision: str | None = None, batch_size: int = 256, tta: str | None = None) -> dict[str, Any]:
+    """The flat metrics of :func:`evaluate_model` (``metrics.json``'s keys)."""
+    return evaluate_model(repo_or_dir, data_root=data_root, data_kwargs=data_kwargs, split=split, dataset=dataset,
+                          revision=revision, batch_size=batch_size, tta=tta).metrics
+
+
+def recorded_eval_views(card: Any, tta: str | None, data: LTDataset) -> EvalViews:
+    """The view set ``--tta`` names, else the one the card records (its default arguments), else ``center``."""
+    recorded = (card.metrics or {}).get("eval_views") if card is not None else None
+    name = tta or (recorded.get("name") if isinstance(recorded, dict) and isinstance(recorded.get("name"), str)
+                   else "center")
+    return build_eval_views(name, data)
 
 
 def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
     """The data set arguments a model records, type-checked; from a Hub repo (``trusted`` False) its
     recorded folder and builder arguments are dropped (they are data, never paths to follow): pass
     ``--data-root`` / ``--data-arg``. A Hub data set id is kept, since it names no local path."""
-    from ltreg.errors import CheckpointError
-
     raw = card.dataset.builder_args if card.dataset is not None else {}
     if not raw:
         return None
@@ -186,8 +352,6 @@ def recorded_data_args(card: Any, trusted: bool) -> DataArgs | None:
 
 
 def _split(data: LTData, split: str, label: Any) -> LTDataset:
-    from ltreg.errors import CheckpointError
-
     if split == "test":
         return data.test
     if split in ("val", "validation"):
@@ -198,28 +362,12 @@ def _split(data: LTData, split: str, label: Any) -> LTDataset:
 
 
 def lt_metrics(logits: Tensor, targets: Tensor, train_counts: Tensor, many_thr: int, few_thr: int) -> dict[str, Any]:
-    """Top-1 over the test set, per class, and averaged over the many / medium / few class groups."""
-    num_classes = train_counts.numel()
-    correct = (logits.argmax(1) == targets).double()
-    hits = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, targets, correct)
-    seen = torch.bincount(targets, minlength=num_classes).double()
-    per_class = torch.where(seen > 0, hits / seen.clamp(min=1), torch.nan)
-    present = seen > 0
-    groups = {"many": train_counts > many_thr, "few": train_counts < few_thr}
-    groups["medium"] = ~groups["many"] & ~groups["few"]
-    out: dict[str, Any] = {
-        "top1": 100.0 * correct.mean().item(),
-        "balanced_acc": 100.0 * per_class[present].mean().item(),
-    }
-    for name, mask in groups.items():
-        m = mask & present
-        out[name] = 100.0 * per_class[m].mean().item() if m.any() else float("nan")
-        out[f"num_{name}"] = int(mask.sum())
-    out["per_class"] = [round(100.0 * v, 4) if v == v else None for v in per_class.tolist()]
-    return out
+    """Top-1 and top-5 over the test set, per class, by many / medium / few (by training counts) and the ECE:
+    the flat keys of ``metrics.json`` (:meth:`ltreg.reports.LTReport.metrics_dict`; None with a reason, never NaN)."""
+    return lt_report(logits, targets, train_counts, many_thr, few_thr).metrics_dict()
 
 
-def geometry_metrics(z: Tensor, targets: Tensor, num_classes: int) -> dict[str, float]:
+def geometry_metrics(z: Tensor, targets: Tensor, num_classes: int) -> dict[str, Any]:
     """Intra alignment, variance, inter uniformity and improved inter uniformity (CoGloAT §4).
 
     Plain Euclidean distances (not squared); class centres are not re-normalised; the improved
@@ -251,19 +399,12 @@ def geometry_metrics(z: Tensor, targets: Tensor, num_classes: int) -> dict[str, 
         v = var[present]
         ratio = d / (v.unsqueeze(0) + v.unsqueeze(1)).abs().clamp(min=1e-12)
         out["inter_improved"] = (2.0 * ratio[off].sum() / (k * (k - 1))).item()
-    else:
-        out["inter"] = out["inter_improved"] = float("nan")
+    else:  # None, never NaN: metrics.json and config.json stay valid JSON
+        out["inter"] = out["inter_improved"] = None
+        out["inter_reason"] = f"needs test images of 2 or more classes, found {k}"
     return out
 
 
 def format_table(metrics: dict[str, Any], title: str = "") -> str:
-    """The All / Many / Medium / Few table printed at the end of a run."""
-    head = f"| {'split':<8} | {'classes':>7} | {'top-1 %':>8} |"
-    rule = "|" + "-" * 10 + "|" + "-" * 9 + "|" + "-" * 10 + "|"
-    n = sum(metrics[f"num_{g}"] for g in ("many", "medium", "few"))
-    rows = [f"| {'All':<8} | {n:>7} | {metrics['top1']:>8.2f} |"]
-    for g in ("many", "medium", "few"):
-        rows.append(f"| {g.capitalize():<8} | {metrics[f'num_{g}']:>7} | {metrics[g]:>8.2f} |")
-    lines = ([title] if title else []) + [head, rule, *rows]
-    lines.append(f"balanced accuracy {metrics['balanced_acc']:.2f} %")
-    return "\n".join(lines)
+    """The All / Many / Medium / Few table (top-1 and top-5 %) printed at the end of a run."""
+    return "\n".join(([title] if title else []) + format_groups(metrics))

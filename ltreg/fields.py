@@ -89,12 +89,14 @@ BOUNDS: dict[str, Bound] = {
     "budget_fraction": Bound(lo=0, lo_open=True, hi=1),
     "max_steps_per_epoch": Bound(lo=1, integer=True, optional="the whole epoch"),
     "eval_batch_size": Bound(lo=1, integer=True),
+    "image_size": Bound(lo=1, hi=4096, integer=True, optional="the data set's image size"),
 }
 
 #: Settings with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": ("cosine", "step", "constant", "onecycle", "poly"),
     "mixed_precision": ("no", "fp16", "bf16"),
+    "normalize": ("data", "backbone"),
 }
 
 #: Extra advice for one setting, appended to its range error.

@@ -28,20 +28,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ltreg.card import PLOT_FILE, REPO_PLACEHOLDER
-from ltreg.checkpoint import MANIFEST, verify_manifest
+from ltreg.card import REPO_PLACEHOLDER
+from ltreg.checkpoint import verify_manifest
 from ltreg.errors import CheckpointError, PushError
+from ltreg.layout import CARD_FILE, CONFIG_FILE, MANIFEST, MODEL_FILES, REQUIRED_FILES, WEIGHTS_FILE
 from ltreg.models.config import folder_model_config
 from ltreg.version import __version__
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-HEADS_FILE = "ltreg_heads.safetensors"
-CARD_FILE = "README.md"
-METRICS_FILE = "metrics.json"
-#: What a push uploads (when present); never checkpoints/ or logs.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE, CARD_FILE, PLOT_FILE, METRICS_FILE, MANIFEST)
-REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE)
 PICKLE_PATTERNS = ("pytorch_model.bin", "*.pt", "*.pth", "*.ckpt")
 #: A config.json larger than this is refused before it is parsed (a real one is a few kB).
 MAX_CONFIG_BYTES = 4 * 2**20

@@ -22,11 +22,13 @@ import ltreg.distributed as D
 from ltreg.card import RunCard
 from ltreg.checkpoint import STATE, TrainerState, verify_manifest, write_atomic
 from ltreg.config import TrainConfig
+from ltreg.data.views import describe_views
 from ltreg.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
+from ltreg.layout import METRICS_FILE
 from ltreg.models.ltmodel import LTModel
 from ltreg.optim import base_lr
-from ltreg.data.views import describe_views
+from ltreg.reports import dumps, json_safe
 from ltreg.run import Run, training_views
 from ltreg.runlog import RunLog
 from ltreg.stages import StageSetup, stage1_setup, stage2_setup
@@ -196,11 +198,12 @@ def fit(run: Run) -> RunResult:
         if st2 is not None:
             _train_stage(run, st2, log, _resume(run, log, 2) if cfg.resume else 0)
         stage2_info = run.parts.rebalancer.finalize(run.model, run.ctx) or {}
-    metrics = evaluate(run.passes, run.data.test, run.data.train)
+    metrics = evaluate(run.passes, run.data.test, run.data.train, run.eval_views)
     metrics["stage2"] = stage2_info
+    metrics = json_safe(metrics)  # None and a reason, never NaN: metrics.json and config.json stay valid JSON
     log.final(metrics)
     if acc.is_main_process:
-        write_atomic(run.run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        write_atomic(run.run_dir / METRICS_FILE, dumps(metrics))  # strict: never NaN
         card: RunCard = run.card(metrics)
         D.unwrap(run.model).save_pretrained(run.run_dir, card)
         log.say(format_table(metrics, title=f"{run.config.spec.name} on {run.data.test.name} (top-1 %, test set)"))

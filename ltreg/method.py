@@ -144,6 +144,14 @@ class MethodSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     recipes: Mapping[str, Recipe] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: How the backbone is adapted (a registry name in ``ltreg.tuners``); None: the whole backbone trains.
+    tuner: PartRef | None = None
+    #: Sets the classifier's initial weights once the model is built (``ltreg.head_inits``, e.g. ``clip-text``).
+    head_init: PartRef | None = None
+    #: The test-time views the final evaluation averages logits over (``ltreg.eval_views``); ``--tta`` overrides.
+    eval_views: PartRef = field(default_factory=lambda: PartRef("center"))
+    #: What ``--quick`` sets for this method before capping the budget (e.g. a tiny ViT and its text tower).
+    quick: Recipe | None = None
     reading: str = ""  # which reading of the paper is implemented, where it is ambiguous
     bibtex: str = ""  # BibTeX of the paper(s), for the model card
     model_template: ModelSpec | None = field(default=None, repr=False, compare=False)  # set from ``model``
@@ -201,6 +209,9 @@ class MethodSpec:
             "memory": self.memory,
             "batch_transform": self.batch_transform,
             "rebalance": self.rebalance,
+            "tuner": self.tuner,
+            "head_init": self.head_init,
+            "eval_views": self.eval_views,
         }
 
     def describe(self) -> str:
@@ -232,6 +243,9 @@ _GROUP_OF_ROLE = {
     "memory": "memory",
     "batch_transform": "transforms",
     "rebalance": "rebalancers",
+    "tuner": "tuners",
+    "head_init": "head_inits",
+    "eval_views": "eval_views",
 }
 
 

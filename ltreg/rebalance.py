@@ -1,4 +1,9 @@
-"""Stage-2 rebalancers (methods.md §3.8, §3.7, §4.2, §4.5): cRT, LWS, tau-norm, NCM, post-hoc LA, KD.
+"""Stage-2 rebalancers: cRT, LWS, tau-norm, NCM, post-hoc LA, KD.
+
+cRT, LWS, tau-norm and NCM are Kang et al., "Decoupling Representation and Classifier for Long-Tailed
+Recognition" (ICLR 2020, arXiv 1910.09217); post-hoc LA is Menon et al., "Long-tail learning via logit
+adjustment" (ICLR 2021, arXiv 2007.07314); KD is ICCL's stage 2 (Tiong et al., arXiv 2110.10048, Eq. 9)
+with Hinton et al.'s distillation loss (arXiv 1503.02531). Each class's docstring gives its rule.
 
 The trainer drives every rebalancer through one interface (:class:`Rebalancer`):
 
@@ -28,7 +33,7 @@ from torch import Tensor, nn
 
 from ltreg.distributed import unwrap as _unwrap
 from ltreg.errors import RebalanceError
-from ltreg.losses.classification import global_weight_factor
+from ltreg.losses.classification import global_weight_factor, ldam_margins
 from ltreg.step import Batch, BuildContext, LossOutput, Outputs, StepState
 
 
@@ -46,7 +51,11 @@ def balanced_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> Tenso
 
 
 def kd_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch (Hinton et al.)."""
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch.
+
+    Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (arXiv 1503.02531) [P]: the ``T^2``
+    factor keeps the soft targets' gradient scale independent of ``T``.
+    """
     t = temperature
     return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher.detach() / t, -1),
                     reduction="batchmean", log_target=True) * t * t
@@ -56,12 +65,6 @@ def inverse_frequency_weights(counts: Tensor) -> Tensor:
     """Class weights proportional to 1 / n_c, normalised to mean 1."""
     w = 1.0 / counts.double().clamp_min(1)
     return (w / w.mean()).float()
-
-
-def ldam_margins(counts: Tensor, max_margin: float = 0.5) -> Tensor:
-    """LDAM margins Delta_c proportional to n_c^(-1/4), rescaled so that max_c Delta_c = max_margin."""
-    m = counts.double().clamp_min(1) ** -0.25
-    return (m * (max_margin / m.max())).float()
 
 
 def _reset_classifier(cls: nn.Module) -> None:
@@ -123,9 +126,11 @@ class Rebalancer(nn.Module):
 
 # ------------------------------------------------------------------------------------------------
 class CRT(Rebalancer):
-    """Classifier re-training (Kang et al. 2020): re-initialised classifier on a frozen backbone.
+    """Classifier re-training (cRT; Kang et al., arXiv 1910.09217) [P]: re-initialised classifier on a frozen
+    backbone, trained with class-balanced sampling.
 
-    ``loss="ce"`` or ``"ldam"`` (margins n_c^(-1/4), max ``max_margin``, in logit units; times the
+    ``loss="ce"`` or ``"ldam"`` (Cao et al., arXiv 1906.07413, Eqs. 12-13: ``CE(u - Delta_y e_y, y)`` with
+    the margins of :func:`~ltreg.losses.classification.ldam_margins`, max ``max_margin``, in logit units; times the
     classifier's ``scale`` for a cosine classifier), ``reweight="inverse"``: class weights 1/n_c with
     mean 1 (CoGloAT's stage 2: LDAM / CE + Reweight); weighted CE is normalised by the weights' sum.
     """
@@ -194,7 +199,7 @@ class ScaledClassifier(nn.Module):
 
 
 class LWS(Rebalancer):
-    """Learnable weight scaling (Kang et al. 2020): one scale per class on the frozen classifier.
+    """Learnable weight scaling (LWS; Kang et al., arXiv 1910.09217): one scale per class on the frozen classifier.
 
     ``finalize`` folds the scales into a plain linear classifier when ``fold`` (artifacts keep the
     standard architecture); a cosine classifier stays wrapped in :class:`ScaledClassifier`.
@@ -324,7 +329,7 @@ class NCM(Rebalancer):
 
 # ------------------------------------------------------------------------------------------------
 class PostHocLogitAdjust(Rebalancer):
-    """Post-hoc logit adjustment (Menon et al. 2021): bias_c -= tau * log pi_c of a linear classifier."""
+    """Post-hoc logit adjustment (Menon et al., arXiv 2007.07314): bias_c -= tau * log pi_c of a linear classifier."""
 
     def __init__(self, tau: float = 1.0) -> None:
         super().__init__(epochs=0)
@@ -351,7 +356,8 @@ class PostHocLogitAdjust(Rebalancer):
 
 # ------------------------------------------------------------------------------------------------
 class KDRebalance(Rebalancer):
-    """ICCL stage 2 (§4.5): class-aware sampling (gamma) + CE + kd_weight * T^2 * KL(teacher || student).
+    """ICCL stage 2 (Tiong et al., arXiv 2110.10048, Eq. 9): class-aware sampling (gamma) + CE +
+    kd_weight * T^2 * KL(teacher || student).
 
     The teacher is a frozen copy of the stage-1 classifier (on the shared frozen features) or, when
     the backbone is fine-tuned, of backbone + classifier; it is a submodule, so checkpoints hold it.

@@ -15,7 +15,8 @@ from typing import Any
 
 from ltreg.errors import DuplicateNameError, PluginLoadError, RegistryError, UnknownNameError
 
-GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets")
+GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets", "head_inits",
+          "eval_views")
 IN_PROCESS = "<in-process>"
 
 
@@ -183,3 +184,5 @@ register_memory = _decorator("memory")
 register_transform = _decorator("transforms")
 register_rebalancer = _decorator("rebalancers")
 register_dataset = _decorator("datasets")
+register_head_init = _decorator("head_inits")
+register_eval_views = _decorator("eval_views")

@@ -8,9 +8,10 @@ method's parts -> checkpoints. Nothing here trains:
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,24 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 
 import ltreg.distributed as D
 from ltreg.card import DatasetRecord, RunCard
-from ltreg.checkpoint import Checkpoints, guard_run_folder
+from ltreg.checkpoint import Checkpoints, guard_run_folder, write_atomic
 from ltreg.config import RunConfig, TrainConfig
-from ltreg.data.build import build_data
+from ltreg.data.build import build_data, with_input
+from ltreg.data.evalviews import EvalViews, build_eval_views
 from ltreg.data.lt import LTData, LTDataset
+from ltreg.data.split import carve_holdout
 from ltreg.data.views import apply_augment, describe_views
 from ltreg.errors import ConfigError, TrainingError
 from ltreg.evaluate import DataPasses
 from ltreg.method import PartRef, build_part
-from ltreg.models.backbones import load_initial_weights, resolve_arch
+from ltreg.models.backbones import backbone_stats, load_initial_weights, resolve_arch
+from ltreg.models.heads import CosineLinear
 from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.registry import registry
 from ltreg.runlog import check_tracker
@@ -74,6 +80,7 @@ class Run:
     ctx: BuildContext
     passes: DataPasses
     checkpoints: Checkpoints
+    eval_views: EvalViews | None = None  # the test-time views of the final evaluation (None: the centre view)
 
     @property
     def cfg(self) -> TrainConfig:
@@ -100,22 +107,6 @@ class Run:
                        recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
                        augmentation=describe_views(training_views(self.config, self.parts), train),
                        metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"))
-
-
-def carve_holdout(train: LTDataset, fraction: float, seed: int) -> tuple[LTDataset, LTDataset]:
-    """Split ``fraction`` of every class with >= 2 images off the training set (for stage-2 tuning)."""
-    g = torch.Generator().manual_seed(seed + 7)
-    perm = torch.randperm(len(train), generator=g)
-    targets = train.targets[perm]
-    order = torch.argsort(targets, stable=True)
-    perm, targets = perm[order], targets[order]
-    counts = torch.bincount(targets, minlength=train.num_classes)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(len(train)) - starts[targets]
-    take = torch.where(counts >= 2, (counts.double() * fraction).floor().clamp(min=1).long(), 0)
-    held = rank < take[targets]
-    return (train.subset(perm[~held].sort().values.numpy()),
-            train.subset(perm[held].sort().values.numpy(), name=f"{train.name}-holdout"))
 
 
 def preflight_output(run_dir: Path, min_free_mb: int = 50) -> None:
@@ -216,6 +207,8 @@ def build_run(rc: RunConfig) -> Run:
                           f"{acc.num_processes} processes; use a multiple of {acc.num_processes}")
     set_seed(cfg.seed)
     data = build_data(cfg.data_args())
+    stats = backbone_stats(cfg.backbone or "resnet8") if cfg.normalize == "backbone" else (None, None)
+    data = with_input(data, cfg.image_size, *stats)
     train_set, holdout = data.train, data.val
     if _needs_holdout(spec.rebalance) and holdout is None:  # before any part indexes the training set
         train_set, holdout = carve_holdout(train_set, cfg.holdout_fraction, cfg.seed)
@@ -231,6 +224,7 @@ def build_run(rc: RunConfig) -> Run:
     state = StepState(class_counts=train_set.class_counts.float(), num_classes=train_set.num_classes, seed=cfg.seed,
                       num_epochs=cfg.epochs, world_size=acc.num_processes, rank=acc.process_index,
                       gather=D.gather_with_grad, gather_nograd=D.gather_nograd, all_reduce_mean=D.all_reduce_mean)
+    views = test_views(rc, data.test)  # an unknown view set stops here, before any training
     passes = DataPasses(model, acc.device, cfg.eval_batch_size, cfg.seed, accelerator=acc,
                         num_workers=loader_workers(cfg, acc))
     splits = {"train": train_set, "holdout": holdout}
@@ -262,7 +256,63 @@ def build_run(rc: RunConfig) -> Run:
     acc.wait_for_everyone()
     if acc.is_main_process:
         preflight_output(cfg.run_dir, cfg.min_free_mb)
-    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc))
+    if spec.head_init is not None:
+        init_head(rc, model, train_set, say=acc.print, write=acc.is_main_process)
+        acc.wait_for_everyone()
+    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc), views)
+
+
+def test_views(rc: RunConfig, test: LTDataset) -> EvalViews:
+    """The final evaluation's view set: ``--tta NAME`` (its default arguments), else the method's ``eval_views``."""
+    if rc.cfg.tta is not None:
+        return build_eval_views(rc.cfg.tta, test)
+    ref = rc.spec.eval_views
+    return build_eval_views(ref.name, test, **ref.resolve_kwargs(rc.hparams))
+
+
+def init_head(rc: RunConfig, model: LTModel, train: LTDataset, say: Callable[[str], None], write: bool) -> None:
+    """Run the method's head initialiser (``ltreg.head_inits``) on the built model, leaving the global RNG as it
+    was; with ``--init-from`` (heads loaded from a run) it is skipped, and said so. On ``--resume`` it runs
+    (from its cache in the run folder) and the checkpoint then overwrites the heads."""
+    ref = rc.spec.head_init
+    assert ref is not None
+    if rc.cfg.init_from is not None:
+        say(f"head init {ref.name}: skipped, --init-from {rc.cfg.init_from} gives the heads")
+        return
+    factory = registry("head_inits").get(ref.name)
+    kwargs = ref.resolve_kwargs(rc.hparams)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"head init {ref.name!r} does not accept {sorted(kwargs)}: {exc}") from exc
+    init = factory(**kwargs)
+    classifier = model.classifier
+    if not isinstance(classifier, CosineLinear):
+        raise ConfigError(f"head init {ref.name!r} sets the rows of a cosine classifier, but the method "
+                          f"{rc.spec.name} builds a {type(classifier).__name__}; declare ModelSpec(classifier='cosine')")
+    cache = rc.cfg.run_dir / f"head_init-{ref.name}.safetensors"
+    key = init.cache_key(train)
+    rows, where = None, "computed"
+    if cache.is_file() and not cache.is_symlink():
+        try:
+            with safe_open(str(cache), "pt") as fh:
+                if (fh.metadata() or {}).get("key") == key:
+                    rows, where = fh.get_tensor("weight"), f"read from {cache}"
+        except (SafetensorError, OSError):  # a corrupt cache is recomputed and replaced
+            rows = None
+    if rows is None:
+        with torch.random.fork_rng(devices=[]):  # random-weight towers (tests, --quick) leave the run's RNG alone
+            rows = init.weights(train).contiguous()
+        if write:
+            write_atomic(cache, save(tensors={"weight": rows}, metadata={"key": key}))
+            where = f"computed, cached in {cache}"
+    if rows.shape != classifier.weight.shape:
+        raise ConfigError(f"head init {ref.name!r} gives rows of shape {tuple(rows.shape)} but the classifier is "
+                          f"{tuple(classifier.weight.shape)} (classes x backbone features): the text model's image "
+                          f"tower must be the backbone's ({rc.cfg.backbone})")
+    with torch.no_grad():
+        classifier.weight.copy_(rows.to(classifier.weight.dtype))
+    say(f"{init.describe(train.num_classes)}; {where}")
 
 
 def loader_workers(cfg: TrainConfig, acc: Accelerator) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ltreg.checkpoint import write_atomic
 from ltreg.errors import ConfigError
+from ltreg.layout import METRICS_CSV
 
 #: The package each Accelerate tracker needs (``--log-with NAME``).
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
@@ -89,7 +90,7 @@ class RunLog:
             writer = csv.DictWriter(buf, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.history)
-            write_atomic(self.run_dir / "metrics.csv", buf.getvalue())
+            write_atomic(self.run_dir / METRICS_CSV, buf.getvalue())
         scalars = {f"stage{row['stage']}/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "stage"}
         self.accelerator.log(scalars, step=self.steps)
         parts = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in _META)
@@ -104,4 +105,4 @@ class RunLog:
     def final(self, metrics: dict[str, Any]) -> None:
         """The test metrics (All / Many / Medium / Few, balanced) to the trackers, at the last step."""
         keys = ("top1", "balanced_acc", "many", "medium", "few")
-        self.accelerator.log({f"test/{k}": metrics[k] for k in keys if k in metrics}, step=self.steps)
+        self.accelerator.log({f"test/{k}": metrics[k] for k in keys if metrics.get(k) is not None}, step=self.steps)

@@ -67,14 +67,15 @@ class StageSetup:
     hooks: list[Part]
 
 
-def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int) -> DataLoader:
+def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int, epochs: int) -> DataLoader:
     """A loader of the training set's ``views`` in ``sampler`` order; its dataset and sampler stay reachable.
 
     Workers persist across epochs (the view dataset's epoch lives in shared memory), memory is pinned
     for CUDA, and each worker prefetches batches ahead.
     """
-    vds = ViewDataset(run.train_set, apply_augment(tuple(views), run.cfg.augment), role=getattr(sampler, "extra_role", None),
-                      positive_views=run.config.spec.positive_views, seed=run.cfg.seed)
+    vds = ViewDataset(run.train_set, apply_augment(tuple(views), run.cfg.augment),
+                      role=getattr(sampler, "extra_role", None), positive_views=run.config.spec.positive_views,
+                      seed=run.cfg.seed, num_epochs=epochs)
     if len(sampler) < batch_size:
         raise ConfigError(f"an epoch of the {type(sampler).__name__} has {len(sampler)} samples, fewer than one batch "
                           f"of {batch_size}; lower batch_size")
@@ -114,7 +115,7 @@ def stage1_setup(run: Run) -> StageSetup:
     query = list(spec.query_views) if spec.query_views is not None else None
     module = StepModule(run.model, trainable, run.parts.loss, run.parts.hooks(), query)
     params = [p for p in module.parameters() if p.requires_grad]
-    loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size)
+    loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size, cfg.epochs)
     settings = OptimSettings.stage1(cfg)
     optimizer = build_optimizer(param_groups(run.model, params, settings), settings)
     steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
@@ -139,7 +140,7 @@ def stage2_setup(run: Run) -> StageSetup | None:
     optimizer = build_optimizer(split_decay(groups, settings), settings)
     sampler = build_part("sampler", PartRef(reb.sampler, **getattr(reb, "sampler_kwargs", {})), run.config.hparams,
                          run.ctx)
-    loader = make_loader(run, reb.views, sampler, cfg.stage2_batch_size or cfg.batch_size)
+    loader = make_loader(run, reb.views, sampler, cfg.stage2_batch_size or cfg.batch_size, epochs)
     steps = min(cfg.max_steps_per_epoch or 10**12, len(loader))
     trainable = {"rebalancer": reb} if any(p.requires_grad for p in reb.parameters()) else {}
     module = StepModule(run.model, trainable, reb.loss, [], None)

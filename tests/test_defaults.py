@@ -22,7 +22,6 @@ from ltreg.optim import OptimSettings, base_lr, build_optimizer, default_lr, par
 from ltreg.run import check_launch
 
 
-
 def test_adamw_gets_its_own_lr_and_says_so() -> None:
     rc = resolve_config(get_method("ce"), {"optimizer": "adamw"})
     assert rc.cfg.lr == 1e-3 and rc.cfg.lr != TrainConfig.lr

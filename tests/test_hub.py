@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from hubserver import HubServer, hub_env, run_client  # noqa: E402
 
 import ltreg  # noqa: E402
-from ltreg.card import PLOT_FILE, RunCard  # noqa: E402
+from ltreg.card import RunCard  # noqa: E402
 from ltreg.config import TrainConfig  # noqa: E402
 from ltreg.evaluate import evaluate_pretrained  # noqa: E402
-from ltreg.hub import HEADS_FILE, MODEL_FILES, WEIGHTS_FILE  # noqa: E402
+from ltreg.layout import HEADS_FILE, MODEL_FILES, PLOT_FILE, WEIGHTS_FILE  # noqa: E402
 from ltreg.models.ltmodel import LTModel, LTModelConfig, from_pretrained, save_pretrained  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,11 +14,14 @@ from ltreg.losses import (
     KCLLoss,
     PaCoLoss,
     SupConLoss,
+    anchors_and_columns,
     bcl,
     contrast_set,
+    contrastive_loss,
     kcl,
     paco,
     sample_positives,
+    state_contrast,
     supcon,
 )
 from ltreg.step import Batch, Outputs, StepState
@@ -265,6 +268,27 @@ def test_kcl_module_uses_keys_and_queue_of_the_memory():
     cols = [(j, c) for j, c in enumerate(torch.cat([keys, memory.queue_z])) if j < B or j in (B, B + 3)]
     want = naive_kcl(list(z[:, 0]), [cols] * B, [[i] for i in range(B)], 0.2)
     torch.testing.assert_close(got, want, **TOL)
+
+
+def test_state_contrast_gathers_the_views_only_when_they_are_columns():
+    """Keys + queue only (``include_views=False``): no gather of the views; without keys the views stay columns."""
+    z, keys = feats(v=2), feats(v=1, seed=2)[:, 0]
+    batch = Batch(images=torch.zeros(B, 2, 1, 1, 1), targets=LABELS, index=torch.arange(B))
+    memory = SimpleNamespace(queue_z=feats(b=3, v=1, seed=3)[:, 0], queue_labels=torch.tensor([1, -1, 0]))
+    gathered = []
+    state = state_for(memory=memory, gather=lambda t: gathered.append(t) or t)
+    with_keys = Outputs(z=z, logits=torch.zeros(B, 2, C), features=z, extra={"key_z": keys})
+    cs = state_contrast(z, with_keys, batch, state, include_views=False)
+    assert gathered == [] and cs.self_index is None
+    assert torch.equal(cs.z, torch.cat([keys, memory.queue_z])) and cs.own_index[:, 0].tolist() == [
+        b for b in range(B) for _ in range(2)]
+    cs = state_contrast(z, Outputs(z=z, logits=torch.zeros(B, 2, C), features=z), batch, state, include_views=False)
+    assert len(gathered) == 1 and cs.z.shape[0] == 2 * B + 3  # no keys: the views are columns after all
+    a, ya, own = anchors_and_columns(z, LABELS, cs)
+    assert own is cs and a.shape == (2 * B, D) and ya.tolist() == LABELS.repeat_interleave(2).tolist()
+    torch.testing.assert_close(cs.loss(a, ya, temperature=0.3).loss,
+                               contrastive_loss(a, cs.z, ya, cs.labels, temperature=0.3, self_index=cs.self_index).loss,
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("loss", ["supcon", "supcon_one_view", "bcl", "paco"])

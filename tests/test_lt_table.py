@@ -70,14 +70,17 @@ def test_lt_table_jobs_and_resume(tmp_path: Path) -> None:
 
 
 def test_lt_table_group_without_classes() -> None:
-    """At IF 10 on Fashion-MNIST-LT no class is few-shot: the metric is NaN, the cell is "–", not a crash."""
+    """At IF 10 on Fashion-MNIST-LT no class is few-shot: the metric is None (NaN in older metrics), the cell
+    is "–", not a crash."""
     lt_table = _load_script()
-    metrics = {"top1": 70.0, "many": 66.0, "medium": 83.0, "few": float("nan"), "num_many": 7, "num_medium": 3,
-               "num_few": 0}
+    metrics = {"top1": 70.0, "many": 66.0, "medium": 83.0, "few": None, "few_reason": "no class has fewer than 240",
+               "num_many": 7, "num_medium": 3, "num_few": 0}
     runs = [{"method": m, "imbalance": 10.0, "seed": s, "error": "", "stage1_epoch_seconds": 1.0 + s,
              "metrics": {**metrics, "top1": 70.0 + s}} for m in ("ce", "supcon") for s in (0, 1)]
     summary = lt_table.summarise(runs, ["ce", "supcon"], 10.0)
     assert summary["ce"]["few"] is None and summary["ce"]["num"]["few"] == 0
+    old = [{**r, "metrics": {**r["metrics"], "few": float("nan")}} for r in runs]  # metrics of ltreg < 0.2
+    assert lt_table.summarise(old, ["ce", "supcon"], 10.0)["ce"]["few"] is None
     assert summary["ce"]["top1"] == (70.5, statistics.stdev([70.0, 71.0]))
     assert summary["supcon"]["time_vs_ce"] == 1.0
     assert lt_table.cell(summary["ce"]["few"]) == "–"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ltreg.errors import CheckpointError
-from ltreg.hub import HEADS_FILE, WEIGHTS_FILE
+from ltreg.layout import HEADS_FILE, WEIGHTS_FILE
 from ltreg.models.ltmodel import LTModel, from_pretrained
 from ltreg.models.pretrained import MissingPluginWarning
 from tests.test_hub import toy_run

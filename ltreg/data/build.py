@@ -17,7 +17,7 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -235,8 +235,32 @@ def build_data(args: DataArgs) -> LTData:
     return data
 
 
+def with_input(data: LTData, image_size: int | None = None, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> LTData:
+    """``data`` with every split's views at ``image_size`` and normalised with ``mean`` / ``std`` (None: as is).
+
+    The images are unchanged; the pipelines resize (a ViT pretrained at 224 on 32 px CIFAR: LIFT's set-up).
+    Statistics must have one value per channel (or one for all)."""
+    for name, stats in (("mean", mean), ("std", std)):
+        if stats is not None and len(stats) not in (1, data.train.channels):
+            raise DataError(f"{data.train.name} has {data.train.channels} channel(s) but the {name} to normalise with "
+                            f"has {len(stats)} values ({list(stats)}); use --normalize data")
+    changes: dict[str, Any] = {k: v for k, v in (("image_size", image_size), ("mean", tuple(mean) if mean else None),
+                                                  ("std", tuple(std) if std else None)) if v is not None}
+    if not changes:
+        return data
+    def fix(split: Any) -> Any:
+        if split is None:
+            return None
+        info = {**split.info, "native_image_size": split.info.get("native_image_size", split.image_size)}
+        return dataclasses.replace(split, info=info, **changes)
+
+    return dataclasses.replace(data, train=fix(data.train), test=fix(data.test), val=fix(data.val))
+
+
 __all__ = [
     "DataArgs",
+    "with_input",
     "build_data",
     "check_builder_args",
     "dataset_defaults",

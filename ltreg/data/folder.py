@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import make_dataset
 
-from ltreg.data.infer import dataset_fields, holdout, infer_format
+from ltreg.data.infer import dataset_fields, infer_format
 from ltreg.data.lt import LTData, LTDataset, make_lt_indices
 from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
+from ltreg.data.split import holdout
 from ltreg.errors import DataError, DataLayoutError
 
 #: Folder name -> split role.
@@ -212,7 +213,7 @@ def imagefolder_lt(
     src = FileSource(train_scan.paths, channels, size)
     common = dataset_fields(
         classes, channels, image_size, np.bincount(targets[train], minlength=len(classes)), many_thr, few_thr, notes,
-        {"source": str(base), "imbalance": imbalance, "profile": profile, "seed": seed,
+        {"source": str(base), "imbalance": imbalance, "profile": profile, "seed": seed, "resize": resize,
          "layout": "flat" if "flat" in roles else sorted(roles), "skipped": len(skipped), "skipped_files": skipped[:20]},
         hflip=hflip,
     )

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ltreg.data.infer import dataset_fields, holdout, infer_format
+from ltreg.data.infer import dataset_fields, infer_format
 from ltreg.data.lt import LTData, LTDataset, make_lt_indices, subset_source
 from ltreg.data.sources import HFSource
+from ltreg.data.split import holdout
 from ltreg.errors import DataError, DataLayoutError
 
 IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")
@@ -205,7 +206,7 @@ def hf_lt(
     common = dataset_fields(
         class_names, channels, image_size, np.bincount(y_all[idx], minlength=num_classes), many_thr, few_thr, notes,
         {"source": root, "imbalance": imbalance, "profile": profile, "seed": seed, "image_column": img,
-         "label_column": lab},
+         "label_column": lab, "resize": resize},
         hflip=hflip,
     )
     test_part = (subset_source(test_src, test_idx), y_te) if test_idx is not None else (test_src, y_te)

@@ -77,28 +77,3 @@ def dataset_fields(class_names: list[str], channels: int, image_size: int, count
     return dict(num_classes=len(class_names), class_names=class_names, channels=channels, image_size=image_size,
                 allow_flip=hflip, mean=mean, std=std, many_thr=many_thr, few_thr=few_thr,
                 info={**info, "inferred": "; ".join(notes)})
-
-
-def holdout(
-    targets: np.ndarray, num_classes: int, fraction: float, balanced: bool, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(test, pool)`` indices: per class ``fraction`` of the smallest class (``balanced``) or of the
-    class itself, at least one image, drawn with ``RandomState(seed)``."""
-    if not 0 < fraction < 1:
-        raise DataError(f"test_fraction must lie in (0, 1), got {fraction}")
-    counts = np.bincount(targets, minlength=num_classes)
-    small = [c for c in range(num_classes) if counts[c] < 2]
-    if small:
-        raise DataError(
-            f"class(es) {small[:10]} have fewer than 2 images: one cannot be both trained on and tested; "
-            f"add images or give a test split"
-        )
-    rng = np.random.RandomState(seed)
-    test_idx, pool_idx = [], []
-    for c in range(num_classes):
-        idx = np.where(targets == c)[0]
-        rng.shuffle(idx)
-        k = max(1, int(fraction * counts.min()) if balanced else round(fraction * len(idx)))
-        test_idx.append(idx[:k])
-        pool_idx.append(idx[k:])
-    return np.sort(np.concatenate(test_idx)), np.sort(np.concatenate(pool_idx))

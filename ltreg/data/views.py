@@ -8,6 +8,7 @@ workers load them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +19,8 @@ from torchvision.transforms import v2
 from ltreg.data.lt import LTDataset
 from ltreg.step import Batch, Extra
 
-PIPELINES = ("none", "cls", "crop", "cropflip", "sim", "rand", "cifar", "randaugment", "trivialaugment", "autoaugment")
+PIPELINES = ("none", "cls", "crop", "cropflip", "sim", "rand", "cifar", "randaugment", "trivialaugment", "autoaugment",
+             "minimal")
 MODIFIERS = ("erase", "jitter")  # +erase: random erasing; +jitter: colour jitter 0.4 (Kang et al.)
 #: ``--augment`` presets (torchvision v2 policies, as timm's transform factory and torchvision's reference
 #: scripts offer them) -> the pipeline that replaces a method's ``cls`` views. ``crop+flip`` always flips;
@@ -90,14 +92,62 @@ class Cutout(torch.nn.Module):
         return x
 
 
-def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor]:
-    """The transform ``uint8 [C, H, W] -> float [C, S, S]`` of a pipeline name like ``"rand+erase"``."""
+class SquareResizedCrop(torch.nn.Module):
+    """A square crop covering a uniform share in ``[lo, hi]`` of the image area (capped by the largest square),
+    resized to ``size`` (bicubic): LIFT+'s minimalist crop, no aspect-ratio jitter, no flip."""
+
+    def __init__(self, size: int, lo: float, hi: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.lo, self.hi = size, lo, hi
+
+    def forward(self, img: Tensor) -> Tensor:
+        h, w = img.shape[-2:]
+        cap = min(h, w) ** 2 / (h * w)
+        area = h * w * float(torch.empty(()).uniform_(min(self.lo, cap), min(self.hi, cap)))
+        side = max(1, min(h, w, int(round(math.sqrt(area)))))
+        top, left = int(torch.randint(h - side + 1, ())), int(torch.randint(w - side + 1, ()))
+        return v2.functional.resized_crop(img, top, left, side, side, [self.size, self.size],
+                                          interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+
+class EpochPipeline:
+    """A pipeline whose augmentation follows the run's progress ``t = epoch / (epochs - 1)`` in ``[0, 1]``;
+    :class:`ViewDataset` asks it for the transform of each epoch (``at(t)``)."""
+
+    def __init__(self, make: Callable[[float], Callable[[Tensor], Tensor]]) -> None:
+        self.make = make
+        self._last: tuple[float, Callable[[Tensor], Tensor]] | None = None
+
+    def at(self, t: float) -> Callable[[Tensor], Tensor]:
+        t = min(1.0, max(0.0, t))
+        if self._last is None or self._last[0] != t:  # built once per epoch (per worker)
+            self._last = (t, self.make(t))
+        return self._last[1]
+
+
+def minimal_min_scale(t: float, lo: float = 0.08) -> float:
+    """LIFT+'s minimalist schedule of the crop's smallest area share: ``lo + (1 - lo) (1 - sqrt(1 - t^2))``
+    (convex: strong crops early, whole images at the end) [C: LIFT-plus utils/transforms.py, mda_func=convex]."""
+    return lo + (1.0 - lo) * (1.0 - math.sqrt(1.0 - t * t))
+
+
+def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor] | EpochPipeline:
+    """The transform ``uint8 [C, H, W] -> float [C, S, S]`` of a pipeline name like ``"rand+erase"``
+    (``minimal``: an :class:`EpochPipeline`, whose crops shrink in strength over the run)."""
     base, *mods = name.split("+")
     if base not in PIPELINES or any(m not in MODIFIERS for m in mods):
         raise ValueError(
             f"unknown view pipeline {name!r}; pipelines: {', '.join(PIPELINES)} "
             f"(optionally with +{'/+'.join(MODIFIERS)})"
         )
+    if base == "minimal":
+        return EpochPipeline(lambda t: build_pipeline_at(name, data, t))
+    return build_pipeline_at(name, data, None)
+
+
+def build_pipeline_at(name: str, data: LTDataset, t: float | None) -> Callable[[Tensor], Tensor]:
+    """:func:`build_pipeline`'s transform; ``t``: the run's progress, for the ``minimal`` pipeline."""
+    base, *mods = name.split("+")
     s, c = data.image_size, data.channels
     large = s >= 96
     flip = [v2.RandomHorizontalFlip()] if data.allow_flip else []
@@ -106,6 +156,8 @@ def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor]:
     else:
         crop = [v2.RandomCrop(s, padding=max(1, s // 8))]
     ops: list[Any] = [v2.ToImage()]
+    if not large and data.info.get("native_image_size", s) != s:  # --image-size on small images: resize first
+        ops.append(v2.Resize(s, antialias=True))
     if base == "none":
         ops += [v2.Resize(int(s * 256 / 224), antialias=True), v2.CenterCrop(s)] if large else [v2.Resize(s, antialias=True), v2.CenterCrop(s)]
     elif base == "cls":
@@ -134,6 +186,8 @@ def build_pipeline(name: str, data: LTDataset) -> Callable[[Tensor], Tensor]:
                 v2.RandAugment(num_ops=2, magnitude=10)]
     elif base == "cifar":
         ops += crop + flip + [v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)]
+    elif base == "minimal":
+        ops.append(SquareResizedCrop(s, minimal_min_scale(t or 0.0)))
     if "jitter" in mods:  # on the uint8 image, before normalisation (brightness / contrast / saturation 0.4)
         ops.append(v2.ColorJitter(0.4, 0.4, 0.4 if c == 3 else 0.0, 0.0))
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean) * (c // len(data.mean)),
@@ -167,8 +221,10 @@ class ViewDataset(torch.utils.data.Dataset):
         role: str | None = None,
         positive_views: Sequence[str] = ("sim",),
         seed: int = 0,
+        num_epochs: int = 1,
     ) -> None:
         self.data = data
+        self.num_epochs = num_epochs  # epoch pipelines (``minimal``) follow epoch / (num_epochs - 1)
         self.pipelines = [build_pipeline(v, data) for v in views]
         self.random = any(v.split("+")[0] != "none" or "+" in v for v in (*views, *positive_views))
         self.positive_pipelines = [build_pipeline(v, data) for v in positive_views]
@@ -187,8 +243,11 @@ class ViewDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def _views(self, i: int, pipelines: Sequence[Callable[[Tensor], Tensor]], slot: int) -> Tensor:
+    def _views(self, i: int, pipelines: Sequence[Any], slot: int) -> Tensor:
         img = self.data.source.load(i)
+        if any(isinstance(p, EpochPipeline) for p in pipelines):
+            t = self.epoch / max(1, self.num_epochs - 1)
+            pipelines = [p.at(t) if isinstance(p, EpochPipeline) else p for p in pipelines]
         if not self.random:  # evaluation: nothing to seed
             return torch.stack([p(img) for p in pipelines])
         with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's is neither touched nor reseeded

@@ -1,9 +1,11 @@
-"""Logit-level losses for long-tailed classification (section 3.7) and class re-weighting helpers.
+"""Logit-level losses for long-tailed classification and class re-weighting helpers.
 
-Every loss reads ``outputs.logits`` ``[B, V, C]`` on the chosen ``views`` (default the first), computes in
-at least float32, and may re-weight classes with the Cui et al. weights from ``drw_start_epoch`` on
-(0: from the start, i.e. "Reweight" / CB; 160: LDAM-DRW). Weighted losses are normalised by the
-summed weights of the targets, as ``F.cross_entropy(weight=...)`` does.
+Notation: logits ``u`` ``[N, C]``, label ``y``, training counts ``n_c``, prior ``pi_c = n_c / sum_k n_k``.
+Each function's docstring states its equation and paper. Every loss module reads ``outputs.logits``
+``[B, V, C]`` on the chosen ``views`` (default the first), computes in at least float32, and may re-weight
+classes with the class-balanced weights (:func:`class_balanced_weights`) from ``drw_start_epoch`` on
+(0: from the start, i.e. "Reweight" / CB; 160 of 200 epochs: LDAM-DRW). Weighted losses are normalised by
+the summed weights of the targets, as ``F.cross_entropy(weight=...)`` does.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ def _float_dtype(counts: Tensor) -> torch.dtype:
 
 
 def class_balanced_weights(counts: Tensor, beta: float) -> Tensor:
-    """Cui et al. weights ``(1 - beta) / (1 - beta^n_c)`` normalised to sum to C; beta 0 is uniform, beta 1 is ``1/n_c``."""
+    """Class-balanced weights ``w_c = (1 - beta) / (1 - beta^n_c)``, the inverse effective number of samples,
+    normalised to sum to C; beta 0 is uniform, beta 1 is ``1/n_c`` (the limit).
+
+    Cui, Jia, Lin, Song, Belongie, "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019,
+    arXiv 1901.05555) [P], normalised to sum C as there [P]; equation number not checked here.
+    """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"class-balanced beta must be in [0, 1], got {beta}")
     n = counts.to(torch.float64)
@@ -39,7 +46,12 @@ def class_balanced_weights(counts: Tensor, beta: float) -> Tensor:
 
 
 def drw_weights(counts: Tensor, epoch: int, start_epoch: int, beta: float = 0.9999) -> Tensor:
-    """Deferred re-weighting: uniform weights before ``start_epoch``, class-balanced weights from it on."""
+    """Deferred re-weighting (DRW): uniform weights before ``start_epoch``, class-balanced weights from it on.
+
+    Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019,
+    arXiv 1906.07413), Algorithm 1 (deferred re-balancing) [P]; ``beta = 0.9999`` and the start at epoch 160
+    of 200 are the official code's [C].
+    """
     if epoch < start_epoch:
         return torch.ones(counts.shape[0], dtype=_float_dtype(counts), device=counts.device)
     return class_balanced_weights(counts, beta)
@@ -61,34 +73,62 @@ def _mean(per: Tensor, targets: Tensor, weight: Tensor | None) -> Tensor:
 def logit_adjusted_ce(
     logits: Tensor, targets: Tensor, log_prior: Tensor, tau: float = 1.0, weight: Tensor | None = None
 ) -> Tensor:
-    """LA-CE: cross-entropy of ``logits + tau * log pi``."""
+    """Logit-adjusted cross-entropy ``L = -log[ exp(u_y + tau log pi_y) / sum_c exp(u_c + tau log pi_c) ]``.
+
+    Menon, Jayasumana, Rawat, Jain, Veit, Kumar, "Long-tail learning via logit adjustment" (ICLR 2021,
+    arXiv 2007.07314), its logit-adjusted softmax cross-entropy [P], ``tau = 1`` its default [P];
+    equation number not checked here.
+    """
     u = _f32(logits)
     return _ce(u + tau * log_prior.to(u.dtype), targets, weight)
 
 
 def balanced_softmax(logits: Tensor, targets: Tensor, counts: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Balanced Softmax: cross-entropy of ``logits + log n_c``."""
+    """Balanced Softmax ``L = -log[ n_y exp(u_y) / sum_c n_c exp(u_c) ]``: cross-entropy of ``u + log n_c``.
+
+    Ren, Yu, Sheng, Ma, Zhao, Yi, Li, "Balanced Meta-Softmax for Long-Tailed Visual Recognition" (NeurIPS 2020,
+    arXiv 2007.10740), its Balanced Softmax [P]; equal to the logit-adjusted loss with ``tau = 1`` (``log n_c``
+    and ``log pi_c`` differ by a constant). Equation number not checked here.
+    """
     u = _f32(logits)
     return _ce(u + counts.to(u.dtype).log(), targets, weight)
 
 
 def ldam_margins(counts: Tensor, max_margin: float = 0.5) -> Tensor:
-    """LDAM margins ``proportional to n_c^(-1/4)``, rescaled so the largest is ``max_margin``."""
-    m = counts.to(torch.float64).pow(-0.25)
+    """LDAM margins ``Delta_c = C / n_c^(1/4)`` ``[C]``, with ``C`` set so the largest margin is ``max_margin``.
+
+    Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss" (NeurIPS 2019,
+    arXiv 1906.07413), Eq. 13 [P]; ``max_margin = 0.5`` is the official code's ``max_m`` [C]. The paper defines
+    ``Delta_c`` for classes with ``n_c >= 1`` training images (``n_c = 0`` divides by zero, and the official code
+    has no guard), so a count below 1 is read as 1 [D]: an empty class gets the margin of a one-image class.
+    For counts >= 1 this is exactly ``n_c^(-1/4)`` (where the loss gave finite numbers before, they are
+    unchanged; an empty class used to make every LDAM loss NaN). Computed in float64, returned in the counts'
+    floating dtype (at least float32). The one margin function of ltreg: the LDAM loss and cRT's LDAM stage use it.
+    """
+    m = counts.to(torch.float64).clamp_min(1).pow(-0.25)
     return (m * (max_margin / m.max())).to(_float_dtype(counts))
 
 
 def ldam(
     logits: Tensor, targets: Tensor, margins: Tensor, s: float = 30.0, weight: Tensor | None = None
 ) -> Tensor:
-    """LDAM: cross-entropy of ``s * (u - Delta_y e_y)`` on cosine logits ``u``."""
+    """LDAM ``L = -log[ exp(s (u_y - Delta_y)) / (exp(s (u_y - Delta_y)) + sum_{c != y} exp(s u_c)) ]``.
+
+    The cross-entropy of ``s * (u - Delta_y e_y)`` on cosine logits ``u`` with the margins of
+    :func:`ldam_margins`: Cao et al. (NeurIPS 2019, arXiv 1906.07413), Eq. 12 [P]; the scale ``s = 30`` on
+    normalised features and weights is the official code's [C].
+    """
     u = _f32(logits)
     shifted = u - F.one_hot(targets, u.shape[1]).to(u.dtype) * margins.to(u.dtype).unsqueeze(0)
     return _ce(s * shifted, targets, weight)
 
 
 def focal(logits: Tensor, targets: Tensor, gamma: float = 2.0, weight: Tensor | None = None) -> Tensor:
-    """Focal loss ``-(1 - p_t)^gamma log p_t``."""
+    """Focal loss ``L = -(1 - p_y)^gamma log p_y``, ``p = softmax(u)`` (no alpha-balancing term).
+
+    Lin, Goyal, Girshick, He, Dollár, "Focal Loss for Dense Object Detection" (ICCV 2017, arXiv 1708.02002),
+    Eq. 4 [P], applied to the softmax over C classes; ``gamma = 2`` the paper's default [P].
+    """
     ce = F.cross_entropy(_f32(logits), targets, reduction="none")
     return _mean((-torch.expm1(-ce)).clamp_min(0).pow(gamma) * ce, targets, weight)
 
@@ -96,7 +136,12 @@ def focal(logits: Tensor, targets: Tensor, gamma: float = 2.0, weight: Tensor | 
 def mixup_ce(
     logits: Tensor, targets_a: Tensor, targets_b: Tensor, lam: Tensor, weight: Tensor | None = None
 ) -> Tensor:
-    """Mixup CE with a per-sample ``lam``: ``lam * CE(u, y_a) + (1 - lam) * CE(u, y_b)``."""
+    """Mixup cross-entropy ``L = lam CE(u, y_a) + (1 - lam) CE(u, y_b)`` with a per-sample ``lam``.
+
+    Zhang, Cisse, Dauphin, Lopez-Paz, "mixup: Beyond Empirical Risk Minimization" (ICLR 2018,
+    arXiv 1710.09412) [P]: the loss of the mixed input ``lam x_a + (1 - lam) x_b`` (the paper writes it as a
+    mixed one-hot target, which gives the same cross-entropy).
+    """
     u = _f32(logits)
     lam = lam.to(u.dtype)
     ce_a = F.cross_entropy(u, targets_a, reduction="none")
@@ -148,11 +193,12 @@ class _LogitLoss(nn.Module):
 
 
 class CrossEntropy(_LogitLoss):
-    """Cross-entropy (with optional CB / DRW re-weighting)."""
+    """Cross-entropy ``L = -log softmax(u)_y`` (with optional CB / DRW re-weighting, :func:`drw_weights`)."""
 
 
 class LogitAdjustedCE(_LogitLoss):
-    """Logit-adjusted cross-entropy with ``tau * log prior``."""
+    """Logit-adjusted cross-entropy of :func:`logit_adjusted_ce` (Menon et al., arXiv 2007.07314) with
+    ``tau * log prior``."""
 
     part = "la_ce"
 
@@ -166,7 +212,7 @@ class LogitAdjustedCE(_LogitLoss):
 
 
 class BalancedSoftmax(_LogitLoss):
-    """Balanced Softmax: cross-entropy of ``logits + log n_c``."""
+    """Balanced Softmax of :func:`balanced_softmax` (Ren et al., arXiv 2007.10740): cross-entropy of ``u + log n_c``."""
 
     part = "balanced_softmax"
 
@@ -176,7 +222,8 @@ class BalancedSoftmax(_LogitLoss):
 
 
 class LDAMLoss(_LogitLoss):
-    """LDAM on cosine logits (set ``s=1`` if the classifier already scales); LDAM-DRW with ``drw_start_epoch``."""
+    """LDAM of :func:`ldam` (Cao et al., arXiv 1906.07413, Eq. 12) on cosine logits (set ``s=1`` if the
+    classifier already scales); LDAM-DRW with ``drw_start_epoch``."""
 
     part = "ldam"
 
@@ -190,7 +237,7 @@ class LDAMLoss(_LogitLoss):
 
 
 class FocalLoss(_LogitLoss):
-    """Focal loss with focusing parameter ``gamma``."""
+    """Focal loss of :func:`focal` (Lin et al., arXiv 1708.02002, Eq. 4) with focusing parameter ``gamma``."""
 
     part = "focal"
 
@@ -204,7 +251,8 @@ class FocalLoss(_LogitLoss):
 
 
 class MixupCE(_LogitLoss):
-    """Mixup CE for paired batches: reads ``batch.extra[Extra.TARGETS_B]`` and ``batch.extra[Extra.LAM]`` ``[B]``."""
+    """Mixup CE of :func:`mixup_ce` (Zhang et al., arXiv 1710.09412) for paired batches: reads
+    ``batch.extra[Extra.TARGETS_B]`` and ``batch.extra[Extra.LAM]`` ``[B]``."""
 
     part = "mixup_ce"
 

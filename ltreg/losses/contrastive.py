@@ -2,15 +2,24 @@
 
 Each loss has a functional form on raw tensors (``supcon``, ``kcl``, ``bcl``, ``paco``) and a module with
 the step signature ``forward(outputs, batch, state) -> LossOutput``. Anchors are the local views
-``outputs.z[:, views]`` (``[B, V, D]``, flattened sample-major to ``N = B * V``); the columns are the
-global set built by :func:`contrast_set`: the gathered views (each anchor's own column at
-``(rank * B + b) * V + v``), the gathered key projections ``outputs.extra["key_z"]`` of a momentum
+``outputs.z[:, views]`` (``[B, V, D]``, L2-normalised by the model, flattened sample-major to ``N = B * V``);
+the columns are the global set built by :func:`contrast_set`: the gathered views (each anchor's own column
+at ``(rank * B + b) * V + v``), the gathered key projections ``outputs.extra["key_z"]`` of a momentum
 memory, then its queue (``state.memory.queue_z`` / ``queue_labels``, -1 = empty slot, ignored).
+
+The preamble every contrastive loss shares (here and in the plugins) is written once:
+:func:`state_contrast` gathers the step's columns across processes, :func:`anchors_and_columns` flattens
+the anchors and picks the columns, :meth:`ContrastSet.loss` calls the core with each anchor's own column
+excluded, and :func:`global_mean` averages over the global batch's anchors that have a positive. The
+positive masks and denominators are built inside the core (:func:`~ltreg.losses.core.contrastive_loss`).
+
+Notation: ``s_ij = z_i . z_j``, temperature ``tau``, ``A(i)`` every column but the anchor's own,
+``P(i)`` the columns of ``A(i)`` with the anchor's label.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +43,11 @@ class ContrastSet(NamedTuple):
     def append(self, z: Tensor, labels: Tensor) -> ContrastSet:
         """Add columns at the end (e.g. prototypes); anchor positions are unchanged."""
         return self._replace(z=torch.cat([self.z, z]), labels=torch.cat([self.labels, labels]))
+
+    def loss(self, anchors: Tensor, anchor_labels: Tensor, **kwargs: Any) -> ContrastiveResult:
+        """:func:`~ltreg.losses.core.contrastive_loss` of ``anchors`` ``[N, D]`` against these columns, each
+        anchor's own column excluded; ``kwargs`` are the core's (temperature, positives, weights, ...)."""
+        return contrastive_loss(anchors, self.z, anchor_labels, self.labels, self_index=self.self_index, **kwargs)
 
 
 def contrast_set(
@@ -82,6 +96,16 @@ def contrast_set(
     own_index = torch.cat(own, 1) if own else torch.empty(b * v, 0, dtype=torch.long, device=z.device)
     columns = cols[0] if len(cols) == 1 else torch.cat(cols)  # no copy of the common single-part set
     return ContrastSet(columns, torch.cat(labs), self_index, own_index)
+
+
+def anchors_and_columns(
+    z: Tensor, labels: Tensor, contrast: ContrastSet | None = None
+) -> tuple[Tensor, Tensor, ContrastSet]:
+    """The preamble of every contrastive loss: the anchors ``z`` ``[B, V, D]`` flattened sample-major to
+    ``[N, D]``, their labels ``[N]``, and the columns: ``contrast`` (the step's global set, built by
+    :func:`state_contrast`) or, on raw tensors, the local views (:func:`contrast_set`)."""
+    cs = contrast if contrast is not None else contrast_set(z, labels)
+    return (*flatten_views(z, labels), cs)
 
 
 def sample_positives(
@@ -137,12 +161,14 @@ def supcon(
     contrast: ContrastSet | None = None,
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
-    """SupCon "all" mode (section 3.1): every view is an anchor, its positives are the other same-label columns."""
-    cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = flatten_views(z, labels)
-    return contrastive_loss(
-        a, cs.z, ya, cs.labels, temperature=temperature, self_index=cs.self_index, reduction=reduction
-    )
+    """SupCon ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(s_ip/tau) / sum_{a in A(i)} exp(s_ia/tau) ]``, mean
+    over the anchors with a positive.
+
+    Khosla et al., "Supervised Contrastive Learning" (NeurIPS 2020, arXiv 2004.11362), ``L^sup_out``, Eq. 2
+    [P], "all" mode: every view is an anchor. ``tau = 0.1`` [P: the paper's setting].
+    """
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
+    return cs.loss(a, ya, temperature=temperature, reduction=reduction)
 
 
 def kcl(
@@ -155,24 +181,20 @@ def kcl(
     contrast: ContrastSet | None = None,
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
-    """KCL (section 3.2): positives are the anchor's own image (other views / own key) plus ``k`` same-label
-    columns drawn uniformly without replacement; the denominator is every column."""
-    cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = flatten_views(z, labels)
+    """KCL ``L_i = -1/(k+1) sum_{p in {i+} U P_k(i)} log[ exp(s_ip/tau) / sum_{a in A(i)} exp(s_ia/tau) ]``.
+
+    Kang, Li, Xie, Yan, Feng, "Exploring Balanced Feature Spaces for Representation Learning" (ICLR 2021;
+    no arXiv version), the k-positive contrastive loss [P] (equation number not checked here). Positives:
+    the anchor's own image ``i+`` (other views / own key) plus ``k`` same-label columns drawn uniformly
+    without replacement (fewer if not available); the denominator is every column. ``k = 6``,
+    ``tau = 0.07`` [P].
+    """
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
     exclude = (
         cs.own_index if cs.self_index is None else torch.cat([cs.self_index.unsqueeze(1), cs.own_index], 1)
     )
     pos = torch.cat([cs.own_index, sample_positives(ya, cs.labels, k, exclude, generator)], 1)
-    return contrastive_loss(
-        a,
-        cs.z,
-        ya,
-        cs.labels,
-        temperature=temperature,
-        self_index=cs.self_index,
-        pos_index=pos,
-        reduction=reduction,
-    )
+    return cs.loss(a, ya, temperature=temperature, pos_index=pos, reduction=reduction)
 
 
 def bcl(
@@ -184,21 +206,16 @@ def bcl(
     contrast: ContrastSet | None = None,
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
-    """BCL (section 3.4): columns = views + the ``[C, D]`` class prototypes, denominator averaged per class."""
-    cs = (contrast if contrast is not None else contrast_set(z, labels)).append(
-        prototypes, torch.arange(prototypes.shape[0], device=labels.device)
-    )
-    a, ya = flatten_views(z, labels)
-    return contrastive_loss(
-        a,
-        cs.z,
-        ya,
-        cs.labels,
-        temperature=temperature,
-        self_index=cs.self_index,
-        class_average=True,
-        reduction=reduction,
-    )
+    """BCL ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(s_ip/tau) / sum_c 1/|B_c(i)| sum_{j in B_c(i)} exp(s_ij/tau) ]``.
+
+    Zhu, Wang, Chen, Chen, Jiang, "Balanced Contrastive Learning for Long-Tailed Visual Recognition"
+    (CVPR 2022, arXiv 2207.09052), class-averaging + class-complement [P] (equation number not checked
+    here): the columns are the views plus the ``[C, D]`` class prototypes (labels ``0..C-1``), ``B_c(i)``
+    the columns of class ``c`` other than the anchor, ``P(i) = B_y(i)``.
+    """
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
+    cs = cs.append(prototypes, torch.arange(prototypes.shape[0], device=labels.device))
+    return cs.loss(a, ya, temperature=temperature, class_average=True, reduction=reduction)
 
 
 def paco(
@@ -214,18 +231,21 @@ def paco(
     contrast: ContrastSet | None = None,
     reduction: Reduction = "mean",
 ) -> ContrastiveResult:
-    """PaCo / GPaCo (section 3.5): one softmax over the centre logits ``u + log pi`` (``logits`` ``[B, V, C]``)
-    and the gamma-weighted sample logits; the centre of the label weighs beta, each sample positive alpha."""
-    cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = flatten_views(z, labels)
+    """PaCo / GPaCo ``L_i = -[ beta LP_i(x_iy) + alpha sum_{p in P(i)} LP_i(s_ip/tau) ] / (beta + alpha |P(i)|)``
+    with ``LP_i(t) = t - log( sum_c exp(x_ic) + gamma sum_{a in A(i)} exp(s_ia/tau) )`` and centre logits
+    ``x_ic = u_ic + log pi_c`` (``logits`` ``[B, V, C]``).
+
+    Cui, Zhong, Liu, Yu, Jia, "Parametric Contrastive Learning" (ICCV 2021, arXiv 2107.12028) and
+    "Generalized Parametric Contrastive Learning" (TPAMI 2023, arXiv 2209.12400), as their official code
+    writes it [C] (equation numbers not checked here); ``alpha = 0.05``, ``beta = gamma = 1``, ``tau = 0.2``
+    the ImageNet-LT settings [C].
+    """
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
     centres, centre_pos = centre_columns(logits, log_prior, ya, beta)
-    return contrastive_loss(
+    return cs.loss(
         a,
-        cs.z,
         ya,
-        cs.labels,
         temperature=temperature,
-        self_index=cs.self_index,
         pos_weight=alpha,
         col_weight=None if gamma == 1.0 else gamma,
         extra_logits=centres,
@@ -242,19 +262,23 @@ def _select(x: Tensor, views: tuple[int, ...] | None) -> Tensor:
 def state_contrast(
     z: Tensor, outputs: Outputs, batch: Batch, state: StepState, *, include_views: bool = True
 ) -> ContrastSet:
-    """The step's global contrast set: gathered views (with gradient), gathered keys and the queue if present."""
+    """The step's global contrast set, the one place a contrastive loss meets other processes: the views of
+    the global batch (gathered with gradient; only when they are columns), the gathered key projections
+    ``outputs.extra["key_z"]`` of a momentum memory and its queue, when present. Without keys the views
+    are always columns (``include_views=False`` asks for keys + queue only)."""
     keys = outputs.extra.get(Extra.KEY_Z)
     memory = state.memory
+    views = include_views or keys is None
     return contrast_set(
         z,
         batch.targets,
-        global_z=state.gather(z),
+        global_z=state.gather(z) if views else None,
         global_labels=state.gather_nograd(batch.targets),
         offset=state.rank * len(batch),
         keys=state.gather_nograd(keys) if keys is not None else None,
         queue=memory.queue_z if memory is not None else None,
         queue_labels=memory.queue_labels if memory is not None else None,
-        include_views=include_views or keys is None,
+        include_views=views,
     )
 
 

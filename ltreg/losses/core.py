@@ -16,10 +16,15 @@ Positives ``P(i)`` are the columns of ``A(i)`` sharing the anchor's label, unles
 
     L_i = -1/W_i * [ pos_weight * sum_{p in P(i)} (l_ip - log Den_i) + sum_k e_ik (x_ik - log Den_i) ]
 
-and the per-positive-denominator loss (ACL, CoGloAT, DCL) puts each positive alone with the
+and the per-positive-denominator loss (ACL, CoGloAT) puts each positive alone with the
 negatives, ``Neg_i = Den_i`` restricted to non-positive columns:
 
     L_i = 1/W_i * [ pos_weight * sum_p log(1 + Neg_i / exp(l_ip)) + sum_k e_ik log(1 + Neg_i / exp(x_ik)) ]
+
+The shared form with unit weights and no extra column is SupCon's ``L^sup_out`` (Khosla et al.,
+"Supervised Contrastive Learning", arXiv 2004.11362, Eq. 2); the per-positive form is the term of Bach
+et al., "Global Contrastive Learning for Long-Tailed Classification" (TMLR 2023), Eq. 1. Each method's own
+equation, paper and readings are in its loss's docstring.
 
 An anchor with ``W_i = 0`` (no positive) contributes exactly 0 and is excluded from the mean.
 Masked columns get the finite logit ``NEG`` (never ``-inf``), every log-sum-exp subtracts its row

@@ -83,6 +83,18 @@ def resolve_arch(name: str) -> tuple[str, dict[str, Any]]:
     return split_model_name_tag(arch)[0], args
 
 
+def backbone_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean / std a timm backbone name (tagged or its default tag) was pretrained with (``--normalize backbone``)."""
+    from timm.models import get_pretrained_cfg
+
+    kind = parse_backbone(name)[0]
+    cfg = get_pretrained_cfg(name) if kind in ("arch", "tag") else None
+    if cfg is None or not cfg.mean or not cfg.std:
+        raise ConfigError(f"--normalize backbone: timm records no mean / std for the backbone {name!r} (a timm name "
+                          f"or tag is needed); use --normalize data")
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
 def _weights_of(name: str) -> str:
     """Where timm finds the weights of a registry name (tagged or its default tag); error if it has none."""
     import timm
@@ -169,7 +181,8 @@ def _init_from(model: nn.Module, source: str) -> str:
     """Backbone (and matching heads) from an ltreg run / model folder, Hub repo or timm folder."""
     from timm.models import split_model_name_tag
 
-    from ltreg.hub import HEADS_FILE, read_config, read_safetensors, resolve
+    from ltreg.hub import read_config, read_safetensors, resolve
+    from ltreg.layout import HEADS_FILE
 
     try:
         folder, label = resolve(source)

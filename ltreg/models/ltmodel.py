@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ltreg.models.cifar_resnet  # noqa: F401 - registers resnet8/20/32/... into timm
+import ltreg.models.micro_vit  # noqa: F401 - registers vit_micro_patch4 (CPU checks of ViT tuners) into timm
 from ltreg.card import RunCard
 from ltreg.errors import ModelConfigError
 from ltreg.hub import push_run

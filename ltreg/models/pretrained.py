@@ -17,23 +17,15 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ltreg.card import PLOT_FILE, RunCard, model_card, plot_per_class
+from ltreg.card import RunCard, model_card, plot_per_class
 from ltreg.checkpoint import write_atomic, write_manifest
 from ltreg.errors import CheckpointError, ModelConfigError, RegistryError
-from ltreg.hub import (
-    CARD_FILE,
-    CONFIG_FILE,
-    HEADS_FILE,
-    PICKLE_PATTERNS,
-    WEIGHTS_FILE,
-    read_config,
-    read_safetensors,
-    refuse_pickle,
-    resolve,
-)
+from ltreg.hub import PICKLE_PATTERNS, read_config, read_safetensors, refuse_pickle, resolve
+from ltreg.layout import CARD_FILE, CONFIG_FILE, HEADS_FILE, PLOT_FILE, WEIGHTS_FILE
 from ltreg.models.config import LTModelConfig, folder_model_config
 from ltreg.models.timm_layout import head_prefix, timm_state_dict
 from ltreg.registry import IN_PROCESS, registry
+from ltreg.reports import json_safe
 from ltreg.version import __version__
 
 
@@ -94,7 +86,7 @@ def save_pretrained(model: Any, directory: str | os.PathLike, card: RunCard | No
         os.replace(tmp, directory / name)
     plot = plot_per_class(card, directory / PLOT_FILE)
     write_atomic(directory / CARD_FILE, model_card(config, card, plot=plot))
-    write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=1, default=str))
+    write_atomic(directory / CONFIG_FILE, json.dumps(json_safe(config), indent=1, default=str, allow_nan=False))
     write_manifest(directory, [CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE])
     return directory
 

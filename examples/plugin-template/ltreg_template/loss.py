@@ -10,6 +10,10 @@ For a batch of B images with V views each (anchors ``i`` = every view, ``N = B *
 
 P(i) are the other views with the anchor's label, over the whole (gathered) global batch; u are the
 classifier's logits, pi_c = n_c / N the training prior, t the adjustment strength (1: logit adjustment).
+
+L_con is SupCon's L^sup_out (Khosla et al., "Supervised Contrastive Learning", arXiv 2004.11362, Eq. 2) [P];
+L_ce is the logit-adjusted loss (Menon et al., "Long-tail learning via logit adjustment", arXiv 2007.07314) [P];
+their weighted sum is this template's own choice [D].
 """
 
 from __future__ import annotations

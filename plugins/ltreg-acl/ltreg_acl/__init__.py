@@ -1,7 +1,8 @@
 """ACL for ltreg: Aligned Contrastive Loss for Long-Tailed Recognition (Ma et al., arXiv 2506.01071).
 
-Only the paper's abstract and summaries could be read: the loss is the reconstruction [R] of methods.md
-section 4.1 / Appendix A section 1, and every default not in those sources is tagged [D] (GPaCo's values).
+Only the paper's abstract and summaries could be read: the loss is a reconstruction [R] of what they claim
+(equations in ``ltreg_acl.loss``), and every default they do not give is tagged [D] (GPaCo's values, Cui et al.,
+arXiv 2209.12400).
 Parts: loss ``acl`` (this package), sampler ``instance`` (core), no prototype part (the class centres are the
 model's linear classifier, trained through the loss), no rebalancing stage (logit compensation ``log pi`` is in
 the loss), inference ``argmax u``.
@@ -49,7 +50,8 @@ class ACLSpec(MethodSpec):
 
 
 def _recipes() -> dict[str, Recipe]:
-    """GPaCo's settings [D] (methods.md Appendix A 1.5, section 3.5); ACL's own recipes and absolute numbers were not recovered."""
+    """GPaCo's settings [D] (Cui et al., arXiv 2209.12400, and its official code); ACL's own recipes and absolute
+    numbers were not recovered."""
     cifar = {"backbone": "resnet32", "epochs": 400, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
              "schedule": "cosine", "warmup_epochs": 10}
     deltas = {100: "+0.3", 50: "+0.5", 10: "+1.0"}

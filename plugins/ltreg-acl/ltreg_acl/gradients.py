@@ -1,7 +1,8 @@
 """The gradient claim behind ACL, made measurable: does a positive pair attract or repel?
 
 For anchor ``i`` and positive ``p``, the coefficient of ``z_p`` in ``-dL_i/dz_i`` is ``-dL_i/ds_ip``: a positive
-``dL/ds_ip`` means the pair is pushed apart (SupCon's "gradient conflict", methods.md section 3.1). The
+``dL/ds_ip`` means the pair is pushed apart (SupCon's "gradient conflict": for SupCon, Khosla et al., arXiv
+2004.11362, ``dL_i/ds_ip = (P_ip - 1/|P(i)|) / tau`` with ``P_ip`` the softmax weight of ``p``). The
 similarities are made autograd leaves by contrasting the rows of ``S = Z Z^T`` against the identity: the core
 then computes ``S_ij / tau`` as its logits, and ``S_ij`` enters anchor ``i``'s term only.
 """

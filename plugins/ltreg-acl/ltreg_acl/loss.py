@@ -1,9 +1,12 @@
 """The ACL loss: a configuration of ltreg's one contrastive core (``contrastive_loss``), not a second core.
 
-Reconstruction [R] of Ma et al., arXiv 2506.01071 (methods.md section 4.1 and Appendix A section 1): only the
-abstract and summaries of the paper could be read, so the equations below are the documented reading, not the
-paper's own. For anchor ``i`` (one view, label ``y``) with sample logits ``s_ij / tau`` and centre logits
-``x_ic = u_ic + log pi_c`` (the classifier's logits of that view, PaCo / GPaCo style)::
+Paper: Ma, Cui, Kazuki, Subramanian, Jayashree, Pranata, Zhang, "Aligned Contrastive Loss for Long-Tailed
+Recognition", arXiv 2506.01071 (CVPR 2025 DG-EBF workshop). Only its abstract and summaries could be read,
+so no equation number can be cited and the equations below are a reconstruction [R] of what the abstract
+claims (only the effective positive in each term's denominator, negatives re-weighted inversely to class
+frequency, class centres), on GPaCo's centres (Cui et al., arXiv 2209.12400). For anchor ``i`` (one view,
+label ``y``) with sample logits ``s_ij / tau`` and centre logits ``x_ic = u_ic + log pi_c`` (the
+classifier's logits of that view)::
 
     Neg_i = sum_{n in N(i)} omega_{y_n} exp(s_in / tau) + sum_{c != y} exp(x_ic)
     T_ip  = -log[ exp(s_ip / tau) / (exp(s_ip / tau) + Neg_i) ]           (each positive alone with the negatives)
@@ -14,6 +17,10 @@ This is exactly the core's ``per_positive_denominator=True`` mode with ``pos_wei
 ``col_weight=omega[y_j]`` (positive columns are masked out of ``Neg_i`` by the core, so only negatives are
 re-weighted), ``extra_logits=u + log pi`` and ``extra_pos=beta * onehot(y)`` (the own centre is a positive,
 the other centres sit in ``Neg_i``).
+
+Defaults [D], GPaCo's ImageNet-LT values: ``alpha = 0.05``, ``beta = 1``, ``tau = 0.2``; negative weights
+``omega_c = (1/n_c) / mean_k (1/n_k)`` [D] (``neg_weight="batch"``: ``1/|B_c|``). ``positives="same-image"`` is
+the alternative reading [R] of "non-effective positives" (see :func:`acl`).
 """
 
 from __future__ import annotations
@@ -30,10 +37,8 @@ from ltreg import (
     LossOutput,
     Outputs,
     StepState,
+    anchors_and_columns,
     centre_columns,
-    contrast_set,
-    contrastive_loss,
-    flatten_views,
     global_mean,
     state_contrast,
 )
@@ -88,21 +93,17 @@ def acl(
         raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
     if beta <= 0:
         raise ValueError(f"beta must be > 0 (the own class centre is always a positive), got {beta}")
-    cs = contrast if contrast is not None else contrast_set(z, labels)
-    a, ya = flatten_views(z, labels)
+    a, ya, cs = anchors_and_columns(z, labels, contrast)
     centres, centre_pos = centre_columns(logits, log_prior, ya, beta)
     col = None if omega is None else omega[cs.labels.clamp_min(0)]
     if positives == "same-image":
         neg = torch.ones_like(cs.labels, dtype=centres.dtype) if col is None else col.to(centres.dtype)
         col = torch.where(ya.unsqueeze(1) == cs.labels.unsqueeze(0), 1.0, neg.unsqueeze(0))
         col = col.scatter(1, cs.own_index, 0.0)
-    return contrastive_loss(
+    return cs.loss(
         a,
-        cs.z,
         ya,
-        cs.labels,
         temperature=temperature,
-        self_index=cs.self_index,
         pos_weight=alpha,
         col_weight=col,
         per_positive_denominator=positives == "per-positive",

@@ -1,4 +1,4 @@
-"""ACL plugin: the loss against a naive float64 loop written from methods.md 4.1, edge cases, switches,
+"""ACL plugin: the loss against a naive float64 loop written from the reconstructed equations of ltreg_acl.loss, edge cases, switches,
 one-vs-two-process equality, the gradient claim, and training through the registry."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ltreg.step import Batch, Outputs, StepState
 
 
 def naive_acl(z, labels, logits, counts, *, alpha, beta, tau, neg_weight, positives):
-    """methods.md 4.1 as printed, with explicit loops over anchors and columns (float64)."""
+    """The reconstruction of ltreg_acl.loss's docstring as written, with explicit loops over anchors and columns (float64)."""
     b, v, _ = z.shape
     zs = [z[i // v, i % v] for i in range(b * v)]
     ys = [int(labels[i // v]) for i in range(b * v)]

@@ -1,6 +1,7 @@
-"""CoGloAT + ProCo-coreset loss (Bach et al., TMLR 2023; methods.md §4.2), built on the core's one contrastive kernel.
+"""CoGloAT + ProCo-coreset loss, built on the core's one contrastive kernel.
 
-Anchors are the query projections ``v_i`` (view 0, with gradient). Per anchor ``i`` with class-adaptive temperature
+Paper: Bach, Tong, Hy, Nguyen, Nguyen-Tang, "Global Contrastive Learning for Long-Tailed Classification",
+Transactions on Machine Learning Research 09/2023 (OpenReview xWrtiJwJj5; no arXiv id known here). Anchors are the query projections ``v_i`` (view 0, with gradient). Per anchor ``i`` with class-adaptive temperature
 ``tau_i = gamma + (1 - gamma) n_{y_i} / n_max`` (Eq. 8) the CoGloAT term (Eq. 1) is
 
     L_i = -1/|P(i)| sum_{j in P(i)} log[ exp(v_i.v_j / tau_i) / (exp(v_i.v_j / tau_i) + sum_{v in V_i} exp(v_i.v / tau_i)) ]
@@ -18,8 +19,11 @@ gathered batch keys plus the queue, and ``negatives`` picks ``V_i``:
   made for the global batch from ``(seed, global step)`` and sliced by rank.
 
 The ProCo-coreset term: for both query-encoder views ``v`` of image ``i`` and both coreset prototype sets ``q``,
-``-log softmax_c(v.c_{c,q} / tau)[y_i]``, averaged over the 4N terms; ``tau`` is the base temperature [D] or
-``tau_i`` (``proco_temperature="adaptive"``). Total: ``alpha L_CoGloAT + (1 - alpha) L_ProCo`` (alpha [D] 0.5).
+``-log softmax_c(v.c_{c,q} / tau)[y_i]``, averaged over the 4N terms (§3.4, unnumbered display [P]); ``tau`` is
+the base temperature [D] or ``tau_i`` (``proco_temperature="adaptive"``). Total (§3.4, ``L_final`` [P]):
+``alpha L_CoGloAT + (1 - alpha) L_ProCo``, alpha tuned in the paper, value not given ([D] 0.5). The minimum
+temperature gamma is not given either ([D] 0.07, MoCo / TSC's base temperature), nor the negatives of a MoCo
+run ([D] batch keys + queue). Tags: [P] stated in the paper, [R] a reading, [D] a default where it is silent.
 """
 
 from __future__ import annotations
@@ -36,11 +40,11 @@ from ltreg import (
     LossOutput,
     Outputs,
     StepState,
-    contrast_set,
     contrastive_loss,
     flatten_views,
     global_mean,
     sample_positives,
+    state_contrast,
 )
 
 Negatives = Literal["unsupervised", "supervised", "k-positive"]
@@ -113,7 +117,7 @@ def proco(
 
 class CoGloATLoss(nn.Module):
     """``alpha * L_CoGloAT + (1 - alpha) * L_ProCo`` for a run with the ``moco`` memory, ``k-global`` sampler and
-    ``coreset`` prototypes (methods.md §4.2)."""
+    ``coreset`` prototypes (equations in the module docstring)."""
 
     def __init__(
         self,
@@ -152,13 +156,10 @@ class CoGloATLoss(nn.Module):
             positives = q.new_zeros(b, 0, q.shape[1])
         tau_i = adaptive_temperature(y, state.class_counts, self.gamma).to(q.device)
         tau = tau_i if self.adaptive else torch.full_like(tau_i, self.temperature)
-        labels_g = state.gather_nograd(y)
-        mem = state.memory
-        cs = contrast_set(q.unsqueeze(1), y, global_labels=labels_g, offset=state.rank * b,
-                          keys=state.gather_nograd(outputs.extra["key_z"]), queue=mem.queue_z,
-                          queue_labels=mem.queue_labels, include_views=False)
+        cs = state_contrast(q.unsqueeze(1), outputs, batch, state, include_views=False)  # keys + queue
         memory_positives = None
         if self.negatives == "k-positive":  # drawn for the global batch, sliced by rank: same on 1 or N processes
+            labels_g = state.gather_nograd(y)
             step = state.epoch * state.steps_per_epoch + state.step
             gen = torch.Generator(device=q.device).manual_seed(self.seed * 1_000_003 + step)
             own_g = torch.arange(labels_g.shape[0], device=q.device).unsqueeze(1)

@@ -1,5 +1,5 @@
 """CoGloAT + ProCo: the loss against naive float64 loops (values and gradients), every switch, the tail edge cases,
-one process vs two simulated ranks, the geometry metrics of methods.md §5, and training through the registry."""
+one process vs two simulated ranks, the geometry metrics of the paper's §4 (Eqs. 9-13), and training through the registry."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ltreg.step import Batch, Outputs, StepState
 D = 8
 
 
-# -- naive references, straight from methods.md §4.2 -------------------------------------------------------------
+# -- naive references, straight from the paper (Bach et al., TMLR 2023, Eq. 1, Eq. 8, §3.4) ---------------------------
 def naive_cogloat(a, y, pos, cols, col_y, own, tau, negatives, mem_pos=None):
     """-1/(N(k+1)) sum_i sum_{j in P(i)} log[e^{s_ij/tau_i} / (e^{s_ij/tau_i} + sum_{v in V_i} e^{s_iv/tau_i})]."""
     total, anchors = 0.0, 0
@@ -223,7 +223,7 @@ def test_module_needs_the_memory():
         CoGloATLoss()(out, Batch(torch.zeros(4, 2, 1, 2, 2), x["y"], torch.arange(4)), StepState(x["counts"], 4))
 
 
-# -- feature geometry (methods.md §5), computed by the core for every method -----------------------------------------
+# -- feature geometry (the paper's Eqs. 9-13), computed by the core for every method ------------------------------------
 def test_geometry_metrics_match_naive_formulas():
     g = torch.Generator().manual_seed(7)
     y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])  # class 3 has a single sample

@@ -1,4 +1,10 @@
-"""ECL's loss (methods.md §4.4, Appendix A §2): L = a * L_LC + b * L_BC-ECL + c * L_CC-GE.
+"""ECL's loss: L = a * L_LC + b * L_BC-ECL + c * L_CC-GE.
+
+Paper: Roh, Kim, Lee, Chun, "Equilibrium contrastive learning for imbalanced image classification",
+arXiv 2602.09506 (IEEE TETCI). Only its abstract, summary, README and architecture figure could be read, so no
+equation number can be cited: the terms below are read from those and from the code of its predecessor
+ProConDual (``suminRoh/ProConDual-main``). Tags: [C] the official README / figure, [C-pred] ProConDual's code,
+[R] a reconstruction of what the abstract says, [D] a default where every source is silent.
 
 * L_LC: logit-compensated cross-entropy ``CE(u + log pi, y)`` on the classification view [C-pred].
 * L_BC-ECL [R]: for anchor view ``i`` (label ``y``) against the 2B contrastive views and the C prototypes,
@@ -28,10 +34,8 @@ from ltreg import (
     LossOutput,
     Outputs,
     StepState,
+    anchors_and_columns,
     bcl,
-    contrast_set,
-    contrastive_loss,
-    flatten_views,
     global_mean,
     logit_adjusted_ce,
     state_contrast,
@@ -59,13 +63,12 @@ def bc_ecl(
     numerator of that extra column carries its log-weight (``log 1/2`` where ``P_s(i)`` is non-empty), which adds
     ``1/2 * log 2`` to the loss; it is subtracted again (a constant: no effect on gradients).
     """
-    cs = contrast if contrast is not None else contrast_set(z, labels)
     if contribution == "bcl":
-        return bcl(z, labels, prototypes, temperature=temperature, contrast=cs, reduction=reduction)
+        return bcl(z, labels, prototypes, temperature=temperature, contrast=contrast, reduction=reduction)
     if contribution != "balanced":
         raise ValueError(f"BC-ECL contribution must be 'balanced' or 'bcl', got {contribution!r}")
+    anchors, anchor_labels, cs = anchors_and_columns(z, labels, contrast)
     num_classes = prototypes.shape[0]
-    anchors, anchor_labels = flatten_views(z, labels)
     dtype = torch.promote_types(anchors.dtype, torch.float32)
     with torch.autocast(anchors.device.type, enabled=False):
         valid = (cs.labels >= 0).to(dtype)
@@ -75,10 +78,9 @@ def bc_ecl(
         n_pos = (others * own).sum(1)  # |P_s(i)|
         proto_logits = anchors.to(dtype) @ prototypes.to(dtype).T / temperature
         extra = proto_logits + _LOG_HALF * (others > 0).to(dtype)
-        res = contrastive_loss(
-            anchors, cs.z, anchor_labels, cs.labels, temperature=temperature, self_index=cs.self_index,
-            col_weight=0.5, class_average=True, extra_logits=extra, extra_pos=own * n_pos.clamp_min(1).unsqueeze(1),
-            reduction="none",
+        res = cs.loss(
+            anchors, anchor_labels, temperature=temperature, col_weight=0.5, class_average=True, extra_logits=extra,
+            extra_pos=own * n_pos.clamp_min(1).unsqueeze(1), reduction="none",
         )
         per_anchor = res.loss + 0.5 * _LOG_HALF * (n_pos > 0).to(dtype)
     if reduction == "none":

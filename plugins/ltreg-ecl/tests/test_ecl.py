@@ -1,4 +1,4 @@
-"""ECL plugin: BC-ECL, CC-GE and L_LC against naive float64 loops written from methods.md §4.4 / Appendix A §2.4,
+"""ECL plugin: BC-ECL, CC-GE and L_LC against naive float64 loops written from the equations of ltreg_ecl.loss's docstring,
 the switches, the tail edge cases, a two-process simulation and training through the registry."""
 
 from __future__ import annotations

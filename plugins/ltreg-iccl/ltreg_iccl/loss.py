@@ -1,10 +1,17 @@
-"""ICCL's loss (methods.md §4.5): uniform-branch CE, interpolative centroid contrastive loss, mixup CE.
+"""ICCL's loss: uniform-branch CE, interpolative centroid contrastive loss, mixup CE.
 
-With p(k | z) = softmax_k(z . c_k / tau) over the EMA class centroids c (``state.prototypes``, no gradient):
+Paper: Tiong, Li, Lin, Li, Xiong, Hoi, "Improving Tail-Class Representation with Centroid Contrastive
+Learning", arXiv 2110.10048. The copy read here lost its inline symbols and numbers, so the structure is
+[P] and the symbols are re-introduced [R]. With p(k | z) = softmax_k(z . c_k / tau) over the EMA class
+centroids c (Eq. 4; ``state.prototypes``, no gradient):
 
-* warm-up (``state.epoch < T_w``):  L = L_ce + L_cc,  L_ce = CE(u(x^a), y^a),  L_cc = -log p(y^a | z^a)
-* afterwards:  L = w_u L_ce + w_I (L_icc + L_ce^I) with
-  L_icc = -[lam log p(y^a | z^I) + (1 - lam) log p(y^b | z^I)] and L_ce^I the mixup CE of u(x^I).
+* warm-up (``state.epoch < T_w``, T_w about half of training [P]):  L = L_ce + L_cc,  L_ce = CE(u(x^a), y^a)
+  (Eq. 6),  L_cc = -log p(y^a | z^a) (the non-interpolative centroid loss [P])
+* afterwards (Eq. 8):  L = w_u L_ce + w_I (L_icc + L_ce^I) with
+  L_icc = -[lam log p(y^a | z^I) + (1 - lam) log p(y^b | z^I)] (Eq. 5) and L_ce^I the mixup CE of u(x^I) (Eq. 7).
+
+The weights w_u, w_I are stripped in the copy read ([D] 1; w_u = 0 after the warm-up on CIFAR [R]), and so is
+tau ([D] 0.1, MoPro's).
 
 The batch is the pair-mixup layout: views ``[:V]`` are x^a, views ``[V:]`` are x^I (``extra["lam"]``,
 ``extra["targets_b"]``); during the warm-up an unmixed batch (views = x^a only) is accepted too.

@@ -56,7 +56,7 @@ def batch(b: int, mixed: bool, seed: int = 2) -> Batch:
 
 
 def naive(out: Outputs, b: Batch, ema: EMACentroids, tau: float, warm: bool, w_u: float = 1.0, w_i: float = 1.0):
-    """Per-sample loops over the formulas of methods.md §4.5 (uninitialised centroids excluded)."""
+    """Per-sample loops over the formulas of the paper (Tiong et al., arXiv 2110.10048, Eqs. 4-8) (uninitialised centroids excluded)."""
     valid = [k for k in range(C) if bool(ema.initialized[k])]
     c = ema.centers
 

@@ -1,11 +1,11 @@
-"""Reb-SupCon for ltreg (Lv et al., BDCC 2025; methods.md §4.3): one stage, MoCo + rebalanced SupCon + prototypes.
+"""Reb-SupCon for ltreg (Lv et al., BDCC 2025, doi 10.3390/bdcc9080204): one stage, MoCo + rebalanced SupCon + prototypes.
 
 Parts: core ``moco`` memory (query view 0 = RandAugment, key view 1 = SimAugment), core ``learnable``
 prototypes (K = 3 C unless set [D], Sinkhorn 3 iterations, eps 0.05, re-normalised after each step [D]),
 the plugin's ``rebsupcon`` loss, instance-balanced sampling. The paper's total ``L = L_proto + L_reb`` trains
 no classifier, so stage 2 is core ``crt`` (a re-initialised linear classifier on the frozen backbone,
 class-balanced sampling) [D]. See ``loss.py`` and the README for the equations and the readings ([R] / [D]
-tags follow methods.md).
+tags: [P] paper, [R] reading, [D] default).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg_rebsupcon.loss import DEFAULTS
 
 __version__ = "0.1.0"
 
@@ -22,23 +23,23 @@ _POS = {"min": 0, "min_exclusive": True}
 
 @dataclass(frozen=True)
 class RebSupConHParams(HParams):
-    temperature: float = field(default=0.05, metadata={**_POS, "help": "tau of SupCon and of the prototype softmax (0.05 CIFAR, 0.2 ImageNet-LT / iNat)"})
-    alpha: float = field(default=0.5, metadata={"min": 0, "help": "alpha of omega(c)"})
-    beta: float = field(default=0.1, metadata={"min": 0, "help": "beta of omega_f(c) = beta / (f(c) + eps)"})
-    eps: float = field(default=1e-5, metadata={**_POS, "help": "eps of omega_f(c)"})
-    omega_form: Literal["printed", "inverse"] = field(default="inverse", metadata={
+    temperature: float = field(default=DEFAULTS.temperature, metadata={**_POS, "help": "tau of SupCon and of the prototype softmax (0.05 CIFAR, 0.2 ImageNet-LT / iNat)"})
+    alpha: float = field(default=DEFAULTS.alpha, metadata={"min": 0, "help": "alpha of omega(c)"})
+    beta: float = field(default=DEFAULTS.beta, metadata={"min": 0, "help": "beta of omega_f(c) = beta / (f(c) + eps)"})
+    eps: float = field(default=DEFAULTS.eps, metadata={**_POS, "help": "eps of omega_f(c)"})
+    omega_form: Literal["printed", "inverse"] = field(default=DEFAULTS.omega_form, metadata={
         "choices": ("printed", "inverse"),
         "help": "[R] inverse 1 + a g w_f (up-weights rare / hard classes, the paper's stated effect) or printed 1/(1 + a g w_f)"})
-    positives: Literal["samples", "centres"] = field(default="samples", metadata={
+    positives: Literal["samples", "centres"] = field(default=DEFAULTS.positives, metadata={
         "choices": ("samples", "centres"), "help": "[R] z_c = same-class keys (SupCon) or PaCo class centres"})
-    grad_ema: bool = field(default=False, metadata={"help": "[D] EMA-smooth the class gradient statistic g_c over steps"})
-    grad_ema_momentum: float = field(default=0.9, metadata={"min": 0, "max": 1, "schedule": "ema",
+    grad_ema: bool = field(default=DEFAULTS.grad_ema, metadata={"help": "[D] EMA-smooth the class gradient statistic g_c over steps"})
+    grad_ema_momentum: float = field(default=DEFAULTS.grad_ema_momentum, metadata={"min": 0, "max": 1, "schedule": "ema",
                                                              "help": "[D] momentum of the g_c EMA"})
-    lambda_swap: float = field(default=0.5, metadata={"min": 0, "help": "lambda1: swapped prediction"})
-    lambda_agg: float = field(default=0.3, metadata={"min": 0, "help": "lambda2: aggregation"})
-    lambda_sep: float = field(default=0.2, metadata={"min": 0, "help": "lambda3: separation"})
-    delta: float = field(default=1.0, metadata={"min": 0, "help": "separation margin on squared prototype distances"})
-    cls_weight: float = field(default=0.0, metadata={
+    lambda_swap: float = field(default=DEFAULTS.lambda_swap, metadata={"min": 0, "help": "lambda1: swapped prediction"})
+    lambda_agg: float = field(default=DEFAULTS.lambda_agg, metadata={"min": 0, "help": "lambda2: aggregation"})
+    lambda_sep: float = field(default=DEFAULTS.lambda_sep, metadata={"min": 0, "help": "lambda3: separation"})
+    delta: float = field(default=DEFAULTS.delta, metadata={"min": 0, "help": "separation margin on squared prototype distances"})
+    cls_weight: float = field(default=DEFAULTS.cls_weight, metadata={
         "min": 0, "help": "weight of a joint Balanced-Softmax classifier loss; 0 = the paper's total (classifier from stage 2)"})
     stage2_epochs: int = field(default=10, metadata={"min": 0, "help": "[D] cRT epochs (class-balanced, frozen backbone)"})
     stage2_reinit: bool = field(default=True, metadata={
@@ -91,10 +92,10 @@ def _recipes() -> dict[str, Recipe]:
 METHOD = MethodSpec(
     name="rebsupcon",
     summary="Reb-SupCon: MoCo SupCon rebalanced by per-class gradient/frequency factors + learnable prototypes",
-    citation="Lv, Lei, Zhang, Chen, Li, Rebalanced Supervised Contrastive Learning with Prototypes for "
-             "Long-Tailed Visual Recognition, Big Data Cogn. Comput. 9(8):204, 2025",
+    citation="Lv, Lei, Zhang, Chen, Li, Rebalancing in Supervised Contrastive Learning for Long-Tailed Visual "
+             "Recognition, Big Data Cogn. Comput. 9(8):204, 2025, doi 10.3390/bdcc9080204",
     bibtex="""@article{lv2025rebsupcon,
-  title = {Rebalanced Supervised Contrastive Learning with Prototypes for Long-Tailed Visual Recognition},
+  title = {Rebalancing in Supervised Contrastive Learning for Long-Tailed Visual Recognition},
   author = {Lv and Lei and Zhang and Chen and Li},
   journal = {Big Data and Cognitive Computing},
   volume = {9}, number = {8}, pages = {204},

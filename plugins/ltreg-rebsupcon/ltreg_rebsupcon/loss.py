@@ -1,14 +1,20 @@
-"""Reb-SupCon loss (methods.md §4.3): rebalanced MoCo SupCon + prototype-aware module + classifier.
+"""Reb-SupCon loss: rebalanced MoCo SupCon + prototype-aware module + classifier.
+
+Paper: Lv, Lei, Zhang, Chen, Li, "Rebalancing in Supervised Contrastive Learning for Long-Tailed Visual
+Recognition", Big Data and Cognitive Computing 9(8):204, 2025, doi 10.3390/bdcc9080204 (no arXiv version; the
+copy read here has no equation numbers, so the displays are cited by section). Tags: [P] stated in the paper,
+[R] a reading of an ambiguous passage, [D] a default where it is silent.
 
 ``L = L_reb + L_proto + cls_weight * L_cls`` (the paper's total is ``L_reb + L_proto``: ``cls_weight`` is 0 by
 default and the classifier is trained by a cRT stage 2) with, for query anchors ``q_i`` (view 0) against the
 gathered keys and the labelled queue:
 
-* ``L_reb = sum_i omega(y_i) L_i / #{anchors with a positive}`` (global batch), ``L_i`` the SupCon
+* ``L_reb = sum_i omega(y_i) L_i / #{anchors with a positive}`` (global batch; §3.3.1, ``L_i`` and ``L_reb`` [P]),
+  ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(q_i . z_p / tau) / sum_{j in R(i)} exp(q_i . z_j / tau) ]`` the SupCon
   loss of the core :func:`~ltreg.losses.contrastive_loss` (positives = same-class keys + queue).
   Normalised by the anchor count, not by ``sum omega``: the paper writes a plain sum over anchors.
 * ``omega(c) = 1 + alpha g_c omega_f(c)`` (``"inverse"``, default [R]) or ``1 / (1 + alpha g_c omega_f(c))``
-  (``"printed"``). The paper states that omega focuses the gradient on tail / hard classes ("we allocate more
+  (``"printed"``, §3.3.1 [P]). The paper states that omega focuses the gradient on tail / hard classes ("we allocate more
   attention to classes with higher learning difficulty"; Fig. 2; lower head accuracy as its limitation); only
   the inverse reading does that, the printed formula damps exactly those classes. ``omega_f(c) = beta / (f(c) + eps)``,
   ``f(c) = n_c / N`` [D], ``g_c`` the mean over the global batch's class-c anchors of ``||dL_i / dq_i||`` [D]:
@@ -16,13 +22,15 @@ gathered keys and the labelled queue:
   parameters theta (which would need one backward pass per sample); one ``autograd.grad`` on a detached copy,
   optional EMA across steps [D]. omega is a constant in the backward.
 * ``L_proto = l1 * swapped prediction + l2 * aggregation + l3 * separation`` over the learnable
-  prototypes with Sinkhorn assignments (no gradient).
+  prototypes with Sinkhorn assignments (no gradient) (§3.3.2 [P]; formulas at :func:`prototype_losses`);
+  total ``L = L_proto + L_reb`` (§3.4 [P]).
 * ``L_cls`` = Balanced Softmax of the linear classifier on the query view [D], weight ``cls_weight`` (0: off).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -48,6 +56,29 @@ OmegaForm = Literal["printed", "inverse"]
 Positives = Literal["samples", "centres"]
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """Reb-SupCon's default numbers, written once: the functions' and the loss module's keyword defaults and
+    the method's hyper-parameters (``RebSupConHParams``) all read :data:`DEFAULTS`."""
+
+    temperature: float = 0.05  # [P] CIFAR-100-LT (0.2 ImageNet-LT / iNat, set by the recipes)
+    alpha: float = 0.5  # [P] rebalancing intensity of omega(c)
+    beta: float = 0.1  # [P] focal weight omega_f(c) = beta / (f(c) + eps)
+    eps: float = 1e-5  # [P]
+    omega_form: OmegaForm = "inverse"  # [R] the reading with the paper's stated effect (see the module doc)
+    positives: Positives = "samples"  # [R] z_c read as same-class keys
+    grad_ema: bool = False  # [D] no smoothing of g_c across steps
+    grad_ema_momentum: float = 0.9  # [D]
+    lambda_swap: float = 0.5  # [P] lambda1
+    lambda_agg: float = 0.3  # [P] lambda2
+    lambda_sep: float = 0.2  # [P] lambda3
+    delta: float = 1.0  # [P] separation margin
+    cls_weight: float = 0.0  # [D] 0: the paper's total L_proto + L_reb (the classifier comes from stage 2)
+
+
+DEFAULTS = Defaults()
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 
@@ -58,7 +89,7 @@ def anchor_losses(
     contrast: ContrastSet,
     *,
     temperature: float,
-    positives: Positives = "samples",
+    positives: Positives = DEFAULTS.positives,
     logits: Tensor | None = None,
     log_prior: Tensor | None = None,
 ) -> ContrastiveResult:
@@ -99,8 +130,8 @@ def class_mean(values: Tensor, labels: Tensor, num_classes: int, mask: Tensor | 
 
 
 def rebalance_factor(
-    grad_c: Tensor, prior: Tensor, *, alpha: float = 0.5, beta: float = 0.1, eps: float = 1e-5,
-    form: OmegaForm = "inverse",
+    grad_c: Tensor, prior: Tensor, *, alpha: float = DEFAULTS.alpha, beta: float = DEFAULTS.beta,
+    eps: float = DEFAULTS.eps, form: OmegaForm = DEFAULTS.omega_form,
 ) -> Tensor:
     """``omega(c)`` ``[C]``: ``1 + alpha g_c beta / (f_c + eps)`` (``"inverse"`` [R], up-weights rare classes with
     large gradients, the paper's stated effect) or ``1 / (1 + ...)`` as printed (``"printed"``, damps them)."""
@@ -127,12 +158,12 @@ def reb_supcon(
     contrast: ContrastSet,
     prior: Tensor,
     *,
-    temperature: float = 0.05,
-    alpha: float = 0.5,
-    beta: float = 0.1,
-    eps: float = 1e-5,
-    omega_form: OmegaForm = "inverse",
-    positives: Positives = "samples",
+    temperature: float = DEFAULTS.temperature,
+    alpha: float = DEFAULTS.alpha,
+    beta: float = DEFAULTS.beta,
+    eps: float = DEFAULTS.eps,
+    omega_form: OmegaForm = DEFAULTS.omega_form,
+    positives: Positives = DEFAULTS.positives,
     logits: Tensor | None = None,
     gather: Callable[[Tensor], Tensor] = _identity,
     smooth: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -152,7 +183,8 @@ def reb_supcon(
 
 
 def prototype_losses(
-    zq: Tensor, zk: Tensor, protos: Tensor, qq: Tensor, qk: Tensor, *, temperature: float, delta: float = 1.0
+    zq: Tensor, zk: Tensor, protos: Tensor, qq: Tensor, qk: Tensor, *, temperature: float,
+    delta: float = DEFAULTS.delta,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Swapped prediction L1 and aggregation L2 (means over the ``B`` local anchors), separation L3.
 
@@ -183,19 +215,19 @@ class RebSupConLoss(nn.Module):
         self,
         *,
         num_classes: int,
-        temperature: float = 0.05,
-        alpha: float = 0.5,
-        beta: float = 0.1,
-        eps: float = 1e-5,
-        omega_form: OmegaForm = "inverse",
-        positives: Positives = "samples",
-        grad_ema: bool = False,
-        grad_ema_momentum: float = 0.9,
-        lambda_swap: float = 0.5,
-        lambda_agg: float = 0.3,
-        lambda_sep: float = 0.2,
-        delta: float = 1.0,
-        cls_weight: float = 0.0,
+        temperature: float = DEFAULTS.temperature,
+        alpha: float = DEFAULTS.alpha,
+        beta: float = DEFAULTS.beta,
+        eps: float = DEFAULTS.eps,
+        omega_form: OmegaForm = DEFAULTS.omega_form,
+        positives: Positives = DEFAULTS.positives,
+        grad_ema: bool = DEFAULTS.grad_ema,
+        grad_ema_momentum: float = DEFAULTS.grad_ema_momentum,
+        lambda_swap: float = DEFAULTS.lambda_swap,
+        lambda_agg: float = DEFAULTS.lambda_agg,
+        lambda_sep: float = DEFAULTS.lambda_sep,
+        delta: float = DEFAULTS.delta,
+        cls_weight: float = DEFAULTS.cls_weight,
         query_view: int = 0,
     ) -> None:
         super().__init__()

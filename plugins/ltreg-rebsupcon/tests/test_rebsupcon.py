@@ -1,4 +1,4 @@
-"""Reb-SupCon plugin: the loss against naive float64 loops written from methods.md §4.3, its switches and
+"""Reb-SupCon plugin: the loss against naive float64 loops written from the paper (Lv et al., BDCC 2025, §3.3), its switches and
 edge cases, an emulated two-process split, and training through the registry (digits-LT, CPU)."""
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def _inputs(seed: int = 0):
 def naive_reb(q, y, cols, col_y, logits, prior, form, positives):
     """Mean over anchors with a positive of omega(y_i) L_i, straight from the formulas, with Python loops.
 
-    The per-sample gradient dL_i/dq_i is the closed form of methods.md §3.1 (not autograd)."""
+    The per-sample gradient dL_i/dq_i is SupCon's closed form (1/tau)[sum_p z_p (P_ip - 1/|P|) + sum_n z_n P_in]
+    (not autograd)."""
     n, m = len(y), len(col_y)
     losses, gnorm, has = [], [], []
     for i in range(n):
