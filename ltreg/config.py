@@ -254,6 +254,11 @@ SETTING_HELP: dict[str, str] = {
     "holdout_fraction": "share of each class held out of training for rebalancers that tune on held-out data",
     "min_free_mb": "free disk space (MB) the run folder needs before training starts",
     "seed": "the run's one seed: data draw, initialisation, augmentation, sampling",
+    "image_size": "side of the training and test views in pixels; unset: the data set's (a ViT pretrained at "
+                  "224 wants 224)",
+    "normalize": "input normalisation: data (the data set's mean / std) or backbone (the pretrained backbone's, "
+                 "e.g. CLIP's)",
+    "tta": "test-time view set of the final evaluation (`ltreg.eval_views` entry points); unset: the method's",
     "augment": "training augmentation of the method's classifier view (cls): none | crop | crop+flip | randaugment | "
                "trivialaugment | autoaugment (torchvision v2 policies); unset: the method's own views. Flips follow "
                "the data set (digits: never; image folders: only with --data-arg hflip=true), except crop+flip",

@@ -20,12 +20,12 @@ from torch import Tensor
 
 import ltreg.distributed as D
 from ltreg.card import RunCard
-from ltreg.checkpoint import STATE, TrainerState, verify_manifest, write_atomic
+from ltreg.checkpoint import TrainerState, verify_manifest, write_atomic
 from ltreg.config import TrainConfig
 from ltreg.data.views import describe_views
 from ltreg.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ltreg.evaluate import evaluate, format_table
-from ltreg.layout import METRICS_FILE
+from ltreg.layout import METRICS_FILE, TRAINER_STATE
 from ltreg.models.ltmodel import LTModel
 from ltreg.optim import base_lr
 from ltreg.reports import dumps, json_safe
@@ -167,7 +167,7 @@ def _resume(run: Run, log: RunLog, stage: int) -> int:
         saved = run.checkpoints.load(path, run.stateful(), fingerprint)  # verified first, then compared
     except CheckpointError:  # damaged (named as is), or other settings: when only the length differs, say how
         verify_manifest(path, f"checkpoint {path}")
-        check_same_length(run, TrainerState.read(path / STATE), fingerprint)
+        check_same_length(run, TrainerState.read(path / TRAINER_STATE), fingerprint)
         raise
     log.history = list(saved.history)
     log.say(f"resumed from {path} (stage {saved.stage}, epoch {saved.epoch})")

@@ -39,6 +39,7 @@ DESCRIPTIONS = {
     "randaugment": "random crop{flip} + RandAugment (2 ops, magnitude 9)",
     "trivialaugment": "random crop{flip} + TrivialAugment (wide)",
     "autoaugment": "random crop{flip} + AutoAugment ({policy} policy)",
+    "minimal": "LIFT+'s minimalist square resized crop (weaker over the run), no flip",
 }
 
 
@@ -67,7 +68,7 @@ def describe_views(views: Sequence[str], data: LTDataset) -> str:
     parts = []
     for v in dict.fromkeys(views):
         base, *mods = v.split("+")
-        text = DESCRIPTIONS[base].format(flip=flip, policy=policy, grey=", grey-scale" if data.channels == 3 else "",
+        text = DESCRIPTIONS.get(base, base).format(flip=flip, policy=policy, grey=", grey-scale" if data.channels == 3 else "",
                                          blur=", blur" if data.image_size >= 96 else "")
         parts.append(f"{v}: {text}{''.join(f' + {m}' for m in mods)}")
     why = ("mirrored images keep their labels" if data.allow_flip else
