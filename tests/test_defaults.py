@@ -107,3 +107,13 @@ def test_every_setting_has_a_help_string(capsys: pytest.CaptureFixture[str]) -> 
     text = " ".join(capsys.readouterr().out.split())
     assert "--augment AUGMENT training augmentation" in text and "AdamW 1e-3" in text
     assert "--epochs EPOCHS stage-1 epochs (the schedule is laid out over them) (ltreg default: 30)" in text
+
+
+def test_offline_pretrained_error_names_the_model_and_tag(subprocess_env: dict, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ltreg", "train", "--backbone", "test_resnet", "--pretrained",
+                           "--epochs", "1", "--max-steps-per-epoch", "1", "--output-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, env={**subprocess_env, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert ("backbone test_resnet (timm tag test_resnet.r160_in1k, weights hf-hub:timm/test_resnet.r160_in1k): "
+            "cannot load the pretrained weights") in proc.stderr
+    assert "HF_HUB_OFFLINE=1" in proc.stderr and "Traceback" not in proc.stderr
