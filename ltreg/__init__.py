@@ -82,6 +82,7 @@ from ltreg.registry import (
 )
 from ltreg.samplers import LabelSampler
 from ltreg.step import Batch, BuildContext, Extra, LossOutput, Outputs, Part, StepState, flatten_views
+from ltreg.tags import Reading, Tag
 from ltreg.version import __version__
 
 #: Heavy names and the module each comes from, loaded on first access.
@@ -116,6 +117,7 @@ __all__ = [
     "__version__",
     # method specs and the registry
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
+    "Reading", "Tag",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
     "register_sampler", "register_transform", "register_head_init", "register_eval_views",
     # data sets

@@ -17,6 +17,7 @@ from typing import Any
 from ltreg.errors import ConfigError
 from ltreg.fields import check_range, check_type, parse_value
 from ltreg.registry import registry
+from ltreg.tags import Reading, Tag
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,41 @@ class HParams:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A paper setting for one benchmark: training-config values plus hyper-parameter overrides."""
+    """A paper setting for one benchmark: training-config values plus hyper-parameter overrides.
+
+    ``tags`` names the source of each value (:class:`~ltreg.tags.Tag`), keyed by the value's name in ``train``,
+    ``hparams`` or ``paper`` (one name space: a name may not be in two of them). A tag for a name the recipe does
+    not hold is an error; :meth:`untagged` lists the values still without one.
+    """
 
     description: str
     train: Mapping[str, Any] = field(default_factory=dict)
     hparams: Mapping[str, Any] = field(default_factory=dict)
     paper: Mapping[str, float] = field(default_factory=dict)  # reported top-1 (All/Many/Medium/Few)
+    tags: Mapping[str, Tag] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        groups = (set(self.train), set(self.hparams), set(self.paper))
+        shared = (groups[0] & groups[1]) | (groups[0] & groups[2]) | (groups[1] & groups[2])
+        if shared:
+            raise ConfigError(f"recipe {self.description!r}: {', '.join(sorted(shared))} in more than one of train / "
+                              f"hparams / paper; a name is one value, rename one of them")
+        stray = set(self.tags) - set().union(*groups)
+        if stray:
+            raise ConfigError(f"recipe {self.description!r} tags {', '.join(sorted(stray))}, which it does not set; "
+                              f"remove the tag or add the value")
+        bad = [k for k, t in self.tags.items() if not isinstance(t, Tag)]
+        if bad:
+            raise ConfigError(f"recipe {self.description!r}: the tags of {', '.join(sorted(bad))} must be ltreg.Tag "
+                              f"records (Tag.paper / Tag.code / Tag.ours)")
+
+    def values(self) -> dict[str, Any]:
+        """Every value of the recipe by name: train, then hparams, then paper numbers."""
+        return {**self.train, **self.hparams, **self.paper}
+
+    def untagged(self) -> list[str]:
+        """Names of values without a source tag."""
+        return [k for k in self.values() if k not in self.tags]
 
 
 @dataclass(frozen=True)
@@ -155,6 +185,7 @@ class MethodSpec:
     reading: str = ""  # which reading of the paper is implemented, where it is ambiguous
     bibtex: str = ""  # BibTeX of the paper(s), for the model card
     model_template: ModelSpec | None = field(default=None, repr=False, compare=False)  # set from ``model``
+    readings: tuple[Reading, ...] = ()  # each reading of the paper the loss / parts make, with its source tag
 
     def __post_init__(self) -> None:
         if not self.views:
@@ -227,10 +258,16 @@ class MethodSpec:
             help_ = f.metadata.get("help", "")
             lines.append(f"    {f.name} = {getattr(self.hparams, f.name)!r}" + (f"  # {help_}" if help_ else ""))
         if self.recipes:
-            lines.append("  recipes:")
+            lines.append("  recipes (source of each value: [P] paper, [C] authors' code / README, [D] ours):")
             for name, r in sorted(self.recipes.items()):
                 paper = " ".join(f"{k}={v}" for k, v in r.paper.items())
                 lines.append(f"    {name}: {r.description}" + (f"  [paper: {paper}]" if paper else ""))
+                for group, values in (("train", r.train), ("hparams", r.hparams), ("paper", r.paper)):
+                    for k, v in values.items():
+                        lines.append(f"      {group}.{k} = {v!r}  {r.tags.get(k, '[untagged]')}")
+        if self.readings:
+            lines.append("  readings:")
+            lines.extend(f"    - {r}" for r in self.readings)
         if self.reading:
             lines.append(f"  reading: {self.reading}")
         return "\n".join(lines)

@@ -244,9 +244,10 @@ def sinkhorn(scores: Tensor, eps: float = 0.05, iters: int = 3,
 
     Q = exp(scores / eps) is scaled alternately so that each prototype's total mass is 1/K and each
     sample's is 1/B_global (sums over samples are reduced over processes); finally each sample's row
-    is rescaled to a probability vector.
+    is rescaled to a probability vector. Computed in the scores' dtype, at least float32 (half-precision
+    scores give float32 assignments; float64 scores give float64).
     """
-    s = scores.detach().float() / eps
+    s = scores.detach().to(torch.promote_types(scores.dtype, torch.float32)) / eps
     q = torch.exp(s - _all_reduce_max(s.max()))  # a global constant shift leaves Q unchanged
     k = q.shape[1]
     b = reduce_sum(torch.tensor(float(q.shape[0]), device=q.device))

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
 from ltreg_acl.loss import NEG_WEIGHTS, POSITIVES, ACLLoss, acl, negative_weights
 
 __version__ = "0.1.0"
+P, D = Tag.paper, Tag.ours
 
 
 @dataclass(frozen=True)
@@ -54,27 +55,35 @@ def _recipes() -> dict[str, Recipe]:
     numbers were not recovered."""
     cifar = {"backbone": "resnet32", "epochs": 400, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
              "schedule": "cosine", "warmup_epochs": 10}
+    gpaco = D("GPaCo's CIFAR-LT setting (Cui et al., arXiv 2209.12400, and its code); ACL's body unreadable")
     deltas = {100: "+0.3", 50: "+0.5", 10: "+1.0"}
     out = {}
     for ds in ("cifar10-lt", "cifar100-lt"):
         for imb in (100, 50, 10):
             note = f"; paper: previous best {deltas[imb]} (no absolute number)" if ds == "cifar100-lt" else ""
+            hparams = {"temperature": 0.05, "alpha": 0.01, "beta": 1.0, "num_views": 2, "augment": "cifar",
+                       "proj_dim": 32}
+            train = {**cifar, "dataset": ds, "imbalance": float(imb)}
+            tags = {k: gpaco for k in (*train, *hparams)}
+            tags["dataset"] = tags["imbalance"] = P("abstract: CIFAR-10/100-LT") if ds == "cifar100-lt" else D(
+                "GPaCo's benchmark; the abstract names CIFAR-100-LT results only")
+            tags["beta"] = D("own centre weight 1 (GPaCo)")
+            tags["num_views"] = D("two views (GPaCo); the abstract ablates V")
             out[f"{ds}-if{imb}"] = Recipe(
                 f"{ds} IF {imb}, ResNet-32, 400 epochs, batch 128, SGD 0.1 cosine (10 warm-up), wd 5e-4, "
                 f"tau 0.05, alpha 0.01, V 2, views crop+flip+AutoAugment+Cutout / SimAugment, projection 32 "
                 f"[D: GPaCo CIFAR]; NO MoCo queue (GPaCo CIFAR has a 1,024 queue; ACL here contrasts the "
                 f"batch only, one encoder){note}",
-                train={**cifar, "dataset": ds, "imbalance": float(imb)},
-                hparams={"temperature": 0.05, "alpha": 0.01, "beta": 1.0, "num_views": 2, "augment": "cifar",
-                         "proj_dim": 32},
-            )
+                train=train, hparams=hparams, tags=tags)
+    train = {"dataset": "imagenet-lt", "backbone": "resnet50", "epochs": 400, "batch_size": 128, "lr": 0.04,
+             "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 10}
+    hparams = {"temperature": 0.2, "alpha": 0.045, "beta": 1.0, "num_views": 2}
+    tags = {k: D("GPaCo's ImageNet-LT ResNet-50 setting (ACL's body unreadable)") for k in (*train, *hparams)}
+    tags["dataset"] = P("abstract: ImageNet-LT")
     out["imagenet-lt"] = Recipe(
         "ImageNet-LT, ResNet-50, 400 epochs, batch 128, SGD 0.04 cosine (10 warm-up), wd 5e-4, tau 0.2, "
         "alpha 0.045, V 2 [D: GPaCo R50]; paper: new SOTA claimed, no number recovered",
-        train={"dataset": "imagenet-lt", "backbone": "resnet50", "epochs": 400, "batch_size": 128, "lr": 0.04,
-               "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 10},
-        hparams={"temperature": 0.2, "alpha": 0.045, "beta": 1.0, "num_views": 2},
-    )
+        train=train, hparams=hparams, tags=tags)
     return out
 
 
@@ -96,11 +105,23 @@ METHOD = ACLSpec(
     views=("rand", "sim"),
     model=ModelSpec(classifier="linear", proj_dim=hp("proj_dim")),  # resolved per run: METHOD.model_for(hparams)
     recipes=_recipes(),
-    reading="[R] reconstruction from the abstract (paper body unreadable): every view an anchor (GPaCo, one "
-            "encoder); each positive alone with the negatives in its denominator; negatives weighted "
-            "omega_c = (1/n_c)/mean_k(1/n_k) [D]; PaCo-style centres u + log pi (own centre weight beta, sample "
-            "positives alpha); one stage, predict argmax u. Switches: neg_weight=batch|none, positives=same-image. "
-            "CIFAR recipes: GPaCo's CIFAR views (cifar + sim) and projection 32, but no MoCo queue (batch only).",
+    readings=(
+        Reading("every view of every image is an anchor; one encoder, no MoCo queue (the batch only)",
+                D("GPaCo's multi-view setting without its queue; ACL's body unreadable")),
+        Reading("each positive alone with the negatives in its denominator (per-positive denominators)",
+                D("reconstruction of the summary's 'only effective positives in the denominator'; "
+                  "positives=same-image "
+                  "drops same-image views from a shared denominator")),
+        Reading("negative pairs weighted inversely to class frequency",
+                P("abstract summary, Key Results: 're-weighting negative pairs inversely proportional to class "
+                  "frequency'")),
+        Reading("those weights are omega_c = (1/n_c) / mean_k(1/n_k), n_c of the training set (neg_weight=dataset)",
+                D("the normalisation and the counts' source are ours; neg_weight=batch uses 1/|B_c|, none drops them")),
+        Reading("PaCo-style class centres: logits u + log pi, own centre weight beta, sample positives alpha",
+                D("reconstruction after GPaCo (Cui et al., arXiv 2209.12400)")),
+        Reading("one stage; prediction argmax u", D("the abstract names no rebalancing stage")),
+        Reading("CIFAR recipes: GPaCo's CIFAR views (cifar + sim) and projection 32", D("GPaCo's CIFAR code settings")),
+    ),
 )
 
 __all__ = ["METHOD", "ACLHParams", "ACLSpec", "ACLLoss", "acl", "negative_weights"]

@@ -11,9 +11,11 @@ encoder, ``outputs.extra["positives_z"]``). Each positive sits alone with the ne
 gathered batch keys plus the queue, and ``negatives`` picks ``V_i``:
 
 * ``"unsupervised"`` (paper default, Table 6 [P]): every column except the anchor's own key, whatever its label —
-  same-class keys and queue entries are negatives.
+  same-class keys and queue entries are negatives. Leaving out the own key ``v_i+`` is [D]: Eq. 1 says "examples in
+  the current batch excluding v_i"; with MoCo columns the query ``v_i`` is no column and ``v_i+`` is the numerator's
+  positive, so it is not repeated among the negatives.
 * ``"supervised"``: only columns of another class; same-class columns are neither positive nor negative.
-* ``"k-positive"`` [R] (the paper names this ablation without defining it; this is KCL's rule): ``k`` same-class
+* ``"k-positive"`` [D] (the paper names this ablation without defining it; this is KCL's rule): ``k`` same-class
   columns drawn uniformly without replacement from the batch keys + queue become extra positives (each alone with
   the negatives, so ``|P(i)| = 1 + 2k`` when enough exist), the other same-class columns stay negatives. The draw is
   made for the global batch from ``(seed, global step)`` and sliced by rank.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
 
 CITATION = ("Tiong, Li, Lin, Li, Xiong, Hoi. Improving Tail-Class Representation with Centroid Contrastive "
             "Learning (ICCL). arXiv:2110.10048, 2021")
@@ -12,7 +12,7 @@ CITATION = ("Tiong, Li, Lin, Li, Xiong, Hoi. Improving Tail-Class Representation
 
 @dataclass(frozen=True)
 class ICCLHParams(HParams):
-    """ICCL's hyper-parameters; [P] stated in the paper, [R] reconstructed, [D] our default (value stripped)."""
+    """ICCL's hyper-parameters; [P] stated in the paper, [D] ours: a reconstruction or a default (value stripped)."""
 
     temperature: float = field(default=0.1, metadata={
         "min": 0, "min_exclusive": True, "help": "tau of p(k|z) = softmax(z.c_k / tau) [D]"})
@@ -57,21 +57,41 @@ _CIFAR_HP = {"uniform_weight_after_warmup": 0.0, "stage2_finetune_backbone": Tru
 _CIFAR_PAPER = {"cifar100-lt": {100: 46.6, 50: 51.6, 10: 62.1}, "cifar10-lt": {100: 82.1, 50: 84.7, 10: 89.7}}
 
 
+P, D = Tag.paper, Tag.ours
+_BBN = D("BBN's CIFAR-LT setting, which §4.3 says it follows ([59]); the paper's own number is stripped from the text")
+_CIFAR_TAGS = {**{k: _BBN for k in _CIFAR}, "schedule": P("§4.3: warm-up, then step decay at two epochs"),
+               "backbone": P("§4.3: ResNet-32")}
+_CIFAR_HP_TAGS = {"uniform_weight_after_warmup": D("a reading: the CIFAR value of w_u is stripped from §4.3"),
+                  "stage2_finetune_backbone": P("§3.6: the encoder is 'either fixed or fine-tuned with a smaller "
+                                                "learning rate'; which set fine-tunes is stripped, fine-tuning on CIFAR is ours, D"),
+                  "proj_dim": D("the paper's smaller CIFAR embedding size is stripped from §4.3")}
+
+
 def _recipes() -> dict[str, Recipe]:
+    """Table 1-3 numbers [P]; the settings' numbers are stripped from the paper's text, so most values are [D]."""
     out = {}
     for ds, by_if in _CIFAR_PAPER.items():
         for imb, top1 in by_if.items():
             out[f"{ds}-if{imb}"] = Recipe(
                 f"{ds} IF {imb}, ResNet-32, 200 epochs (T_w 100), SGD 0.1 step x0.01 at 160/180, w_u = 0 after the "
                 f"warm-up, stage 2 fine-tunes the backbone at lr x0.1",
-                train={**_CIFAR, "dataset": ds, "imbalance": float(imb)}, hparams=_CIFAR_HP, paper={"All": top1})
+                train={**_CIFAR, "dataset": ds, "imbalance": float(imb)}, hparams=_CIFAR_HP, paper={"All": top1},
+                tags={**_CIFAR_TAGS, **_CIFAR_HP_TAGS, "dataset": P("Table 1"), "imbalance": P("Table 1"),
+                      "All": P("Table 1")})
     out["imagenet-lt-x50"] = Recipe(
         "ImageNet-LT, ResNeXt-50 32x4d, 90 epochs (T_w 45), batch 128, SGD 0.05 cosine, wd 5e-4, flip + crop + "
         "colour jitter; stage 2 on the frozen backbone",
         train={"dataset": "imagenet-lt", "backbone": "resnext50_32x4d", "epochs": 90, "batch_size": 128, "lr": 0.05,
                "weight_decay": 5e-4, "schedule": "cosine"},
         hparams={"colour_jitter": True},
-        paper={"All": 54.0, "Many": 60.7, "Medium": 52.9, "Few": 39.0})
+        paper={"All": 54.0, "Many": 60.7, "Medium": 52.9, "Few": 39.0},
+        tags={"dataset": P("Table 2"), "backbone": P("§4.3: ResNeXt-50"), "schedule": P("§4.3: cosine"),
+              "epochs": D("stripped from §4.3; Decouple's [22] 90"),
+              "batch_size": D("§4.4: 'a smaller batch size' than Decouple's, number stripped"),
+              "lr": D("§4.4: an improved learning rate, number stripped"),
+              "weight_decay": D("stripped from §4.3; Decouple's [22] 5e-4"),
+              "colour_jitter": P("§4.3: flip, cropping and colour jittering"),
+              **{k: P("Table 2") for k in ("All", "Many", "Medium", "Few")}})
     for epochs, paper in ((90, {"All": 70.5, "Many": 67.6, "Medium": 70.2, "Few": 71.6}),
                           (200, {"All": 72.5, "Many": 72.1, "Medium": 72.3, "Few": 72.9})):
         out["inat2018-r50" + ("" if epochs == 90 else f"-{epochs}ep")] = Recipe(
@@ -79,7 +99,12 @@ def _recipes() -> dict[str, Recipe]:
             f"stage 2 on the frozen backbone",
             train={"dataset": "inat2018", "backbone": "resnet50", "epochs": epochs, "batch_size": 256, "lr": 0.1,
                    "weight_decay": 1e-4, "schedule": "cosine"},
-            paper=paper)
+            paper=paper,
+            tags={"dataset": P("Table 3"), "backbone": P("§4.3: ResNet-50"), "epochs": P("Table 3: 90 and 200 epochs"),
+                  "schedule": P("§4.3: cosine decay"), "batch_size": D("stripped from §4.3; Decouple's [22] 256"),
+                  "lr": D("stripped from §4.3; Decouple's [22] 0.1"),
+                  "weight_decay": D("stripped from §4.3; Decouple's [22] 1e-4"),
+                  **{k: P(f"Table 3, {epochs} epochs") for k in ("All", "Many", "Medium", "Few")}})
     return out
 
 
@@ -118,14 +143,23 @@ ICCL = ICCLSpec(
     views=("cls",),
     model=ModelSpec(classifier="linear", proj_dim=hp("proj_dim")),  # per run: ICCL.model_for(hparams)
     recipes=_recipes(),
-    reading=(
-        "x^a instance-balanced, x^b class-aware (n_c^-gamma), x^I = lam x^a + (1-lam) x^b with one lam ~ U(0,1) per "
-        "sample; centroids = per-class EMA (m 0.99, re-normalised) of the uniform branch's z^a after each step, first "
-        "batch mean on a class's first appearance; uninitialised classes are out of the centroid softmax. Warm-up "
-        "(epoch < round(warmup_fraction * epochs)): L_ce + L_cc on x^a only, without mixing. Then "
-        "L = w_u L_ce + w_I (L_icc + mixup CE of u(x^I)). Stage 2: drop the projector, class-aware gamma' = 1, "
-        "CE + beta_kd T^2 KL(teacher || student) from the stage-1 classifier (CE weight 1). Embedding d = proj_dim: "
-        "128 [D], 32 on CIFAR [D] (the paper uses a smaller CIFAR value, stripped from the text). ImageNet-LT view: "
-        "flip + crop + colour jitter (colour_jitter, needs the 'jitter' view modifier)."
+    readings=(
+        Reading("x^a instance-balanced, x^b class-aware with p(c) proportional to n_c^-gamma", P("§3.1-3.2: two samplers")),
+        Reading("gamma = 0.5", D("the value is stripped from §4.3")),
+        Reading("x^I = lam x^a + (1 - lam) x^b with one lam ~ U(0, 1) per sample", P("§3.2; Table 5: Beta(1, 1)")),
+        Reading("centroids = per-class EMA (m = 0.99, re-normalised) of the uniform branch's z^a after each step; a "
+                "class's first batch mean on its first appearance; uninitialised classes out of the softmax",
+                D("§3.3 gives the EMA; m, the first value and the re-normalisation are ours (m stripped)")),
+        Reading("warm-up until epoch round(warmup_fraction x epochs): L_ce + L_cc on x^a only, without mixing",
+                P("§4.3: 'the first T_w epochs ... approximately halfway'")),
+        Reading("after the warm-up: L = w_u L_ce + w_I (L_icc + mixup CE of u(x^I))", P("§3.5, Eq. 8")),
+        Reading("w_u = 1, w_I = 1 (CIFAR recipes w_u = 0)", D("the values are stripped from §4.3")),
+        Reading("tau = 0.1 of the centroid softmax", D("the value is stripped from §4.3")),
+        Reading("stage 2: drop the projector; class-aware sampler gamma' = 1; CE + beta_kd T^2 KL(teacher || student) "
+                "from the stage-1 classifier, beta_kd = 0.5", P("§3.6, §4.3")),
+        Reading("stage-2 CE keeps weight 1 beside the KD term; T = 2; 10 epochs", D("not readable in §3.6 / §4.3")),
+        Reading("embedding d = proj_dim: 128, CIFAR 32", D("the CIFAR value is stripped from §4.3")),
+        Reading("ImageNet-LT view: flip + crop + colour jitter (colour_jitter; needs the 'jitter' view modifier)",
+                P("§4.3")),
     ),
 )

@@ -124,6 +124,9 @@ def test_warmup_epochs() -> None:
     assert [warmup_epochs(0.5, n) for n in (200, 90, 2, 1, 3)] == [100, 45, 1, 1, 2]
     assert warmup_epochs(0.0, 10) == 0 and warmup_epochs(1.0, 10) == 10
     assert in_warmup(state(0, 2), 0.5) and not in_warmup(state(1, 2), 0.5) and not in_warmup(state(0, 2), 0.0)
+    for bad in (-0.1, 1.5):  # just outside [0, 1] on either side (mutation testing: the bound 1 and the message)
+        with pytest.raises(ValueError, match=rf"ICCL warmup_fraction must be in \[0, 1\], got {bad}"):
+            warmup_epochs(bad, 10)
 
 
 # -- the loss ----------------------------------------------------------------------------------------

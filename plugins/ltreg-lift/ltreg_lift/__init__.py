@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
 
 __version__ = "0.1.0"
 
@@ -68,14 +68,27 @@ _TRAIN = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
 _CLIP = {"backbone": CLIP_B16, "image_size": 224, "normalize": "backbone", "mixed_precision": "fp16"}  # [C: prec amp]
 
 
+C, D = Tag.code, Tag.ours
+_CODE = "the authors' code, github.com/shijxcs/LIFT"
+_TAGS = {**{k: C(f"{_CODE}: configs/model/clip_vit_b16.yaml, utils/config.py") for k in _TRAIN},
+         "backbone": C(f"{_CODE}: CLIP ViT-B/16"), "image_size": C(f"{_CODE}: resolution 224"),
+         "normalize": C(f"{_CODE}: CLIP normalisation"), "mixed_precision": C(f"{_CODE}: prec amp"),
+         "dataset": C(f"{_CODE}: configs/data"), "imbalance": C(f"{_CODE}: configs/data, CIFAR-100-LT IF 100 / 50 / 10"),
+         "epochs": C(f"{_CODE}: configs/model num_epochs"),
+         "bottleneck": C(f"{_CODE}: models/peft_vit.py adapter_dim formula"),
+         "All": D("issue 26's summary of the paper's table ([I]); the table itself was not read")}
+
+
 def _recipe(dataset: str, classes: int, epochs: int, note: str, paper: dict[str, float], **train: object) -> Recipe:
     dim = bottleneck(classes)
+    values = {**_TRAIN, **_CLIP, "dataset": dataset, "epochs": epochs, **train}
     return Recipe(
         f"{dataset}: CLIP ViT-B/16 + AdaptFormer (bottleneck {dim}), cosine classifier s=25 from 'a photo of a {{}}.', "
         f"LA loss tau 1, SGD lr 0.01 momentum 0.9 wd 5e-4, batch 128, {epochs} epochs cosine, 224 px, CLIP "
         f"normalisation, fp16 autocast [C]; test: five crops of the image resized to 248, logits averaged [C]{note}",
-        train={**_TRAIN, **_CLIP, "dataset": dataset, "epochs": epochs, **train},
-        hparams={"bottleneck": dim}, paper=paper)
+        train=values, hparams={"bottleneck": dim}, paper=paper,
+        tags={k: _TAGS[k] for k in (*values, "bottleneck", *paper)}
+        | ({"epochs": C(f"{_CODE}: README and scripts/run_tab1to4_main_results.sh")} if dataset == "inat2018" else {}))
 
 
 def _recipes() -> dict[str, Recipe]:
@@ -120,7 +133,22 @@ METHOD = LIFTSpec(
                  train={"backbone": "vit_micro_patch4", "image_size": None, "normalize": "data",
                         "mixed_precision": "no"},
                  hparams={"clip_model": MICRO_CLIP, "clip_pretrained": None, "bottleneck": 2,
-                          "class_names": DIGIT_NAMES}),
+                          "class_names": DIGIT_NAMES},
+                 tags={k: D("a CPU smoke setting, not the paper's") for k in (
+                     "backbone", "image_size", "normalize", "mixed_precision", "clip_model", "clip_pretrained",
+                     "bottleneck", "class_names")}),
+    readings=(
+        Reading("loss CE(s cos(f, w) + tau log pi, y), prediction argmax s cos(f, w)", C(f"{_CODE}: utils/losses.py")),
+        Reading("features: the class token after ln_post, before CLIP's projection; text rows mapped back through it",
+                C(f"{_CODE}: trainer.py init_head_text_feat")),
+        Reading("AdaptFormer: LN, down, ReLU, zero-init up, learnable scale 1, added to the MLP output, input = the "
+                "MLP's residual input", C(f"{_CODE}: models/peft_modules.py, peft_vit.py")),
+        Reading("test-time ensemble: five crops of the image resized to 248, logits averaged",
+                C(f"{_CODE}: utils/config.py expand=24, tte_mode fivecrop")),
+        Reading("the cosine schedule steps per iteration", D("the authors step per epoch")),
+        Reading("--hp augment=minimalist: LIFT+'s square crops weakening over the run, no flip; LIFT+'s other "
+                "settings unchanged", C("the authors' LIFT-plus code, utils/transforms.py MinimalistRandomResizedCrop")),
+    ),
     reading="Loss: CE(s cos(f, w) + tau log pi, y), predict argmax s cos(f, w) [C: utils/losses.py]. Features are "
             "the class token after ln_post, before CLIP's projection; text rows are mapped back through it [C: "
             "trainer.py init_head_text_feat]. AdaptFormer: LN, down, ReLU, zero-init up, learnable scale 1, added "

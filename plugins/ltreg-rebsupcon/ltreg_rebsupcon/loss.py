@@ -3,18 +3,33 @@
 Paper: Lv, Lei, Zhang, Chen, Li, "Rebalancing in Supervised Contrastive Learning for Long-Tailed Visual
 Recognition", Big Data and Cognitive Computing 9(8):204, 2025, doi 10.3390/bdcc9080204 (no arXiv version; the
 copy read here has no equation numbers, so the displays are cited by section). Tags: [P] stated in the paper,
-[R] a reading of an ambiguous passage, [D] a default where it is silent.
+[C] the authors' code or README (none released), [D] ours: a default where it is silent or a reading of an
+ambiguous passage (said so).
+
+Stage 1 of a two-stage method: this loss trains the encoder, projector and prototypes; a cRT stage 2
+(core ``crt``, declared in the spec) trains the classifier on the frozen backbone [D].
 
 ``L = L_reb + L_proto + cls_weight * L_cls`` (the paper's total is ``L_reb + L_proto``: ``cls_weight`` is 0 by
 default and the classifier is trained by a cRT stage 2) with, for query anchors ``q_i`` (view 0) against the
 gathered keys and the labelled queue:
 
-* ``L_reb = sum_i omega(y_i) L_i / #{anchors with a positive}`` (global batch; §3.3.1, ``L_i`` and ``L_reb`` [P]),
+* ``L_reb = sum_i omega(y_i) L_i / D`` over the global batch (§3.3.1, ``L_i`` and ``L_reb`` [P]),
   ``L_i = -1/|P(i)| sum_{p in P(i)} log[ exp(q_i . z_p / tau) / sum_{j in R(i)} exp(q_i . z_j / tau) ]`` the SupCon
-  loss of the core :func:`~ltreg.losses.contrastive_loss` (positives = same-class keys + queue).
-  Normalised by the anchor count, not by ``sum omega``: the paper writes a plain sum over anchors.
-* ``omega(c) = 1 + alpha g_c omega_f(c)`` (``"inverse"``, default [R]) or ``1 / (1 + alpha g_c omega_f(c))``
-  (``"printed"``, §3.3.1 [P]). The paper states that omega focuses the gradient on tail / hard classes ("we allocate more
+  loss of the core :func:`~ltreg.losses.contrastive_loss` (positives = same-class keys + queue). ``omega_norm`` picks ``D``:
+  ``"anchors"`` (default) = the number of anchors with a positive [P: the paper's L_reb (§3.3.1) is a plain
+  sum of the omega-weighted L_i, read as a mean over anchors as SupCon does]; ``"omega"`` = ``sum_i omega(y_i)``
+  over those anchors [D: a weighted mean, L_reb stays on plain SupCon's scale]. The default follows the
+  paper's stated effect, "enhancing gradient focus on tail classes while preventing representation degradation
+  of head classes" (§1): with ``"anchors"`` a head anchor (omega ~ 1) keeps its SupCon gradient and the tail
+  gains; with ``"omega"`` every head gradient shrinks by the batch's mean omega (about x11 measured on
+  CIFAR-like counts at tau = 0.05).
+* ``omega_max`` bounds omega from above (``None``, default: no bound [P: the paper's omega(c) has none]; a number:
+  ``omega <- min(omega, omega_max)`` [D]). The default follows the paper's stated effect of omega (Fig. 2: the
+  head / tail gradient disparity shrinks): for a rare class ``omega ~ alpha beta g_c / f(c)``, so the class's
+  summed weight ``n_c omega(c)`` no longer grows with its frequency; a bound restores head dominance for every
+  class it clips (a tail class reaches omega ~ 177 at tau = 0.05).
+* ``omega(c) = 1 + alpha g_c omega_f(c)`` (``"inverse"``, default [D: a reading]) or
+  ``1 / (1 + alpha g_c omega_f(c))`` (``"printed"`` [P: §3.3.1 as printed]). The paper states that omega focuses the gradient on tail / hard classes ("we allocate more
   attention to classes with higher learning difficulty"; Fig. 2; lower head accuracy as its limitation); only
   the inverse reading does that, the printed formula damps exactly those classes. ``omega_f(c) = beta / (f(c) + eps)``,
   ``f(c) = n_c / N`` [D], ``g_c`` the mean over the global batch's class-c anchors of ``||dL_i / dq_i||`` [D]:
@@ -46,13 +61,13 @@ from ltreg import (
     Outputs,
     StepState,
     balanced_softmax,
-    global_mean,
     paco,
     state_contrast,
     supcon,
 )
 
 OmegaForm = Literal["printed", "inverse"]
+OmegaNorm = Literal["anchors", "omega"]
 Positives = Literal["samples", "centres"]
 
 
@@ -65,8 +80,10 @@ class Defaults:
     alpha: float = 0.5  # [P] rebalancing intensity of omega(c)
     beta: float = 0.1  # [P] focal weight omega_f(c) = beta / (f(c) + eps)
     eps: float = 1e-5  # [P]
-    omega_form: OmegaForm = "inverse"  # [R] the reading with the paper's stated effect (see the module doc)
-    positives: Positives = "samples"  # [R] z_c read as same-class keys
+    omega_form: OmegaForm = "inverse"  # [D] a reading: the one with the paper's stated effect (see the module doc)
+    omega_norm: OmegaNorm = "anchors"  # [P] §3.3.1's plain sum over anchors, as a mean (see the module doc)
+    omega_max: float | None = None  # [P] §3.3.1: no bound on omega
+    positives: Positives = "samples"  # [D] a reading: z_c as same-class keys
     grad_ema: bool = False  # [D] no smoothing of g_c across steps
     grad_ema_momentum: float = 0.9  # [D]
     lambda_swap: float = 0.5  # [P] lambda1
@@ -95,7 +112,7 @@ def anchor_losses(
 ) -> ContrastiveResult:
     """Per-anchor ``L_i`` ``[B]`` of queries ``q`` ``[B, D]`` against keys + queue.
 
-    ``"samples"`` [R, default]: SupCon, positives = same-class columns. ``"centres"`` [R]: the paper's
+    ``"samples"`` [D: a reading, default]: SupCon, positives = same-class columns. ``"centres"`` [D: a reading]: the paper's
     ``z_c`` read as PaCo class centres: the only positive is the centre logit ``u_iy + log pi_y``, in one
     softmax with all centres and all sample columns (core ``paco`` with sample-positive weight 0).
     """
@@ -131,16 +148,19 @@ def class_mean(values: Tensor, labels: Tensor, num_classes: int, mask: Tensor | 
 
 def rebalance_factor(
     grad_c: Tensor, prior: Tensor, *, alpha: float = DEFAULTS.alpha, beta: float = DEFAULTS.beta,
-    eps: float = DEFAULTS.eps, form: OmegaForm = DEFAULTS.omega_form,
+    eps: float = DEFAULTS.eps, form: OmegaForm = DEFAULTS.omega_form, omega_max: float | None = DEFAULTS.omega_max,
 ) -> Tensor:
-    """``omega(c)`` ``[C]``: ``1 + alpha g_c beta / (f_c + eps)`` (``"inverse"`` [R], up-weights rare classes with
-    large gradients, the paper's stated effect) or ``1 / (1 + ...)`` as printed (``"printed"``, damps them)."""
+    """``omega(c)`` ``[C]``: ``1 + alpha g_c beta / (f_c + eps)`` (``"inverse"`` [D: a reading], up-weights rare
+    classes with large gradients, the paper's stated effect) or ``1 / (1 + ...)`` as printed (``"printed"`` [P],
+    damps them); then ``min(omega, omega_max)`` when ``omega_max`` is set [D]."""
     x = alpha * grad_c * (beta / (prior.to(grad_c.dtype) + eps))
     if form == "printed":
-        return 1.0 / (1.0 + x)
-    if form == "inverse":
-        return 1.0 + x
-    raise ValueError(f"omega_form must be 'printed' or 'inverse', got {form!r}")
+        omega = 1.0 / (1.0 + x)
+    elif form == "inverse":
+        omega = 1.0 + x
+    else:
+        raise ValueError(f"omega_form must be 'printed' or 'inverse', got {form!r}")
+    return omega if omega_max is None else omega.clamp_max(omega_max)
 
 
 class RebResult(NamedTuple):
@@ -163,6 +183,7 @@ def reb_supcon(
     beta: float = DEFAULTS.beta,
     eps: float = DEFAULTS.eps,
     omega_form: OmegaForm = DEFAULTS.omega_form,
+    omega_max: float | None = DEFAULTS.omega_max,
     positives: Positives = DEFAULTS.positives,
     logits: Tensor | None = None,
     gather: Callable[[Tensor], Tensor] = _identity,
@@ -178,8 +199,25 @@ def reb_supcon(
     grad_c, present = class_mean(gather(norms), gather(labels), prior.shape[0], gather(has_pos))
     if smooth is not None:
         grad_c = smooth(grad_c, present)
-    omega = rebalance_factor(grad_c, prior, alpha=alpha, beta=beta, eps=eps, form=omega_form).detach()
+    omega = rebalance_factor(grad_c, prior, alpha=alpha, beta=beta, eps=eps, form=omega_form,
+                             omega_max=omega_max).detach()
     return RebResult(omega.to(res.loss.dtype)[labels] * res.loss, res.num_pos, omega, grad_c)
+
+
+def normalise_reb(res: RebResult, labels: Tensor, mode: OmegaNorm, all_reduce_mean: Callable[[Tensor], Tensor]) -> Tensor:
+    """``L_reb``: the local sum of ``omega(y_i) L_i`` over the process-mean denominator ``D`` (``omega_norm``).
+
+    ``"anchors"``: ``D`` = anchors with a positive; ``"omega"``: ``D`` = their summed ``omega(y_i)`` (a constant
+    in the backward, like omega). With the gather's summed backward and DDP's averaging, the exact global value.
+    """
+    has_pos = (res.num_pos > 0).to(res.loss.dtype)
+    if mode == "anchors":
+        local = has_pos.sum()
+    elif mode == "omega":
+        local = (res.omega.to(res.loss.dtype)[labels] * has_pos).sum()
+    else:
+        raise ValueError(f"omega_norm must be 'anchors' or 'omega', got {mode!r}")
+    return res.loss.sum() / all_reduce_mean(local.detach()).clamp_min(1e-6)
 
 
 def prototype_losses(
@@ -220,6 +258,8 @@ class RebSupConLoss(nn.Module):
         beta: float = DEFAULTS.beta,
         eps: float = DEFAULTS.eps,
         omega_form: OmegaForm = DEFAULTS.omega_form,
+        omega_norm: OmegaNorm = DEFAULTS.omega_norm,
+        omega_max: float | None = DEFAULTS.omega_max,
         positives: Positives = DEFAULTS.positives,
         grad_ema: bool = DEFAULTS.grad_ema,
         grad_ema_momentum: float = DEFAULTS.grad_ema_momentum,
@@ -233,10 +273,14 @@ class RebSupConLoss(nn.Module):
         super().__init__()
         if omega_form not in ("printed", "inverse"):
             raise ValueError(f"omega_form must be 'printed' or 'inverse', got {omega_form!r}")
+        if omega_norm not in ("anchors", "omega"):
+            raise ValueError(f"omega_norm must be 'anchors' or 'omega', got {omega_norm!r}")
+        if omega_max is not None and not omega_max > 0:
+            raise ValueError(f"omega_max must be > 0 or None (no bound), got {omega_max!r}")
         if positives not in ("samples", "centres"):
             raise ValueError(f"positives must be 'samples' or 'centres', got {positives!r}")
         self.temperature, self.alpha, self.beta, self.eps = temperature, alpha, beta, eps
-        self.omega_form, self.positives = omega_form, positives
+        self.omega_form, self.omega_norm, self.omega_max, self.positives = omega_form, omega_norm, omega_max, positives
         self.use_ema, self.ema_momentum = grad_ema, grad_ema_momentum
         self.lambdas, self.delta = (lambda_swap, lambda_agg, lambda_sep), delta
         self.cls_weight, self.query_view = cls_weight, query_view
@@ -271,9 +315,9 @@ class RebSupConLoss(nn.Module):
         logits = outputs.logits[:, self.query_view]
         cs = state_contrast(zq.unsqueeze(1), outputs, batch, state, include_views=False)
         reb = reb_supcon(zq, batch.targets, cs, state.prior, temperature=self.temperature, alpha=self.alpha,
-                         beta=self.beta, eps=self.eps, omega_form=self.omega_form, positives=self.positives,
-                         logits=logits, gather=state.gather_nograd, smooth=self.smooth)
-        l_reb = global_mean(ContrastiveResult(reb.loss, reb.num_pos), state)
+                         beta=self.beta, eps=self.eps, omega_form=self.omega_form, omega_max=self.omega_max,
+                         positives=self.positives, logits=logits, gather=state.gather_nograd, smooth=self.smooth)
+        l_reb = normalise_reb(reb, batch.targets, self.omega_norm, state.all_reduce_mean)
         p = state.prototypes
         l1, l2, l3 = prototype_losses(zq, zk, p.prototypes(), p.assign(zq), p.assign(zk),
                                       temperature=self.temperature, delta=self.delta)

@@ -288,7 +288,7 @@ def _module_inputs(seed=3):
 
 
 def naive_total(z, zk, logits, queue, queue_y, protos, y, counts, qq, qk, *, tau, alpha, beta, eps, lambdas, delta,
-                cls_weight, form, positives="samples"):
+                cls_weight, form, positives="samples", omega_norm="anchors", omega_max=None):
     """L = L_reb + l1 L1 + l2 L2 + l3 L3 (+ cls_weight Balanced Softmax), loops over samples and classes."""
     zq = z[:, 0]
     cols = torch.cat([zk, queue])
@@ -317,8 +317,10 @@ def naive_total(z, zk, logits, queue, queue_y, protos, y, counts, qq, qk, *, tau
         m = [norms[i] for i in range(b) if int(y[i]) == c and has[i]]
         g_c = sum(m) / len(m) if m else 0.0
         x = alpha * g_c * beta / (float(f[c]) + eps)
-        omega.append(1 + x if form == "inverse" else 1 / (1 + x))
-    l_reb = sum(omega[int(y[i])] * losses[i] for i in range(b)) / sum(has)
+        w = 1 + x if form == "inverse" else 1 / (1 + x)
+        omega.append(w if omega_max is None else min(w, omega_max))
+    den = sum(has) if omega_norm == "anchors" else sum(omega[int(y[i])] for i in range(b) if has[i])
+    l_reb = sum(omega[int(y[i])] * losses[i] for i in range(b)) / den
     kk = protos.shape[0]
     l1 = l2 = 0.0
     for i in range(b):
@@ -479,3 +481,163 @@ def test_errors_name_the_missing_part():
     for extra, m, p, msg in cases:
         with pytest.raises(ValueError, match=f"Reb-SupCon needs the '{msg}'"):
             mod(ltreg.Outputs(z, logits, z, extra), batch, ltreg.StepState(counts, C, memory=m, prototypes=p))
+
+
+# -- omega's normalisation and bound (declared switches), float64 end to end ------------------------------------
+@pytest.mark.parametrize("omega_norm", ["anchors", "omega"])
+@pytest.mark.parametrize("omega_max", [None, 1.5])
+def test_omega_switches_match_the_naive_total(omega_norm, omega_max):
+    """Each value of omega_norm / omega_max against the naive total computed with that reading, and the
+    switches change the loss (the clamp is active on these inputs: some unclamped omega exceeds 1.5)."""
+    z, zk, logits, queue, queue_y, protos, y, counts = _module_inputs()
+    kw = dict(tau=0.2, alpha=0.7, beta=0.13, eps=0.02, lambdas=(0.61, 0.29, 0.17), delta=0.9)
+
+    def module_total(norm, bound, leaves):
+        mod = RebSupConLoss(num_classes=C, temperature=0.2, alpha=0.7, beta=0.13, eps=0.02, lambda_swap=0.61,
+                            lambda_agg=0.29, lambda_sep=0.17, delta=0.9, omega_norm=norm, omega_max=bound)
+        state = ltreg.StepState(counts, C, memory=_Memory(queue, queue_y), prototypes=_Protos(leaves[2]))
+        return mod(ltreg.Outputs(leaves[0], leaves[1], torch.zeros(len(y), 2, 3, dtype=torch.float64),
+                                 {"key_z": zk}), ltreg.Batch(torch.zeros(len(y), 2, 1, 2, 2), y, torch.arange(len(y))),
+                   state)
+
+    leaves = [t.clone().requires_grad_() for t in (z, logits, protos)]
+    out = module_total(omega_norm, omega_max, leaves)
+    out.total.backward()
+    ref_leaves = [t.clone().requires_grad_() for t in (z, logits, protos)]
+    rp = _Protos(ref_leaves[2])
+    ref, ref_omega = naive_total(ref_leaves[0], zk, ref_leaves[1], queue, queue_y, ref_leaves[2], y, counts,
+                                 rp.assign(ref_leaves[0][:, 0]), rp.assign(zk), cls_weight=0.0, form="inverse",
+                                 omega_norm=omega_norm, omega_max=omega_max, **kw)
+    ref.backward()
+    torch.testing.assert_close(out.total, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out.parts["omega"], ref_omega[y].mean(), rtol=1e-9, atol=1e-12)
+    for a, r in zip(leaves, ref_leaves):
+        if r.grad is not None:
+            torch.testing.assert_close(a.grad, r.grad, rtol=1e-8, atol=1e-10)
+    _, unclamped = naive_total(z, zk, logits, queue, queue_y, protos, y, counts, rp.assign(z[:, 0]), rp.assign(zk),
+                               cls_weight=0.0, form="inverse", **kw)
+    assert unclamped[y].max() > 1.5  # the bound bites on these inputs
+    other = module_total("omega" if omega_norm == "anchors" else "anchors", omega_max,
+                         [t.clone() for t in (z, logits, protos)])
+    assert not torch.isclose(other.parts["reb"], out.parts["reb"])
+    if omega_max is not None:
+        assert out.parts["omega"] < module_total(omega_norm, None, [t.clone() for t in (z, logits, protos)]).parts["omega"]
+
+
+def test_omega_switch_defaults_and_errors():
+    """Defaults = the readings the paper's stated effect picks (head anchors keep their SupCon gradient; no
+    bound); the module defaults equal the method's; bad values stop before any work."""
+    from ltreg_rebsupcon import METHOD
+
+    h, mod = METHOD.hparams, RebSupConLoss(num_classes=3)
+    assert (h.omega_norm, h.omega_max) == ("anchors", None) == (mod.omega_norm, mod.omega_max)
+    assert METHOD.loss.kwargs["omega_norm"].name == "omega_norm" and METHOD.loss.kwargs["omega_max"].name == "omega_max"
+    with pytest.raises(ValueError, match="omega_norm must be"):
+        RebSupConLoss(num_classes=3, omega_norm="sum")
+    with pytest.raises(ValueError, match="omega_max must be"):
+        RebSupConLoss(num_classes=3, omega_max=0.0)
+    with pytest.raises(ltreg.ConfigError, match="omega_norm"):
+        h.replace(omega_norm="sum")
+    with pytest.raises(ltreg.ConfigError, match="omega_max"):
+        h.replace(omega_max=-1.0)
+    assert h.replace(omega_max=3.0).omega_max == 3.0
+    g = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    pr = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    torch.testing.assert_close(rebalance_factor(g, pr, omega_max=1.2),
+                               torch.tensor([min(1 + 0.5 * gi * 0.1 / (p + 1e-5), 1.2) for gi, p in zip(g.tolist(), pr.tolist())],
+                                            dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_anchor_normalisation_keeps_head_gradient_and_omega_normalisation_shrinks_it():
+    """The stated effect behind the default: under 'anchors' a head anchor with omega = 1 gets exactly plain
+    SupCon's gradient (mean over anchors); under 'omega' it gets that gradient over the batch's mean omega."""
+    q, y, cs, logits, prior = _inputs()
+    prior = torch.tensor([0.9, 0.05, 0.02, 0.02, 0.005, 0.005], dtype=torch.float64)
+    from ltreg_rebsupcon.loss import normalise_reb
+
+    grads = {}
+    for mode in ("anchors", "omega"):
+        leaf = q.clone().requires_grad_()
+        res = reb_supcon(leaf, y, cs, prior, temperature=TAU, omega_max=None)
+        res = res._replace(omega=res.omega.clone())
+        normalise_reb(res, y, mode, lambda t: t).backward()
+        grads[mode] = leaf.grad
+        omega = res.omega
+    plain = q.clone().requires_grad_()
+    base = anchor_losses(plain, y, cs, temperature=TAU)
+    (base.loss.sum() / (base.num_pos > 0).sum()).backward()
+    has = base.num_pos > 0
+    head = 0  # class 0: the largest class, omega closest to 1
+    torch.testing.assert_close(grads["anchors"][head] / omega[0], plain.grad[head], rtol=1e-10, atol=1e-12)
+    mean_omega = (omega[y] * has).sum() / has.sum()
+    assert mean_omega > 1.5
+    torch.testing.assert_close(grads["omega"][head], grads["anchors"][head] / mean_omega, rtol=1e-10, atol=1e-12)
+
+
+def naive_sinkhorn(scores, eps, iters):
+    """SwAV Sinkhorn-Knopp with Python loops over prototypes and samples (float64 values)."""
+    b, k = scores.shape
+    q = [[math.exp(float(scores[i, j]) / eps) for j in range(k)] for i in range(b)]
+    tot = sum(map(sum, q))
+    q = [[v / tot for v in row] for row in q]
+    for _ in range(iters):
+        for j in range(k):
+            col = sum(q[i][j] for i in range(b))
+            for i in range(b):
+                q[i][j] = q[i][j] / col / k
+        for i in range(b):
+            row = sum(q[i])
+            q[i] = [v / row / b for v in q[i]]
+    return torch.tensor([[v * b for v in row] for row in q], dtype=torch.float64)
+
+
+def test_float64_end_to_end_with_the_real_parts_matches_naive():
+    """Two optimizer steps in float64 with the real parts (LTModel, ``moco`` memory, ``learnable`` prototypes with
+    Sinkhorn): every tensor stays float64 and each step's loss and prototype gradient equal the naive float64
+    total (naive Sinkhorn, naive L_reb + L_proto) on that step's outputs and queue."""
+    from ltreg.memory import MomentumQueue
+    from ltreg.models.ltmodel import LTModel, LTModelConfig
+    from ltreg.prototypes import LearnablePrototypes
+
+    torch.manual_seed(0)
+    classes = C
+    model = LTModel(LTModelConfig(backbone="resnet8", num_classes=classes, in_chans=1, proj_dim=8)).double()
+    memory = MomentumQueue(model, momentum=0.9, queue_size=12, key_view=1).double()
+    protos = LearnablePrototypes(dim=8, num_prototypes=5).double()
+    loss = RebSupConLoss(num_classes=classes, temperature=0.2, alpha=0.7, beta=0.13, eps=0.02)
+    opt = torch.optim.SGD(list(model.parameters()) + list(protos.parameters()), lr=0.05)
+    counts = torch.tensor([600.0, 200.0, 60.0, 20.0, 10.0, 6.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        y = torch.tensor([0, 0, 0, 1, 1, 2, 3, 5])
+        images = torch.randn(len(y), 2, 1, 16, 16, generator=g, dtype=torch.float64)
+        batch = ltreg.Batch(images, y, torch.arange(len(y)))
+        state = ltreg.StepState(counts, classes, model=model, memory=memory, prototypes=protos)
+        queue_z, queue_y = memory.queue_z.clone(), memory.queue_labels.clone()
+        outputs = model(images[:, :1])
+        memory.on_forward(outputs, batch, state)
+        out = loss(outputs, batch, state)
+        assert out.total.dtype == torch.float64 and outputs.extra["key_z"].dtype == torch.float64
+        assert protos.assign(outputs.z[:, 0]).dtype == torch.float64
+        opt.zero_grad()
+        out.total.backward()
+        got_grad = protos.weight.grad.clone()
+        # naive, from the same outputs (detached copies)
+        zq = outputs.z[:, :1].detach().clone().requires_grad_()
+        c = protos.weight.detach().clone().requires_grad_()
+        zk = outputs.extra["key_z"].detach()
+        qq = naive_sinkhorn(zq[:, 0].detach() @ c.detach().T, 0.05, 3)
+        qk = naive_sinkhorn(zk @ c.detach().T, 0.05, 3)
+        torch.testing.assert_close(protos.assign(zq[:, 0]), qq, rtol=1e-10, atol=1e-12)
+        z2 = torch.cat([zq, zq], 1)  # naive_total reads view 0 only
+        ref, _ = naive_total(z2, zk, torch.zeros(len(y), 2, classes, dtype=torch.float64), queue_z, queue_y, c, y,
+                             counts, qq, qk, tau=0.2, alpha=0.7, beta=0.13, eps=0.02, lambdas=(0.5, 0.3, 0.2),
+                             delta=1.0, cls_weight=0.0, form="inverse")
+        ref.backward()
+        torch.testing.assert_close(out.total, ref, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(got_grad, c.grad, rtol=1e-8, atol=1e-10)
+        opt.step()
+        memory.on_step_end(outputs, batch, state)
+        protos.on_step_end(outputs, batch, state)
+        assert memory.queue_z.dtype == torch.float64
+    assert (memory.queue_labels >= 0).sum() == 12  # the second step's loss saw a queue filled by the first
