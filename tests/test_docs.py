@@ -16,7 +16,8 @@ DOCS = ROOT / "docs"
 #: Absolute paths of one machine, and words about how the project was made rather than what it does.
 FORBIDDEN = {
     "a machine's absolute path": re.compile(r"(?<![\w.])/(?:work|root|tmp|home|Users|mnt/data)/"),
-    "internal wording": re.compile(r"\bround \d\b|\bround\d\b|\bhelpers?\b|\bsessions?\b", re.IGNORECASE),
+    "internal wording": re.compile(r"\bround \d\b|\bround\d\b|\b(?:previous|this|last|next) round\b|\bhelpers?\b"
+                                   r"|\bsessions?\b", re.IGNORECASE),
 }
 
 
