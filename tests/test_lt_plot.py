@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ def test_plot_draws_a_heatmap_and_grouped_bars(tmp_path: Path, monkeypatch: pyte
     spec = importlib.util.spec_from_file_location("lt_table_plot", ROOT / "benchmarks" / "lt_table.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "lt_table_plot", mod)  # its dataclasses look their module up
     spec.loader.exec_module(mod)
     counts = [5, 500, 50, 20, 200]  # not sorted: the heatmap orders classes head -> tail
     runs = [{"method": m, "imbalance": 100.0, "error": "", "seed": s,
