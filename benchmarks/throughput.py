@@ -227,7 +227,8 @@ def worker_plain(w: dict[str, Any]) -> None:
     torch.manual_seed(0)
     name = register_dataset(w["dataset"])
     train = build_data(DataArgs(dataset=name, seed=0, kwargs=dataset_kwargs(w))).train
-    pipeline = build_pipeline(ltreg.get_method("ce").views[0], train)
+    ce = ltreg.get_method("ce")
+    pipeline = build_pipeline(ce.views_for(ce.hparams)[0], train)
 
     class TrainSet(Dataset):
         def __len__(self) -> int:

@@ -26,7 +26,9 @@ from ltreg.errors import (
     PushError,
     RebalanceError,
     RegistryError,
+    ResumeStateError,
     SettingError,
+    SpecError,
     TrainingError,
     UsageError,
 )
@@ -60,7 +62,11 @@ from ltreg.method import (
     MethodSpec,
     ModelSpec,
     PartRef,
+    Pick,
     Recipe,
+    Stage,
+    StageKind,
+    ViewPlan,
     get_method,
     hp,
     list_methods,
@@ -77,7 +83,10 @@ from ltreg.registry import (
     register_prototypes,
     register_rebalancer,
     register_sampler,
+    register_sampler_role,
+    register_stage,
     register_transform,
+    register_view,
     registry,
 )
 from ltreg.samplers import LabelSampler
@@ -101,6 +110,8 @@ _LAZY = {
     "Prediction": "ltreg.inference",
     "RunCard": "ltreg.card",
     "DatasetRecord": "ltreg.card",
+    "ViewKind": "ltreg.data.views",
+    "ViewDataset": "ltreg.data.views",
 }
 
 
@@ -120,6 +131,8 @@ __all__ = [
     "Reading", "Tag",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
     "register_sampler", "register_transform", "register_head_init", "register_eval_views",
+    # what a method declares it needs from the core, and the open vocabularies it names
+    "ViewPlan", "Stage", "StageKind", "Pick", "register_view", "register_sampler_role", "register_stage",
     # data sets
     "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases
@@ -131,7 +144,7 @@ __all__ = [
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",
-    "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError",
+    "RebalanceError", "CheckpointError", "ResumeStateError", "SpecError", "TrainingError", "NonFiniteLossError", "PushError",
     # models, training and evaluation (loaded on first use)
     *_LAZY,
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef, Recipe, Stage, hp
 
 _CIFAR = {"warmup_epochs": 5, "schedule": "step", "milestones": [160, 180], "lr_decay": 0.01, "epochs": 200,
           "batch_size": 128, "lr": 0.1, "weight_decay": 2e-4, "backbone": "resnet32"}
@@ -138,7 +138,7 @@ SUPCON = MethodSpec(
     loss=PartRef("supcon", temperature=hp("temperature")),
     hparams=SupConHParams(),
     views=("sim", "sim"),
-    rebalance=PartRef("crt", epochs=hp("stage2_epochs")),
+    stage2=Stage(PartRef("crt"), epochs=hp("stage2_epochs")),
     model=ModelSpec(proj_dim=128, train_heads=("projector",)),  # the classifier is cRT's, in stage 2
     recipes=_cifar_recipes({"cifar100-lt-if100": {"All": 45.8}, "cifar100-lt-if50": {"All": 52.0},
                             "cifar100-lt-if10": {"All": 64.4}}),

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ltreg.errors import CheckpointError
+from ltreg.errors import CheckpointError, ResumeStateError
 from ltreg.layout import CHECKPOINTS_DIR, MANIFEST, POINTER, RUN_FILES, STATE_WEIGHTS, TRAINER_STATE
 
 #: A checkpoint's folder name: what ``latest`` may hold (no separators, no dots in front).
@@ -90,21 +90,30 @@ def verify_manifest(folder: Path, label: str, required: bool = True) -> None:
 
 @dataclass
 class TrainerState:
-    """What a checkpoint records besides tensors: where the run stood and the settings it ran with."""
+    """A checkpoint's state record: where the run stood (stage, epochs and steps done in it) and the settings
+    it ran with. ``--resume`` reads where to continue from this record, never from the folder's name."""
 
     stage: int
     epoch: int
+    step: int = 0  # loop steps (batches) done in this stage: epoch * steps per epoch
     history: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path) -> TrainerState:
+        """The record in ``path``; missing, unreadable or ill-typed is a :class:`ResumeStateError`."""
         try:
             raw = json.loads(path.read_text())
-            return cls(stage=int(raw["stage"]), epoch=int(raw["epoch"]), history=list(raw.get("history", [])),
+            stage, epoch, step = raw["stage"], raw["epoch"], raw.get("step", 0)
+            if not all(type(v) is int for v in (stage, epoch, step)) or stage < 1 or epoch < 0 or step < 0:
+                raise ValueError(f"stage {stage!r}, epoch {epoch!r}, step {step!r} are not counts (stage >= 1)")
+            return cls(stage=stage, epoch=epoch, step=step, history=list(raw.get("history", [])),
                        fingerprint=dict(raw.get("fingerprint", {})))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path} is missing or corrupt ({exc})") from exc
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ResumeStateError(
+                f"the state record {path} of this checkpoint is missing or corrupt ({type(exc).__name__}: {exc}); "
+                f"--resume cannot tell where the run stood. Delete the checkpoint folder and resume from an earlier "
+                f"one, or start over with --overwrite") from exc
 
 
 def module_tensors(modules: dict[str, nn.Module]) -> dict[str, Tensor]:
@@ -262,6 +271,10 @@ class Checkpoints:
                 f"checkpoint to continue from. Delete {pointer} to train from the start, or start over with --overwrite"
             )
         return path
+
+    def state(self, path: Path) -> TrainerState:
+        """The state record of checkpoint ``path`` (stage, epoch, step): where ``--resume`` continues."""
+        return TrainerState.read(path / TRAINER_STATE)
 
     def load(self, path: Path, modules: dict[str, nn.Module], fingerprint: dict[str, Any] | None = None) -> TrainerState:
         """Verify and load checkpoint ``path`` into the prepared objects and ``modules``.

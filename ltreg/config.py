@@ -22,7 +22,7 @@ from ltreg.budget import scale_count, scale_hparams
 from ltreg.data.build import RUN_ARGUMENTS, DataArgs, check_builder_args, dataset_defaults
 from ltreg.errors import ConfigError, SettingError
 from ltreg.fields import check_settings, check_type, flag, parse_value
-from ltreg.method import HParams, MethodSpec
+from ltreg.method import HParams, MethodSpec, hp
 
 DEFAULT_METHOD = "balanced-softmax"
 DEFAULT_DATASET = "digits-lt"
@@ -393,11 +393,13 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         origin = "; ".join(f"{name}={merged[name]!r} comes from {source[name]}" for name in defaulted)
         raise SettingError(f"{exc} ({origin}: override it with {' or '.join(map(flag, defaulted))})",
                            exc.names) from None
-    if cfg.stage2_epochs is not None and "stage2_epochs" in {f.name for f in dataclasses.fields(spec.hparams)}:
-        # one knob per value: where the method exposes stage 2's length as a hyper-parameter, the flag sets it
-        cfg = dataclasses.replace(cfg, hparams={**cfg.hparams, "stage2_epochs": cfg.stage2_epochs}, stage2_epochs=None)
+    epochs_ref = spec.stage2.epochs if spec.stage2 is not None else None
+    if cfg.stage2_epochs is not None and isinstance(epochs_ref, hp):
+        # one knob per value: where the spec declares stage 2's length as a hyper-parameter, the flag sets it
+        cfg = dataclasses.replace(cfg, hparams={**cfg.hparams, epochs_ref.name: cfg.stage2_epochs}, stage2_epochs=None)
     hparams = scale_hparams(spec.hparams.replace(**cfg.hparams), cfg.budget_fraction, cfg.epochs,
                             frozenset(cfg.hparams))  # checked now, not when the run is built
+    spec.check(hparams)  # the declared views and stages under these hyper-parameters
     check_dataset_kwargs(cfg)
     if cfg.tta is not None:  # an unknown view set stops here, before any data is read
         from ltreg.registry import registry

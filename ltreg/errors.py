@@ -9,6 +9,7 @@ to import a higher one to raise or catch an error::
     ├── UsageError                   exit 2
     │   ├── ConfigError              (ValueError) a setting or name that cannot be used
     │   │   ├── ModelConfigError     an unknown backbone, an inconsistent head
+    │   │   ├── SpecError            a method spec's declared views / stages that cannot be used
     │   │   ├── SettingError         a training setting out of range or contradicting another
     │   │   └── ClassNamesError      class names that cannot make text prompts (missing, bare indices)
     │   ├── MissingExtraError        (ImportError) an optional extra a setting needs: pip install ltreg[EXTRA]
@@ -17,6 +18,7 @@ to import a higher one to raise or catch an error::
     │   ├── PrototypeError           (ValueError)
     │   └── RebalanceError           (ValueError)
     ├── CheckpointError              (ValueError) a checkpoint or model folder missing, corrupt or unsafe
+    │   └── ResumeStateError         a checkpoint's state record (stage, epoch) missing or corrupt
     ├── TrainingError                (RuntimeError) a run that cannot go on; NonFiniteLossError
     └── PushError                    (RuntimeError) a Hub push that failed
 
@@ -59,6 +61,10 @@ class ModelConfigError(ConfigError):
     def __init__(self, message: str, key: str = "") -> None:
         super().__init__(message)
         self.key = key
+
+
+class SpecError(ConfigError):
+    """A method spec whose declared contract (views, stages) cannot be used; names the method, the field and the fix."""
 
 
 class RegistryError(UsageError, LookupError):
@@ -105,6 +111,10 @@ class CheckpointError(LtregError, ValueError):
     """A checkpoint or model folder that cannot be used as asked: missing, corrupt, mismatched or unsafe."""
 
 
+class ResumeStateError(CheckpointError):
+    """The state record of a checkpoint (``trainer_state.json``: stage, epoch, step) is missing or corrupt."""
+
+
 class TrainingError(LtregError, RuntimeError):
     """A run that cannot go on; the message says what was kept and what to do."""
 
@@ -117,7 +127,7 @@ class PushError(LtregError, RuntimeError):
     """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
-__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "RebalanceError", "CheckpointError", "TrainingError", "NonFiniteLossError", "PushError", "MissingExtraError",
+__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "SpecError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "RebalanceError", "CheckpointError", "ResumeStateError", "TrainingError", "NonFiniteLossError", "PushError", "MissingExtraError",
            "ClassNamesError"]
 
 

@@ -23,15 +23,17 @@ from ltreg.card import RunCard
 from ltreg.checkpoint import TrainerState, verify_manifest, write_atomic
 from ltreg.config import TrainConfig
 from ltreg.data.views import describe_views
-from ltreg.errors import CheckpointError, ConfigError, NonFiniteLossError
+from ltreg.errors import CheckpointError, ConfigError, NonFiniteLossError, SpecError
 from ltreg.evaluate import evaluate, format_table
 from ltreg.layout import METRICS_FILE, TRAINER_STATE
+from ltreg.method import StageKind
 from ltreg.models.ltmodel import LTModel
 from ltreg.optim import base_lr
+from ltreg.registry import registry
 from ltreg.reports import dumps, json_safe
 from ltreg.run import Run, training_views
 from ltreg.runlog import RunLog
-from ltreg.stages import StageSetup, stage1_setup, stage2_setup
+from ltreg.stages import StageSetup, stage1_setup
 
 
 @dataclass
@@ -122,7 +124,8 @@ def _train_stage(run: Run, st: StageSetup, log: RunLog, start_epoch: int) -> Non
         row = run_epoch(run, st, epoch, log)
         if (epoch + 1) % run.cfg.checkpoint_every == 0 or epoch + 1 == st.epochs:
             name = f"stage{st.stage}-epoch-{epoch + 1}"
-            run.checkpoints.save(name, run.stateful(), TrainerState(st.stage, epoch + 1, [*log.history, row], fingerprint))
+            state = TrainerState(st.stage, epoch + 1, (epoch + 1) * st.steps_per_epoch, [*log.history, row], fingerprint)
+            run.checkpoints.save(name, run.stateful(), state)
             row["checkpoint"] = name
         log.epoch(row)
 
@@ -156,11 +159,16 @@ def check_same_length(run: Run, saved: TrainerState, fingerprint: dict[str, Any]
 
 
 def _resume(run: Run, log: RunLog, stage: int) -> int:
-    """Load the latest checkpoint if it belongs to ``stage`` (or a later one); the epoch to start at."""
+    """Load the latest checkpoint if it belongs to ``stage`` (or a later one); the epoch to start at.
+
+    The stage and epoch come from the checkpoint's state record, not from its folder's name."""
     path = run.checkpoints.resume_point()
-    if path is None or int(path.name[5]) < stage:
+    if path is None:
         return 0
-    if int(path.name[5]) > stage:  # this stage finished; the later stage loads the checkpoint
+    stood = run.checkpoints.state(path)
+    if stood.stage < stage:
+        return 0
+    if stood.stage > stage:  # this stage finished; the later stage loads the checkpoint
         return 10**9
     fingerprint = json.loads(json.dumps(run.cfg.fingerprint(), default=str))
     try:
@@ -172,6 +180,14 @@ def _resume(run: Run, log: RunLog, stage: int) -> int:
     log.history = list(saved.history)
     log.say(f"resumed from {path} (stage {saved.stage}, epoch {saved.epoch})")
     return saved.epoch
+
+
+def stage_kind(name: str) -> StageKind:
+    """The registered stage kind ``name`` (registry ``stages``)."""
+    kind = registry("stages").get(name)
+    if not isinstance(kind, StageKind):
+        raise SpecError(f"stage kind {name!r} is a {type(kind).__name__}, not a StageKind; register a StageKind")
+    return kind
 
 
 def fit(run: Run) -> RunResult:
@@ -193,11 +209,12 @@ def fit(run: Run) -> RunResult:
     st1 = stage1_setup(run)
     _train_stage(run, st1, log, _resume(run, log, 1) if cfg.resume else 0)
     stage2_info: dict[str, Any] = {}
-    if run.parts.rebalancer is not None:
-        st2 = stage2_setup(run)
+    if run.config.spec.stage2 is not None:
+        kind = stage_kind(run.config.spec.stage2.kind)
+        st2 = kind.setup(run)
         if st2 is not None:
             _train_stage(run, st2, log, _resume(run, log, 2) if cfg.resume else 0)
-        stage2_info = run.parts.rebalancer.finalize(run.model, run.ctx) or {}
+        stage2_info = dict(kind.finish(run) or {})
     metrics = evaluate(run.passes, run.data.test, run.data.train, run.eval_views)
     metrics["stage2"] = stage2_info
     metrics = json_safe(metrics)  # None and a reason, never NaN: metrics.json and config.json stay valid JSON

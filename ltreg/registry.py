@@ -1,4 +1,9 @@
-"""Entry-point registries: methods and the parts they are built from, found by name.
+"""Entry-point registries: methods, the parts they are built from, and the core's open vocabularies, found by name.
+
+Besides methods and the six kinds of part, three groups name what a spec or a part may refer to: ``views``
+(view kinds: the pipelines and ``+modifiers`` of a :class:`~ltreg.data.views.ViewKind`), ``sampler_roles``
+(what the extra indices of a sampler's records load into a batch) and ``stages`` (stage kinds: how a
+declared stage is set up and finished).
 
 Every group is read from the installed distributions' entry points (``ltreg.<group>``),
 loaded lazily on first lookup, and may be extended in-process with ``register``. The core
@@ -16,7 +21,7 @@ from typing import Any
 from ltreg.errors import DuplicateNameError, PluginLoadError, RegistryError, UnknownNameError
 
 GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets", "head_inits",
-          "eval_views")
+          "eval_views", "views", "sampler_roles", "stages")
 IN_PROCESS = "<in-process>"
 
 
@@ -39,13 +44,18 @@ class Entry:
                 self._obj = self._ep.load()  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
                 raise PluginLoadError(
-                    f"{self.group[:-1] if self.group.endswith('s') else self.group} {self.name!r} from "
+                    f"{_singular(self.group)} {self.name!r} from "
                     f"distribution {self.dist} {self.version} failed to import ({self.value}): "
                     f"{type(exc).__name__}: {exc}. Reinstall or upgrade it (pip install -U {self.dist}), "
                     f"or uninstall it; the other entries stay usable."
                 ) from exc
             self._loaded = True
         return self._obj
+
+
+def _singular(group: str) -> str:
+    """``"sampler_roles"`` -> ``"sampler role"``: how a message names one entry of ``group``."""
+    return (group[:-1] if group.endswith("s") else group).replace("_", " ")
 
 
 def _key(name: str) -> str:
@@ -140,7 +150,7 @@ class Registry:
     def _unknown_message(self, name: str) -> str:
         names = self.names()
         close = difflib.get_close_matches(_key(name), names, n=3, cutoff=0.5)
-        lines = [f"unknown {self.group[:-1] if self.group.endswith('s') else self.group} {name!r}."]
+        lines = [f"unknown {_singular(self.group)} {name!r}."]
         if close:
             lines.append("Did you mean: " + ", ".join(close) + "?")
         if names:
@@ -186,3 +196,6 @@ register_rebalancer = _decorator("rebalancers")
 register_dataset = _decorator("datasets")
 register_head_init = _decorator("head_inits")
 register_eval_views = _decorator("eval_views")
+register_view = _decorator("views")
+register_sampler_role = _decorator("sampler_roles")
+register_stage = _decorator("stages")

@@ -91,8 +91,11 @@ class Run:
         return self.cfg.run_dir
 
     def stateful(self) -> dict[str, nn.Module]:
-        """What a checkpoint saves besides the optimizer: the model and every part with tensors."""
-        return {"model": self.model, **self.parts.modules()}
+        """What a checkpoint saves besides the optimizer: the model, every part with tensors and the rebalancer
+        (in stage 2 it holds what ``setup`` built from the stage-1 model, e.g. KD's teacher: a resumed stage 2
+        re-runs ``setup`` on a model that has not loaded its weights yet)."""
+        reb = self.parts.rebalancer
+        return {"model": self.model, **self.parts.modules(), **({"rebalancer": reb} if isinstance(reb, nn.Module) else {})}
 
     def card(self, metrics: dict[str, Any]) -> RunCard:
         """What ``config.json``, the model card and ``ltreg eval`` record about this run."""

@@ -1,7 +1,7 @@
 """Each stage's set-up, beside the loop that runs it: the step module, loader, optimizer and schedule.
 
 Stage 1 trains the method's loss and sampler over every trainable model and part parameter; stage 2
-(when the method declares a rebalancer) trains what the rebalancer's ``setup`` leaves trainable, with
+(when the method declares ``stage2=Stage(...)`` of the core's kind ``rebalance``) trains what the rebalancer's ``setup`` leaves trainable, with
 its own sampler, views and loss. Both go through ``accelerator.prepare`` (DDP / FSDP as configured).
 """
 
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from ltreg.budget import scale_count
 from ltreg.data.views import ViewDataset, apply_augment, collate
 from ltreg.errors import ConfigError
-from ltreg.method import PartRef, build_part
+from ltreg.method import PartRef, StageKind, build_part
 from ltreg.optim import (
     OptimSettings,
     build_optimizer,
@@ -74,7 +74,7 @@ def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int, e
     for CUDA, and each worker prefetches batches ahead.
     """
     vds = ViewDataset(run.train_set, apply_augment(tuple(views), run.cfg.augment),
-                      role=getattr(sampler, "extra_role", None), positive_views=run.config.spec.positive_views,
+                      role=getattr(sampler, "extra_role", None), positive_views=run.config.spec.views.positives,
                       seed=run.cfg.seed, num_epochs=epochs)
     if len(sampler) < batch_size:
         raise ConfigError(f"an epoch of the {type(sampler).__name__} has {len(sampler)} samples, fewer than one batch "
@@ -112,7 +112,7 @@ def stage1_setup(run: Run) -> StageSetup:
         mod.to(acc.device)
     freeze_unused_heads(run)
     trainable = {k: m for k, m in run.parts.modules().items() if any(p.requires_grad for p in m.parameters())}
-    query = list(spec.query_views) if spec.query_views is not None else None
+    query = list(spec.views.query) if spec.views.query is not None else None
     module = StepModule(run.model, trainable, run.parts.loss, run.parts.hooks(), query)
     params = [p for p in module.parameters() if p.requires_grad]
     loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size, cfg.epochs)
@@ -130,7 +130,9 @@ def stage2_setup(run: Run) -> StageSetup | None:
     None for a post-hoc rebalancer (no epochs)."""
     reb, cfg = run.parts.rebalancer, run.cfg
     groups = reb.setup(run.model)
-    epochs = scale_count(cfg.stage2_epochs if cfg.stage2_epochs is not None else reb.epochs, cfg.budget_fraction)
+    declared = run.config.spec.stage2_epochs(run.config.hparams)  # None: the rebalancer's default
+    epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else declared if declared is not None else reb.epochs
+    epochs = scale_count(epochs, cfg.budget_fraction)
     if epochs <= 0:
         return None
     lr = cfg.stage2_lr or reb.lr or cfg.lr
@@ -146,3 +148,12 @@ def stage2_setup(run: Run) -> StageSetup | None:
     module = StepModule(run.model, trainable, reb.loss, [], None)
     module, loader, optimizer, scheduler = _prepare(run, module, loader, optimizer, stage2_schedule(epochs * steps, steps))
     return StageSetup(2, epochs, steps, module, loader, optimizer, scheduler, [])
+
+
+def finish_stage2(run: Run) -> dict[str, Any]:
+    """The rebalancer's post-hoc step after its epochs (tau-norm, NCM, LA, LWS folding): what it chose."""
+    return run.parts.rebalancer.finalize(run.model, run.ctx) or {}
+
+
+#: The core's stage kind ``rebalance`` (entry point ``ltreg.stages``): train the declared rebalancer, then finalize it.
+REBALANCE_STAGE = StageKind(stage2_setup, finish_stage2, help="train the rebalancer's heads, then its post-hoc step")

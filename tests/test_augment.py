@@ -46,7 +46,7 @@ def test_digits_declare_no_flip_and_no_default_view_flips() -> None:
     digits = digits_lt().train
     assert digits.allow_flip is False
     data = half_bright(digits)
-    for pipeline in ("cls", "crop"):
+    for pipeline in ("cls", "crop", "cropnoflip"):
         assert mirrored_share(pipeline, data) == 0, pipeline
     for pipeline in ("randaugment", "trivialaugment", "autoaugment"):  # their inversions and rotations would
         ops = build_pipeline(pipeline, data).transforms                # fool the picture test: read the ops
@@ -77,6 +77,7 @@ def test_an_image_folder_flips_only_when_told(tmp_path: Path) -> None:
 def test_presets_replace_the_cls_views_only() -> None:
     assert apply_augment(("cls", "sim"), "randaugment") == ("randaugment", "sim")
     assert apply_augment(("cls+jitter",), "crop+flip") == ("cropflip+jitter",)
+    assert apply_augment(("cls",), "crop") == ("cropnoflip",)
     assert apply_augment(("rand", "sim"), None) == ("rand", "sim")
     assert set(AUGMENT_PRESETS) == {"none", "crop", "crop+flip", "randaugment", "trivialaugment", "autoaugment"}
     with pytest.raises(SettingError, match="--augment must be one of .*did you mean randaugment"):
@@ -89,10 +90,10 @@ def test_augment_is_recorded_in_config_and_card(tmp_path: Path) -> None:
                 eval_batch_size=512, output_dir=str(out), quiet=True)
     block = json.loads((out / "config.json").read_text())["ltreg"]
     assert block["recipe"]["augment"] == "trivialaugment"
-    assert block["augmentation"].startswith("trivialaugment: random crop + TrivialAugment (wide)")
+    assert block["augmentation"].startswith("trivialaugment: random crop (+ flip where allowed) + TrivialAugment")
     assert "digits-lt: no flips" in block["augmentation"]
     card = (out / "README.md").read_text()
-    assert "| augment | trivialaugment |" in card and "| augmentation | trivialaugment: random crop +" in card
+    assert "| augment | trivialaugment |" in card and "| augmentation | trivialaugment: random crop (+ flip" in card
 
 
 def test_a_method_without_a_cls_view_refuses_augment(tmp_path: Path) -> None:

@@ -27,6 +27,6 @@ def test_last_epoch_is_the_whole_image_and_the_first_is_cropped():
     vds.set_epoch(4)
     torch.testing.assert_close(vds[3]["images"][0], whole)
     vds.set_epoch(0)
-    firsts = [vds._views(3, vds.pipelines, slot)[0] for slot in range(8)]
+    firsts = [vds.load(3, vds.pipelines, slot)[0] for slot in range(8)]
     assert any(not torch.allclose(f, whole) for f in firsts)
     assert torch.equal(vds[3]["images"][0], vds[3]["images"][0])  # seeded: the same view twice

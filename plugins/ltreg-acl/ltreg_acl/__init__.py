@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, ViewPlan, hp
 from ltreg_acl.loss import NEG_WEIGHTS, POSITIVES, ACLLoss, acl, negative_weights
 
 __version__ = "0.1.0"
@@ -38,16 +38,6 @@ class ACLHParams(HParams):
         "choices": ("rand", "cifar"),
         "help": "first view: RandAugment (GPaCo ImageNet-LT) or crop+flip+AutoAugment+Cutout (GPaCo CIFAR) [D]"})
     proj_dim: int = field(default=128, metadata={"min": 1, "help": "projection size d [D: GPaCo 128, CIFAR 32]"})
-
-
-class ACLSpec(MethodSpec):
-    """ACL's spec: ``augment="cifar"`` replaces the first (RandAugment) view by GPaCo's CIFAR pipeline."""
-
-    def views_for(self, hparams: HParams) -> tuple[str, ...]:
-        views = super().views_for(hparams)
-        if getattr(hparams, "augment", "rand") == "cifar":
-            return ("cifar", *views[1:])
-        return views
 
 
 def _recipes() -> dict[str, Recipe]:
@@ -87,7 +77,7 @@ def _recipes() -> dict[str, Recipe]:
     return out
 
 
-METHOD = ACLSpec(
+METHOD = MethodSpec(
     name="acl",
     summary="aligned contrastive loss: per-positive denominators, 1/n_c-weighted negatives, class centres + log prior",
     citation="Ma, Cui, Kazuki, Subramanian, Jayashree, Pranata, Zhang, Aligned Contrastive Loss for Long-Tailed "
@@ -102,7 +92,8 @@ METHOD = ACLSpec(
                  neg_weight=hp("neg_weight"), positives=hp("positives")),
     hparams=ACLHParams(),
     sampler=PartRef("instance"),
-    views=("rand", "sim"),
+    # view 0: hp augment (rand = RandAugment, cifar = GPaCo's CIFAR pipeline); V = hp num_views, extra views "sim"
+    views=ViewPlan((hp("augment"), "sim"), count=hp("num_views")),
     model=ModelSpec(classifier="linear", proj_dim=hp("proj_dim")),  # resolved per run: METHOD.model_for(hparams)
     recipes=_recipes(),
     readings=(
@@ -124,4 +115,4 @@ METHOD = ACLSpec(
     ),
 )
 
-__all__ = ["METHOD", "ACLHParams", "ACLSpec", "ACLLoss", "acl", "negative_weights"]
+__all__ = ["METHOD", "ACLHParams", "ACLLoss", "acl", "negative_weights"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Stage, Tag, ViewPlan, hp
 from ltreg_cogloat.loss import NEGATIVES, CoGloATLoss, adaptive_temperature, cogloat, proco
 
 __version__ = "0.1.0"
@@ -108,10 +108,8 @@ METHOD = MethodSpec(
     prototypes=PartRef("coreset", fraction=hp("coreset_fraction"), min_per_class=hp("coreset_min_per_class"),
                        views=("sim", "sim"), use_key=True, selection=hp("coreset_selection")),
     memory=PartRef("moco", momentum=hp("key_momentum"), queue_size=hp("queue_size"), key_view=1, positive_view=0),
-    rebalance=PartRef("crt", epochs=hp("stage2_epochs"), loss=hp("stage2_loss"), reweight="inverse",
-                      sampler="instance"),
-    views=("sim", "sim"),
-    positive_views=("sim",),
+    stage2=Stage(PartRef("crt", loss=hp("stage2_loss"), reweight="inverse", sampler="instance"), epochs=hp("stage2_epochs")),
+    views=ViewPlan(("sim", "sim"), positives=("sim",)),
     model=ModelSpec(classifier="cosine", cosine_scale=30.0, proj_dim=128, train_heads=("projector",)),  # classifier: stage 2
     recipes=_recipes(),
     readings=(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, ViewPlan, hp
 
 __version__ = "0.1.0"
 
@@ -27,14 +27,6 @@ class ECLHParams(HParams):
     weight_con: float = field(default=0.3, metadata={"min": 0, "help": "target weight of L_BC-ECL"})
     weight_align: float = field(default=0.5, metadata={"min": 0, "help": "target weight of L_CC-GE"})
     erase: bool = field(default=False, metadata={"help": "RandomErasing on all three views (CIFAR / ISIC recipes)"})
-
-
-class ECLSpec(MethodSpec):
-    """ECL's spec: the ``erase`` hyper-parameter appends ``+erase`` to every view pipeline."""
-
-    def views_for(self, hparams: HParams) -> tuple[str, ...]:
-        views = super().views_for(hparams)
-        return tuple(f"{v}+erase" for v in views) if getattr(hparams, "erase", False) else views
 
 
 # Official ECL README [C]. Only ImageNet-LT is a setting these recipes run: the CIFAR rows (92.1 / 92.5 / 94.4 and
@@ -79,7 +71,7 @@ def _recipes() -> dict[str, Recipe]:
     return out
 
 
-METHOD = ECLSpec(
+METHOD = MethodSpec(
     name="ecl",
     summary="equilibrium contrastive learning: logit-compensated CE + balanced-contribution contrast with "
             "classifier-derived prototypes + classifier/prototype alignment, one stage",
@@ -96,7 +88,7 @@ METHOD = ECLSpec(
     hparams=ECLHParams(),
     sampler=PartRef("instance"),
     prototypes=PartRef("classifier-derived", kind="linear"),
-    views=("rand", "sim", "sim"),
+    views=ViewPlan(("rand", "sim", "sim"), modifiers={"erase": hp("erase")}),  # erase=True: "+erase" on every view
     model=ModelSpec(classifier="cosine", cosine_scale=30.0, proj_dim="width", proj_bn=True),
     recipes=_recipes(),
     readings=(
@@ -118,4 +110,4 @@ METHOD = ECLSpec(
     ),
 )
 
-__all__ = ["METHOD", "ECLHParams", "ECLSpec"]
+__all__ = ["METHOD", "ECLHParams"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Stage, Tag, ViewPlan, hp
 
 CITATION = ("Tiong, Li, Lin, Li, Xiong, Hoi. Improving Tail-Class Representation with Centroid Contrastive "
             "Learning (ICCL). arXiv:2110.10048, 2021")
@@ -108,18 +108,7 @@ def _recipes() -> dict[str, Recipe]:
     return out
 
 
-class ICCLSpec(MethodSpec):
-    """ICCL's spec: ``colour_jitter`` appends the ``+jitter`` modifier (flip + crop + colour jitter, Kang et al.'s
-    ImageNet-LT augmentation, which the paper follows) to the view pipeline."""
-
-    def views_for(self, hparams: HParams) -> tuple[str, ...]:
-        views = super().views_for(hparams)
-        if not getattr(hparams, "colour_jitter", False):
-            return views
-        return tuple(f"{v}+jitter" for v in views)
-
-
-ICCL = ICCLSpec(
+ICCL = MethodSpec(
     name="iccl",
     summary="interpolative centroid contrastive learning: uniform + interpolative branch over EMA class centroids, "
             "then KD classifier rebalancing",
@@ -137,10 +126,11 @@ ICCL = ICCLSpec(
     prototypes=PartRef("ema-centroids", momentum=hp("centroid_momentum"), view=0, normalize=True),
     batch_transform=PartRef("iccl-pair-mixup", alpha=hp("mix_alpha"), warmup_fraction=hp("warmup_fraction"),
                             mix_during_warmup=hp("mix_during_warmup")),
-    rebalance=PartRef("kd-rebalance", epochs=hp("stage2_epochs"), gamma=hp("stage2_gamma"), kd_weight=hp("kd_weight"),
-                      temperature=hp("kd_temperature"), freeze_backbone=hp("stage2_freeze_backbone"),
-                      backbone_lr_scale=hp("stage2_backbone_lr_scale")),
-    views=("cls",),
+    stage2=Stage(PartRef("kd-rebalance", gamma=hp("stage2_gamma"), kd_weight=hp("kd_weight"),
+                         temperature=hp("kd_temperature"), freeze_backbone=hp("stage2_freeze_backbone"),
+                         backbone_lr_scale=hp("stage2_backbone_lr_scale")), epochs=hp("stage2_epochs")),
+    # colour_jitter=True: "+jitter" (flip + crop + colour jitter, Kang et al.'s ImageNet-LT view, which the paper follows)
+    views=ViewPlan(("cls",), modifiers={"jitter": hp("colour_jitter")}),
     model=ModelSpec(classifier="linear", proj_dim=hp("proj_dim")),  # per run: ICCL.model_for(hparams)
     recipes=_recipes(),
     readings=(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Pick, Reading, Recipe, Tag, ViewPlan, hp
 
 __version__ = "0.1.0"
 
@@ -52,15 +52,6 @@ class LIFTHParams(HParams):
         "choices": ("lift", "minimalist"),
         "help": "lift: RandomResizedCrop + flip [C]; minimalist: LIFT+'s square crops weakening over the run, no "
                 "flip [C: LIFT-plus utils/transforms.py MinimalistRandomResizedCrop, convex]"})
-
-
-class LIFTSpec(MethodSpec):
-    """LIFT's spec: ``augment="minimalist"`` trains on LIFT+'s ``minimal`` pipeline instead of ``cls``."""
-
-    def views_for(self, hparams: HParams) -> tuple[str, ...]:
-        if getattr(hparams, "augment", "lift") == "minimalist":
-            return ("minimal",)
-        return super().views_for(hparams)
 
 
 _TRAIN = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
@@ -105,7 +96,7 @@ def _recipes() -> dict[str, Recipe]:
     return out
 
 
-METHOD = LIFTSpec(
+METHOD = MethodSpec(
     name="lift",
     summary="LIFT: frozen CLIP ViT + AdaptFormer, text-initialised cosine classifier, logit-adjusted loss, five-crop TTE",
     citation="Shi, Wei, Zhou, Shao, Han, Li, Long-Tail Learning with Foundation Model: Heavy Fine-Tuning Hurts, "
@@ -124,7 +115,8 @@ METHOD = LIFTSpec(
     head_init=PartRef("clip-text", clip_model=hp("clip_model"), clip_pretrained=hp("clip_pretrained"),
                       templates=hp("templates"), class_names=hp("class_names")),
     eval_views=PartRef("fivecrop"),  # expand 24 at 224 [C: utils/config.py expand=24, tte_mode fivecrop]
-    views=("cls",),  # RandomResizedCrop + flip at >= 96 px [C: trainer.py transform_train]
+    # augment=lift: cls, RandomResizedCrop + flip at >= 96 px [C: trainer.py transform_train]; minimalist: LIFT+'s
+    views=ViewPlan((Pick(hp("augment"), {"lift": "cls", "minimalist": "minimal"}),)),
     model=ModelSpec(classifier="cosine", cosine_scale=hp("cosine_scale"), proj_dim=None, train_heads=("classifier",)),
     train_defaults={**_TRAIN, "backbone": CLIP_B16, "image_size": 224, "epochs": 10},
     recipes=_recipes(),
@@ -159,4 +151,4 @@ METHOD = LIFTSpec(
             "settings (5 epochs, lr 0.02 [C: LIFT-plus utils/config.py]) are not changed by it.",
 )
 
-__all__ = ["METHOD", "LIFTHParams", "LIFTSpec", "bottleneck", "CLIP_B16", "DIGIT_NAMES", "MICRO_CLIP"]
+__all__ = ["METHOD", "LIFTHParams", "bottleneck", "CLIP_B16", "DIGIT_NAMES", "MICRO_CLIP"]

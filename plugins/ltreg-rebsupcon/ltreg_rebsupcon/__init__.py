@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Stage, Tag, ViewPlan, hp
 from ltreg_rebsupcon.loss import DEFAULTS
 
 __version__ = "0.1.0"
@@ -145,9 +145,8 @@ METHOD = MethodSpec(
     prototypes=PartRef("learnable", num_prototypes=hp("num_prototypes"), sinkhorn_eps=hp("sinkhorn_eps"),
                        sinkhorn_iters=hp("sinkhorn_iters"), normalize_after_step=hp("normalize_prototypes")),
     memory=PartRef("moco", momentum=hp("key_momentum"), queue_size=hp("queue_size"), key_view=1),
-    rebalance=PartRef("crt", epochs=hp("stage2_epochs"), reinit=hp("stage2_reinit")),
-    views=("rand", "sim"),
-    query_views=(0,),  # the SimAugment key view goes through the momentum encoder only
+    stage2=Stage(PartRef("crt", reinit=hp("stage2_reinit")), epochs=hp("stage2_epochs")),
+    views=ViewPlan(("rand", "sim"), query=(0,)),  # the SimAugment key view goes through the momentum encoder only
     model=ModelSpec(classifier="linear", proj_dim=128, proj_hidden=256, train_heads=hp("train_heads")),
     recipes=_recipes(),
     readings=(

@@ -206,7 +206,8 @@ def test_spec_parts_recipes_and_errors():
     spec = ltreg.get_method("rebsupcon")
     assert (spec.memory.name, spec.prototypes.name, spec.loss.name, spec.rebalance.name) == ("moco", "learnable", "rebsupcon", "crt")
     assert spec.hparams.cls_weight == 0 and spec.hparams.omega_form == "inverse" and spec.stages == 2
-    assert spec.views == ("rand", "sim") and spec.memory.kwargs["key_view"] == 1
+    assert spec.views_for(spec.hparams) == ("rand", "sim") and spec.views.query == (0,)
+    assert spec.memory.kwargs["key_view"] == 1 and spec.stage2.epochs == ltreg.hp("stage2_epochs")
     for ds in ("cifar10-lt", "cifar100-lt"):
         for imb in (100, 50, 10):
             assert spec.recipe(f"{ds}-if{imb}").train["epochs"] == 400
