@@ -98,7 +98,7 @@ def test_augment_is_recorded_in_config_and_card(tmp_path: Path) -> None:
 
 def test_a_method_without_a_cls_view_refuses_augment(tmp_path: Path) -> None:
     """SupCon's cRT stage trains on cls views (augment applies there); without stage 2 it has none."""
-    ltreg.register_method(dataclasses.replace(get_method("supcon"), name="supcon-stage1-only", rebalance=None))
+    ltreg.register_method(dataclasses.replace(get_method("supcon"), name="supcon-stage1-only", stage2=None))
     try:
         with pytest.raises(ConfigError, match="--augment randaugment .* supcon-stage1-only has none: its views are sim"):
             ltreg.train("supcon-stage1-only", augment="randaugment", epochs=1, max_steps_per_epoch=1, batch_size=32,
