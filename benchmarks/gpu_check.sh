@@ -6,6 +6,8 @@
 #   (b) every registered method (ltreg.list_methods(), plugins included) for a few steps with bf16,
 #       then again with compile=True;
 #   (c) a one-process FSDP smoke run: accelerate launch --use_fsdp --num_processes 1 -m ltreg train ...
+#   (d) a ViT with tuners (issue 26): peak memory and step time of lora / adaptformer / linear against full
+#       on ViT-B/16 at 224 px, bf16, and ltreg + lora against a plain peft + timm loop (goal >= 0.95, enforced)
 # Every figure is printed; any failure (a run, a missed goal, a broken plugin) stops it with a
 # non-zero exit status and says where.
 #
@@ -143,6 +145,14 @@ EOF
 else
   step "(c) FSDP: skipped in the CPU smoke (accelerate switches to FSDP only on GPU-type devices; on CPU
      --use_fsdp is ignored and would test nothing)"
+fi
+
+step "(d) ViT + tuners: memory and step time against full; ltreg + lora against a plain peft loop"
+if [ $SMOKE = 0 ]; then
+  timeout 420 "$PY" benchmarks/tuners.py --size base --device cuda --precision bf16 --batch-size 128 \
+    --epochs 3 --steps 10 --num-workers 8 --strict --json "$OUT/tuners.json"
+else
+  timeout 420 "$PY" benchmarks/tuners.py --size small --device cpu --epochs 2 --steps 2
 fi
 
 step "gpu_check: all checks passed"

@@ -30,6 +30,7 @@ from ltreg.errors import (
     SettingError,
     SpecError,
     TrainingError,
+    TunerError,
     UsageError,
 )
 from ltreg.losses import (
@@ -86,12 +87,14 @@ from ltreg.registry import (
     register_sampler_role,
     register_stage,
     register_transform,
+    register_tuner,
     register_view,
     registry,
 )
 from ltreg.samplers import LabelSampler
 from ltreg.step import Batch, BuildContext, Extra, LossOutput, Outputs, Part, StepState, flatten_views
 from ltreg.tags import Reading, Tag
+from ltreg.tuners import TunedParams, Tuner
 from ltreg.version import __version__
 
 #: Heavy names and the module each comes from, loaded on first access.
@@ -130,21 +133,21 @@ __all__ = [
     "HParams", "MethodSpec", "ModelSpec", "PartRef", "Recipe", "hp", "get_method", "list_methods", "register_method",
     "Reading", "Tag",
     "registry", "register_dataset", "register_loss", "register_memory", "register_prototypes", "register_rebalancer",
-    "register_sampler", "register_transform", "register_head_init", "register_eval_views",
+    "register_sampler", "register_transform", "register_head_init", "register_eval_views", "register_tuner",
     # what a method declares it needs from the core, and the open vocabularies it names
     "ViewPlan", "Stage", "StageKind", "Pick", "register_view", "register_sampler_role", "register_stage",
     # data sets
     "LTData", "LTDataset", "with_defaults",
     # the step contract and the parts' bases
     "Batch", "BuildContext", "Extra", "LossOutput", "Outputs", "Part", "StepState", "flatten_views",
-    "LabelSampler", "Rebalancer", "PairMixup",
+    "LabelSampler", "Rebalancer", "PairMixup", "Tuner", "TunedParams",
     # losses: the contrastive core and helpers, logit-level losses
     "NEG", "ContrastSet", "ContrastiveResult", "anchors_and_columns", "contrast_set", "contrastive_loss",
     "centre_columns", "global_mean", "group_ids", "sample_positives", "state_contrast", "supcon", "kcl", "bcl", "paco", "balanced_softmax",
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",
-    "RebalanceError", "CheckpointError", "ResumeStateError", "SpecError", "TrainingError", "NonFiniteLossError", "PushError",
+    "RebalanceError", "TunerError", "CheckpointError", "ResumeStateError", "SpecError", "TrainingError", "NonFiniteLossError", "PushError",
     # models, training and evaluation (loaded on first use)
     *_LAZY,
 ]

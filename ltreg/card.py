@@ -60,6 +60,8 @@ class RunCard:
     per_class: list[float | None] | None = None
     license: str | None = None
     augmentation: str = ""  # the training views as run: pipelines, flips and why
+    #: The tuner: name, args, trainable / total parameters (backbone, and stage 1 with heads), base weights.
+    tuner: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,6 +237,7 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
         rows += [(f"hparams.{k}", v) for k, v in card.hparams.items()]
         body += ["", "## Training recipe", "", "| setting | value |", "|---|---|"]
         body += [f"| {k} | {_fmt(v)} |" for k, v in rows]
+    body += _tuner_section(card, config)
     body += _usage(arch, config)
     if model_cfg["classifier"] == "cosine":
         body += ["", "The classifier is cosine: timm's linear head holds `s * w_c / ||w_c||` with zero bias, so timm's "
@@ -246,16 +249,40 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
     return f"---\n{data.to_yaml()}\n---\n" + "\n".join(body).rstrip() + "\n"
 
 
+def _tuner_section(card: RunCard, config: dict[str, Any]) -> list[str]:
+    """The tuner, its parameter counts, and what the files hold (merged, adapter only, adapter modules)."""
+    t = card.tuner
+    if not t:
+        return []
+    args = ", ".join(f"{k}={v!r}" for k, v in (t.get("args") or {}).items())
+    lines = ["", "## Tuner", "", f"`{t.get('name')}({args})`: {t.get('backbone_trainable', 0):,} of "
+             f"{t.get('backbone_total', 0):,} backbone parameters trained; stage 1 trained {t.get('trainable', 0):,} "
+             f"of {t.get('total', 0):,} parameters (heads and method parts included)."]
+    adapter = config["ltreg"].get("adapter")
+    if adapter:
+        lines += ["", f"This repo holds the **adapter only** (peft's `adapter_model.safetensors` and "
+                  f"`adapter_config.json`) and the heads; the backbone is the base model `{adapter['base']}`, which "
+                  f"`ltreg.from_pretrained` fetches through timm before it applies the adapter."]
+    elif config["ltreg"]["model"].get("tuner"):
+        lines += ["", f"The {t.get('name')} modules cannot be merged into the backbone's weights: "
+                  f"`model.safetensors` holds them beside the base weights, so this model loads in ltreg "
+                  f"(`ltreg.from_pretrained`), not in timm alone (timm stops on the adapter tensors)."]
+    elif t.get("mergeable"):
+        lines += ["", "The adapter is merged into `model.safetensors`: a plain timm model."
+                  + (" The run folder also holds the adapter alone in `adapter/` (`ltreg push RUN --repo ID "
+                     "--adapter-only`)." if t.get("base") else "")]
+    return lines
+
+
 def _usage(arch: str, config: dict[str, Any]) -> list[str]:
-    """How to load and classify one image: with ltreg, then with timm alone. Every line runs as written once
-    ``<repo_id>`` is a Hub repo id or a local folder and ``image.png`` an image (tests/test_card.py runs both)."""
+    """How to load and classify one image: with ltreg, then with timm alone (or, for a model whose backbone holds
+    adapter modules or only an adapter, with ltreg / peft). Every line runs as written once ``<repo_id>`` is a
+    Hub repo id or a local folder and ``image.png`` an image (tests/test_card.py runs them)."""
     pcfg = config["pretrained_cfg"]
     size = tuple(pcfg["input_size"])
     mode = "RGB" if size[0] == 3 else "L"
     transform = (f"timm.data.create_transform(input_size={size}, interpolation={pcfg['interpolation']!r}, "
                  f"crop_pct={pcfg['crop_pct']}, mean={tuple(pcfg['mean'])}, std={tuple(pcfg['std'])})")
-    module = timm.models.model_entrypoint(arch).__module__
-    register = [f"import {module}  # registers {arch} into timm"] if module.startswith("ltreg") else []
     lines = ["", "## How to load", "",
              f"Replace `{REPO_PLACEHOLDER}` with the Hub repo id (org/name) or a local folder, and `image.png` with "
              "your image.", "",
@@ -268,15 +295,26 @@ def _usage(arch: str, config: dict[str, Any]) -> list[str]:
              "    probs = model.predict(image).softmax(-1)  # [1, classes]",
              "print(probs.argmax(-1).item())  # class index; names: label_names in config.json",
              "backbone = ltreg.load_backbone(repo)  # the timm backbone alone: pooled features",
-             "```", "", "With timm alone (backbone + classifier, no projection head), preprocessing included:", "",
-             "```python", "import os", "import timm, torch", "from PIL import Image", *register, "",
-             f'repo = "{REPO_PLACEHOLDER}"',
-             'name = f"local-dir:{repo}" if os.path.isdir(repo) else f"hf-hub:{repo}"',
-             "model = timm.create_model(name, pretrained=True).eval()",
-             "cfg = timm.data.resolve_data_config({}, model=model)",
-             "transform = timm.data.create_transform(**cfg)",
-             'image = Image.open("image.png").convert("RGB" if cfg["input_size"][0] == 3 else "L")',
-             "with torch.no_grad():",
-             "    probs = model(transform(image).unsqueeze(0)).softmax(-1)",
-             'print(model.pretrained_cfg["label_names"][probs.argmax(-1).item()])', "```"]
-    return lines
+             "```"]
+    adapter = config["ltreg"].get("adapter")
+    if adapter:
+        base = adapter["base"]
+        return lines + ["", "With timm and peft alone (the backbone: pooled features):", "", "```python",
+                        "import timm", "from peft import PeftModel", "",
+                        f'base = timm.create_model("{base}", pretrained=True, num_classes=0)',
+                        f'backbone = PeftModel.from_pretrained(base, "{REPO_PLACEHOLDER}").eval()', "```"]
+    if config["ltreg"]["model"].get("tuner"):
+        return lines
+    module = timm.models.model_entrypoint(arch).__module__
+    register = [f"import {module}  # registers {arch} into timm"] if module.startswith("ltreg") else []
+    return lines + ["", "With timm alone (backbone + classifier, no projection head), preprocessing included:", "",
+                    "```python", "import os", "import timm, torch", "from PIL import Image", *register, "",
+                    f'repo = "{REPO_PLACEHOLDER}"',
+                    'name = f"local-dir:{repo}" if os.path.isdir(repo) else f"hf-hub:{repo}"',
+                    "model = timm.create_model(name, pretrained=True).eval()",
+                    "cfg = timm.data.resolve_data_config({}, model=model)",
+                    "transform = timm.data.create_transform(**cfg)",
+                    'image = Image.open("image.png").convert("RGB" if cfg["input_size"][0] == 3 else "L")',
+                    "with torch.no_grad():",
+                    "    probs = model(transform(image).unsqueeze(0)).softmax(-1)",
+                    'print(model.pretrained_cfg["label_names"][probs.argmax(-1).item()])', "```"]

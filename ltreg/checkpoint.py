@@ -24,7 +24,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ltreg.errors import CheckpointError, ResumeStateError
-from ltreg.layout import CHECKPOINTS_DIR, MANIFEST, POINTER, RUN_FILES, STATE_WEIGHTS, TRAINER_STATE
+from ltreg.layout import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    MANIFEST,
+    POINTER,
+    RUN_FILES,
+    STATE_WEIGHTS,
+    TRAINER_STATE,
+)
 
 #: A checkpoint's folder name: what ``latest`` may hold (no separators, no dots in front).
 NAME = re.compile(r"^stage[12]-epoch-[0-9]{1,6}$")
@@ -163,10 +171,11 @@ def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool 
         )
     if not delete:  # other processes: the main process deletes
         return
-    if ckpt.is_symlink() or ckpt.is_file():
-        ckpt.unlink()
-    elif ckpt.is_dir():
-        shutil.rmtree(ckpt)
+    for folder in (ckpt, run_dir / ADAPTER_DIR):  # the adapter-only export of a run is one of its model files
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        elif folder.is_dir():
+            shutil.rmtree(folder)
     for name in RUN_FILES:
         f = run_dir / name
         if f.is_symlink() or f.is_file():

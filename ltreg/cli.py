@@ -21,7 +21,7 @@ from typing import Any
 from ltreg.clierrors import latest_checkpoint, report
 from ltreg.errors import ConfigError
 
-_SKIP = {"hparams", "method", "dataset_kwargs"}
+_SKIP = {"hparams", "method", "dataset_kwargs", "tuner_args"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -34,6 +34,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="override a method hyper-parameter (repeatable)")
     p.add_argument("--data-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="extra data set builder argument, e.g. split_dir=/data/splits (repeatable)")
+    p.add_argument("--tuner-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="an argument of the tuner, e.g. r=8 for --tuner lora (repeatable; see `ltreg list --parts`)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in _SKIP:
             continue
@@ -93,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ltreg.trainer import train
 
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items()
-                                 if k not in ("command", "func", "yaml", "hp", "method", "data_arg", "debug")
+                                 if k not in ("command", "func", "yaml", "hp", "method", "data_arg", "tuner_arg", "debug")
                                  and v is not None}
     hps = _pairs(args.hp, "--hp")
     if hps:
@@ -103,6 +105,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     data_args = parse_data_args(args.data_arg)
     if data_args:
         overrides["dataset_kwargs"] = data_args
+    from ltreg.config import parse_tuner_args
+
+    tuner_args = parse_tuner_args(args.tuner_arg)
+    if tuner_args:
+        overrides["tuner_args"] = tuner_args
     result = train(args.method, yaml_path=args.yaml, **overrides)
     if result.config.push_to_hub:
         from ltreg.hub import push_run
@@ -179,7 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from ltreg.hub import push_run
 
-    url = push_run(args.run_dir, args.repo, private=args.private, revision=args.revision)
+    url = push_run(args.run_dir, args.repo, private=args.private, revision=args.revision, adapter_only=args.adapter_only)
     print(f"pushed {args.run_dir} to {url}")
     return 0
 
@@ -248,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", required=True, help="org/name")
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision", default=None)
+    p.add_argument("--adapter-only", action="store_true",
+                   help="push the adapter alone (LoRA / DoRA / IA3 runs on a Hub or timm base): a few MB plus the "
+                        "base model's id; without it the merged model is pushed")
     p.set_defaults(func=cmd_push)
     return parser
 

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ltreg.data.build import RUN_ARGUMENTS, DataArgs, check_builder_args, datase
 from ltreg.errors import ConfigError, SettingError
 from ltreg.fields import check_settings, check_type, flag, parse_value
 from ltreg.method import HParams, MethodSpec, hp
+from ltreg.tuners import Tuner, build_tuner
 
 DEFAULT_METHOD = "balanced-softmax"
 DEFAULT_DATASET = "digits-lt"
@@ -40,6 +42,8 @@ class TrainConfig:
     backbone: str | None = None  # a timm name (resnet50), a tagged one (resnet50.a1_in1k: pretrained), hf-hub:org/name or a folder
     pretrained: bool = field(default=False, metadata={"recipe": True})  # timm's weights for the backbone (a tag, hf-hub: or folder implies it)
     init_from: str | None = field(default=None, metadata={"recipe": True})  # an ltreg run / model folder or Hub repo to start stage 1 from
+    tuner: str | None = field(default=None, metadata={"recipe": True})  # how the backbone adapts (ltreg.tuners); None: the method's
+    tuner_args: dict[str, Any] = field(default_factory=dict, metadata={"recipe": True})  # the tuner's arguments (--tuner-arg r=8)
     image_size: int | None = field(default=None, metadata={"recipe": True})  # views' side in pixels; None: the data set's (a ViT pretrained at 224 wants 224)
     normalize: str = field(default="data", metadata={"recipe": True})  # data: the data set's mean / std; backbone: the pretrained backbone's (timm's pretrained_cfg, e.g. CLIP's)
     epochs: int = field(default=30, metadata={"recipe": True})
@@ -199,6 +203,8 @@ class TrainConfig:
             drop.add("nesterov")
         if self.augment is None:
             drop.add("augment")  # the method's own views (the card's augmentation row says which)
+        if not self.tuner_args:
+            drop.add("tuner_args")
         out = {k: v for k, v in out.items() if k not in drop}
         if self.pretrained and self.backbone:  # where the weights came from (the card's backbone row is the arch)
             out["backbone_weights"] = self.backbone if "." in self.backbone or ":" in self.backbone or "/" in self.backbone \
@@ -254,6 +260,9 @@ SETTING_HELP: dict[str, str] = {
     "holdout_fraction": "share of each class held out of training for rebalancers that tune on held-out data",
     "min_free_mb": "free disk space (MB) the run folder needs before training starts",
     "seed": "the run's one seed: data draw, initialisation, augmentation, sampling",
+    "tuner": "how the backbone adapts (ltreg.tuners: full, linear, bitfit, layernorm, lora, dora, ia3, adaptformer); "
+             "unset: the method's",
+    "tuner_args": "the tuner's arguments (--tuner-arg NAME=VALUE, e.g. r=8)",
     "image_size": "side of the training and test views in pixels; unset: the data set's (a ViT pretrained at "
                   "224 wants 224)",
     "normalize": "input normalisation: data (the data set's mean / std) or backbone (the pretrained backbone's, "
@@ -401,6 +410,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
                             frozenset(cfg.hparams))  # checked now, not when the run is built
     spec.check(hparams)  # the declared views and stages under these hyper-parameters
     check_dataset_kwargs(cfg)
+    resolve_tuner(spec, cfg, hparams)  # an unknown tuner or a bad argument stops here, before any work
     if cfg.tta is not None:  # an unknown view set stops here, before any data is read
         from ltreg.registry import registry
 
@@ -431,6 +441,47 @@ def _optimizer_lr(merged: dict[str, Any], source: dict[str, str], order: list[st
     source["lr"] = f"the default lr of --optimizer {name}"
     return [f"lr {lr:g}: the default of --optimizer {name}; the lr {old!r} of {origin} is meant for SGD "
             f"(pass --lr to choose another)"]
+
+
+def tuner_ref(spec: MethodSpec, cfg: TrainConfig, hparams: HParams) -> tuple[str, dict[str, Any]]:
+    """The run's tuner and its arguments: the method's, with ``--tuner`` / ``--tuner-arg`` on top.
+
+    ``--tuner`` naming another tuner than the method's drops the method's tuner arguments (they are
+    another tuner's); ``--tuner-arg`` alone changes the method's tuner's arguments.
+    """
+    if cfg.tuner is not None and cfg.tuner.strip().lower() != spec.tuner.name.strip().lower():
+        return cfg.tuner, dict(cfg.tuner_args)
+    return spec.tuner.name, {**spec.tuner.resolve_kwargs(hparams), **cfg.tuner_args}
+
+
+def resolve_tuner(spec: MethodSpec, cfg: TrainConfig, hparams: HParams) -> Tuner:
+    """The run's :class:`~ltreg.tuners.Tuner`, its arguments checked (:class:`~ltreg.errors.TunerError`)."""
+    name, kwargs = tuner_ref(spec, cfg, hparams)
+    return build_tuner(name, **kwargs)
+
+
+def parse_tuner_args(pairs: list[str]) -> dict[str, Any]:
+    """``--tuner-arg NAME=VALUE`` flags: each VALUE one YAML scalar (``8``, ``0.1``, ``true``, ``null``, text)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for text in pairs:
+        name, sep, raw = (part.strip() for part in text.partition("="))
+        if not sep or not name.isidentifier():
+            raise ConfigError(f"--tuner-arg expects NAME=VALUE, got {text!r}")
+        if name in out:
+            raise ConfigError(f"--tuner-arg {name} given twice; keep one")
+        try:
+            value = yaml.safe_load(raw) if raw and not raw.startswith("!") else (None if not raw else raw)
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _FLOAT.match(value):  # YAML 1.1 reads 1e-3 as text
+            value = float(value)
+        out[name] = value if isinstance(value, (str, int, float, bool, type(None))) else raw
+    return out
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def check_dataset_kwargs(cfg: TrainConfig) -> None:

@@ -16,6 +16,7 @@ to import a higher one to raise or catch an error::
     │   ├── RegistryError            (LookupError) Unknown / Duplicate name, PluginLoad failure
     │   ├── DataError                (ValueError) DataLayout / DataArgument / ImageDecode errors
     │   ├── PrototypeError           (ValueError)
+    │   ├── TunerError               (ValueError) a tuner that does not fit the backbone, or its arguments
     │   └── RebalanceError           (ValueError)
     ├── CheckpointError              (ValueError) a checkpoint or model folder missing, corrupt or unsafe
     │   └── ResumeStateError         a checkpoint's state record (stage, epoch) missing or corrupt
@@ -103,6 +104,10 @@ class PrototypeError(UsageError, ValueError):
     """A prototype module that cannot be built or updated as configured."""
 
 
+class TunerError(UsageError, ValueError):
+    """A tuner that does not fit the backbone (no layers to adapt), or tuner arguments it does not take."""
+
+
 class RebalanceError(UsageError, ValueError):
     """A rebalancer that cannot apply to this model or data."""
 
@@ -127,7 +132,7 @@ class PushError(LtregError, RuntimeError):
     """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
-__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "SpecError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "RebalanceError", "CheckpointError", "ResumeStateError", "TrainingError", "NonFiniteLossError", "PushError", "MissingExtraError",
+__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "SpecError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "TunerError", "RebalanceError", "CheckpointError", "ResumeStateError", "TrainingError", "NonFiniteLossError", "PushError", "MissingExtraError",
            "ClassNamesError"]
 
 

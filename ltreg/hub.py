@@ -31,7 +31,19 @@ from torch import Tensor
 from ltreg.card import REPO_PLACEHOLDER
 from ltreg.checkpoint import verify_manifest
 from ltreg.errors import CheckpointError, PushError
-from ltreg.layout import CARD_FILE, CONFIG_FILE, MANIFEST, MODEL_FILES, REQUIRED_FILES, WEIGHTS_FILE
+from ltreg.layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_FILES,
+    ADAPTER_MODEL_FILES,
+    ADAPTER_WEIGHTS,
+    CARD_FILE,
+    CONFIG_FILE,
+    MANIFEST,
+    MODEL_FILES,
+    REQUIRED_FILES,
+    WEIGHTS_FILE,
+)
 from ltreg.models.config import folder_model_config
 from ltreg.version import __version__
 
@@ -51,7 +63,7 @@ def refuse_pickle(label: str, names: list[str]) -> CheckpointError:
 
 
 def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_remote_pickle: bool = False,
-            files: tuple[str, ...] = (*REQUIRED_FILES, MANIFEST)) -> tuple[Path, str]:
+            files: tuple[str, ...] = (*REQUIRED_FILES, ADAPTER_WEIGHTS, ADAPTER_CONFIG, MANIFEST)) -> tuple[Path, str]:
     """A local folder as is, or ``files`` of a Hub repo in the user's cache; and a label for errors.
 
     The folder's ``manifest.json``, when present, is checked: a file that does not match its SHA-256
@@ -68,7 +80,7 @@ def resolve(repo_or_dir: str | os.PathLike, revision: str | None = None, trust_r
     patterns = [*files, *(PICKLE_PATTERNS if trust_remote_pickle else ())]
     try:
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-        if not (folder / WEIGHTS_FILE).exists() and not trust_remote_pickle:
+        if not (folder / WEIGHTS_FILE).exists() and not (folder / ADAPTER_WEIGHTS).exists() and not trust_remote_pickle:
             remote = HfApi().list_repo_files(repo_id, revision=revision)
             pickles = [f for f in remote if any(fnmatch.fnmatch(f, p) for p in PICKLE_PATTERNS)]
             if pickles:
@@ -111,13 +123,23 @@ def read_safetensors(path: Path, label: str) -> dict[str, Tensor]:
 
 
 def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
-             token: str | None = None) -> str:
+             token: str | None = None, adapter_only: bool = False) -> str:
     """Upload a run folder's model files to ``repo_id`` in one commit; returns the repo URL.
 
-    Local files are only read. Any failure raises :class:`PushError` with the retry command.
+    ``adapter_only`` uploads the run's ``adapter/`` folder instead (peft's adapter files, the heads and a
+    config naming the base model). Local files are only read. Any failure raises :class:`PushError` with
+    the retry command.
     """
     run_dir = Path(run_dir).resolve()
-    missing = [f for f in REQUIRED_FILES if not (run_dir / f).is_file()]
+    required = REQUIRED_FILES
+    if adapter_only:
+        if not (run_dir / ADAPTER_DIR / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"{run_dir} has no adapter-only export ({ADAPTER_DIR}/): only a run with a mergeable tuner (lora, "
+                f"dora, ia3) on a base timm can fetch (a tagged timm name or --backbone hf-hub:org/name, not a local "
+                f"folder, random weights or --init-from) writes one. Push the merged model: drop --adapter-only")
+        run_dir, required = run_dir / ADAPTER_DIR, ADAPTER_FILES
+    missing = [f for f in required if not (run_dir / f).is_file()]
     if missing:
         raise CheckpointError(f"{run_dir} lacks {', '.join(missing)}: not a finished run or model folder; "
                               f"train it to the end (or save_pretrained a model there) first")
@@ -127,7 +149,7 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
     method = config["ltreg"].get("method") or "model"
     ops = [CommitOperationAdd(f, (run_dir / f).read_bytes().replace(REPO_PLACEHOLDER.encode(), repo_id.encode())
                               if f == CARD_FILE else str(run_dir / f))
-           for f in MODEL_FILES if (run_dir / f).is_file()]
+           for f in (ADAPTER_MODEL_FILES if adapter_only else MODEL_FILES) if (run_dir / f).is_file()]
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True)
@@ -136,7 +158,8 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
         api.create_commit(repo_id, ops, commit_message=f"ltreg {__version__}: upload {method}",
                           revision=revision)
     except Exception as exc:  # noqa: BLE001 - every failure gets the same way out: retry later
-        cmd = " ".join(["ltreg push", shlex.quote(str(run_dir)), "--repo", repo_id,
+        cmd = " ".join(["ltreg push", shlex.quote(str(run_dir.parent if adapter_only else run_dir)), "--repo", repo_id,
+                        *(["--adapter-only"] if adapter_only else []),
                         *(["--revision", revision] if revision else []), *(["--private"] if private else [])])
         raise PushError(
             f"pushing to the Hub repo {repo_id} failed: {type(exc).__name__}: {str(exc).strip()}\n"

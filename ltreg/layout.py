@@ -32,8 +32,18 @@ POINTER = "latest"
 STATE_WEIGHTS = "ltreg_state.safetensors"
 TRAINER_STATE = "trainer_state.json"
 
+#: peft's adapter files: an adapter-only model folder holds them instead of ``model.safetensors``.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+#: The adapter-only model folder inside a run folder (a LoRA / DoRA / IA3 run on a base timm can fetch).
+ADAPTER_DIR = "adapter"
+#: What an adapter-only model folder cannot do without.
+ADAPTER_FILES = (CONFIG_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEADS_FILE)
+
 #: What a push uploads (when present); never checkpoints or logs.
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE, CARD_FILE, PLOT_FILE, METRICS_FILE, MANIFEST)
+#: What ``push --adapter-only`` uploads from ``adapter/``.
+ADAPTER_MODEL_FILES = (CONFIG_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG, HEADS_FILE, CARD_FILE, MANIFEST)
 #: What a model folder cannot do without.
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, HEADS_FILE)
 #: The files of a finished run that ``--overwrite`` removes (with ``checkpoints/``).

@@ -207,6 +207,9 @@ def fit(run: Run) -> RunResult:
         acc.init_trackers(f"ltreg-{run.config.spec.name}", config={k: v for k, v in cfg.to_dict().items()
                                                                    if isinstance(v, (int, float, str, bool))})
     st1 = stage1_setup(run)
+    trainable, total = run.counts
+    log.say(f"{run.tuned.describe()}; stage 1 trains {trainable:,} of {total:,} parameters "
+            f"({100.0 * trainable / max(total, 1):.2f} %, heads and parts included)")
     _train_stage(run, st1, log, _resume(run, log, 1) if cfg.resume else 0)
     stage2_info: dict[str, Any] = {}
     if run.config.spec.stage2 is not None:

@@ -1,4 +1,4 @@
-"""The method spec: the four parts a long-tailed method declares, its hyper-parameters and recipes.
+"""The method spec: the parts a long-tailed method declares (loss, sampler, prototypes, rebalancer, tuner), its hyper-parameters and recipes.
 
 A method is data, not code: ``MethodSpec(loss=PartRef("supcon", temperature=hp("temperature")), ...)``.
 Parts are looked up by registry name when a run is built, so a plugin reuses core parts by naming them.
@@ -348,12 +348,12 @@ class MethodSpec:
     memory: PartRef | None = None
     batch_transform: PartRef | None = None
     stage2: Stage | None = None  # a second stage (e.g. cRT): its kind, rebalancer and epochs
+    #: How the backbone is adapted (``ltreg.tuners``): ``full`` trains it end to end; ``--tuner`` overrides it.
+    tuner: PartRef = field(default_factory=lambda: PartRef("full"))
     views: ViewPlan = field(default_factory=ViewPlan)  # a tuple of pipeline names is short for ViewPlan(pipelines=...)
     model: ModelSpec = field(default_factory=ModelSpec)
     recipes: Mapping[str, Recipe] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
-    #: How the backbone is adapted (a registry name in ``ltreg.tuners``); None: the whole backbone trains.
-    tuner: PartRef | None = None
     #: Sets the classifier's initial weights once the model is built (``ltreg.head_inits``, e.g. ``clip-text``).
     head_init: PartRef | None = None
     #: The test-time views the final evaluation averages logits over (``ltreg.eval_views``); ``--tta`` overrides.

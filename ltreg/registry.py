@@ -21,7 +21,7 @@ from typing import Any
 from ltreg.errors import DuplicateNameError, PluginLoadError, RegistryError, UnknownNameError
 
 GROUPS = ("methods", "losses", "samplers", "prototypes", "memory", "transforms", "rebalancers", "datasets", "head_inits",
-          "eval_views", "views", "sampler_roles", "stages")
+          "eval_views", "views", "sampler_roles", "stages", "tuners")
 IN_PROCESS = "<in-process>"
 
 
@@ -194,6 +194,7 @@ register_memory = _decorator("memory")
 register_transform = _decorator("transforms")
 register_rebalancer = _decorator("rebalancers")
 register_dataset = _decorator("datasets")
+register_tuner = _decorator("tuners")
 register_head_init = _decorator("head_inits")
 register_eval_views = _decorator("eval_views")
 register_view = _decorator("views")

@@ -1,7 +1,7 @@
 """The run builder: everything a run needs, constructed once, in one readable order.
 
 ``build_run(RunConfig) -> Run``: accelerator -> data (and the held-out split a rebalancer
-declares) -> the run folder check -> model -> step state, data passes, build context -> the
+declares) -> the run folder check -> model (initial weights, then the tuner) -> step state, data passes, build context -> the
 method's parts -> checkpoints. Nothing here trains:
 :mod:`ltreg.stages` sets each stage up (loader, optimizer, schedule) and :mod:`ltreg.loop` runs them.
 """
@@ -26,7 +26,7 @@ from torch import nn
 import ltreg.distributed as D
 from ltreg.card import DatasetRecord, RunCard
 from ltreg.checkpoint import Checkpoints, guard_run_folder, write_atomic
-from ltreg.config import RunConfig, TrainConfig
+from ltreg.config import RunConfig, TrainConfig, resolve_tuner
 from ltreg.data.build import build_data, with_input
 from ltreg.data.evalviews import EvalViews, build_eval_views
 from ltreg.data.lt import LTData, LTDataset
@@ -41,6 +41,7 @@ from ltreg.models.ltmodel import LTModel, LTModelConfig
 from ltreg.registry import registry
 from ltreg.runlog import check_tracker
 from ltreg.step import BuildContext, Part, StepState
+from ltreg.tuners import TunedParams, Tuner
 
 
 @dataclass
@@ -80,6 +81,10 @@ class Run:
     ctx: BuildContext
     passes: DataPasses
     checkpoints: Checkpoints
+    tuner: Tuner
+    tuned: TunedParams
+    #: Trainable and total parameters of stage 1 (model and trainable parts), set by ``stages.stage1_setup``.
+    counts: tuple[int, int] = (0, 0)
     eval_views: EvalViews | None = None  # the test-time views of the final evaluation (None: the centre view)
 
     @property
@@ -106,10 +111,25 @@ class Run:
                                 class_names=list(train.class_names), many_thr=train.many_thr, few_thr=train.few_thr,
                                 image_size=train.image_size, mean=list(train.mean), std=list(train.std),
                                 info=dict(train.info), builder_args=args.to_dict(), hub_id=hub_id)
+        tuner = {**self.tuner.to_dict(), "backbone_trainable": self.tuned.trainable, "backbone_total": self.tuned.total,
+                 "trainable": self.counts[0], "total": self.counts[1], "structural": self.tuner.structural,
+                 "mergeable": self.tuner.mergeable, "base": base_weights(cfg)}
         return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=self.config.hparams.to_dict(),
                        recipe=cfg.recipe_items(), dataset=dataset, license=cfg.license,
                        augmentation=describe_views(training_views(self.config, self.parts), train),
-                       metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"))
+                       metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"),
+                       tuner=tuner)
+
+
+def base_weights(cfg: TrainConfig) -> str | None:
+    """Where timm fetches the run's initial backbone weights from (a tag or ``hf-hub:org/name``), or None
+    (random weights, a local folder, ``--init-from``): the base an adapter-only export names."""
+    from ltreg.models.backbones import parse_backbone
+
+    if cfg.init_from is not None or not cfg.pretrained or not cfg.backbone:
+        return None
+    kind, ref = parse_backbone(cfg.backbone)
+    return ref if kind in ("hub", "tag", "arch") else None
 
 
 def preflight_output(run_dir: Path, min_free_mb: int = 50) -> None:
@@ -217,6 +237,10 @@ def build_run(rc: RunConfig) -> Run:
         train_set, holdout = carve_holdout(train_set, cfg.holdout_fraction, cfg.seed)
     model = LTModel(model_config(rc, train_set))
     load_initial_weights(model, cfg.backbone, cfg.pretrained, cfg.init_from, say=acc.print)
+    tuner = resolve_tuner(spec, cfg, hparams)
+    tuned = tuner.apply(model.backbone)  # before any part copies the model and before the optimizer is built
+    if tuner.structural:
+        model.config.tuner = tuner.to_dict()
     if acc.num_processes > 1 and cfg.sync_bn:  # batch statistics of the global batch, as on one process
         model = sync_batchnorm(model, acc.device)
     if cfg.channels_last:
@@ -262,7 +286,8 @@ def build_run(rc: RunConfig) -> Run:
     if spec.head_init is not None:
         init_head(rc, model, train_set, say=acc.print, write=acc.is_main_process)
         acc.wait_for_everyone()
-    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc), views)
+    return Run(rc, acc, data, train_set, holdout, model, parts, state, ctx, passes, Checkpoints(cfg.run_dir, acc),
+               tuner=tuner, tuned=tuned, eval_views=views)
 
 
 def test_views(rc: RunConfig, test: LTDataset) -> EvalViews:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+import ltreg.distributed as D
 from ltreg.budget import scale_count
 from ltreg.data.views import ViewDataset, apply_augment, collate
 from ltreg.errors import ConfigError
@@ -115,6 +116,7 @@ def stage1_setup(run: Run) -> StageSetup:
     query = list(spec.views.query) if spec.views.query is not None else None
     module = StepModule(run.model, trainable, run.parts.loss, run.parts.hooks(), query)
     params = [p for p in module.parameters() if p.requires_grad]
+    run.counts = (sum(p.numel() for p in params), sum(p.numel() for p in module.parameters()))
     loader = make_loader(run, spec.views_for(run.config.hparams), run.parts.sampler, cfg.batch_size, cfg.epochs)
     settings = OptimSettings.stage1(cfg)
     optimizer = build_optimizer(param_groups(run.model, params, settings), settings)
@@ -125,11 +127,30 @@ def stage1_setup(run: Run) -> StageSetup:
     return StageSetup(1, cfg.epochs, steps, module, loader, optimizer, scheduler, run.parts.hooks())
 
 
+def tuner_bounds(run: Run, groups: list[Any]) -> list[Any]:
+    """Stage 2's groups without the backbone parameters the tuner froze: a rebalancer that fine-tunes the
+    backbone (KD with ``freeze_backbone=False``) trains what the tuner lets train, nothing more."""
+    backbone = D.unwrap(run.model).backbone
+    modules = dict(backbone.named_modules())
+    frozen = set()
+    for name, param in backbone.named_parameters():
+        owner = modules[name.rsplit(".", 1)[0]] if "." in name else backbone
+        if not run.tuner.trains(name, param, owner):
+            param.requires_grad_(False)
+            frozen.add(id(param))
+    if not frozen:
+        return groups
+    if groups and isinstance(groups[0], dict):
+        kept = [{**g, "params": [p for p in g["params"] if id(p) not in frozen]} for g in groups]
+        return [g for g in kept if g["params"]]
+    return [p for p in groups if id(p) not in frozen]
+
+
 def stage2_setup(run: Run) -> StageSetup | None:
     """Stage 2: the rebalancer's trainable groups, sampler, views and loss (its ``setup`` freezes the rest);
     None for a post-hoc rebalancer (no epochs)."""
     reb, cfg = run.parts.rebalancer, run.cfg
-    groups = reb.setup(run.model)
+    groups = tuner_bounds(run, reb.setup(run.model))
     declared = run.config.spec.stage2_epochs(run.config.hparams)  # None: the rebalancer's default
     epochs = cfg.stage2_epochs if cfg.stage2_epochs is not None else declared if declared is not None else reb.epochs
     epochs = scale_count(epochs, cfg.budget_fraction)

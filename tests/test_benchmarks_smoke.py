@@ -33,6 +33,7 @@ def test_gpu_check_cpu_smoke():
     assert re.search(r"^ratio\[cuda\] = ltreg/plain = \d+\.\d+", out, re.M), out[-3000:]
     assert re.search(r"^ratio\[data\] = default workers/num_workers=0 = \d+\.\d+", out, re.M), out[-3000:]
     assert "methods ran" in out and "all checks passed" in out
+    assert re.search(r"^ratio\[lora/plain-peft\] images/s = \d+\.\d+", out, re.M), out[-3000:]  # (d) tuners
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION), reason="needs the Debian package dataset-fashion-mnist")

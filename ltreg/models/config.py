@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ltreg.errors import CheckpointError, ModelConfigError
+from ltreg.errors import CheckpointError, ModelConfigError, TunerError
 
 
 @dataclass
@@ -27,6 +27,9 @@ class LTModelConfig:
     proj_hidden: int | None = None
     proj_bn: bool = False
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: The structural tuner whose modules the backbone holds (``{"name": "adaptformer", "args": {...}}``);
+    #: None: a plain timm backbone (also after a LoRA / DoRA / IA3 run, saved merged).
+    tuner: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_model_config(self)
@@ -49,13 +52,25 @@ BACKBONE_KWARGS: dict[str, tuple[Any, str]] = {
                     "pos_drop_rate", "patch_drop_rate")},
     "global_pool": (lambda v: v in ("", "avg", "max", "avgmax", "catavgmax", "fast", "token", "map"),
                     "one of '', avg, max, avgmax, catavgmax, fast, token, map"),
-    "img_size": (lambda v: _is_int(v) and 1 <= v <= 8192, "an integer in [1, 8192]"),
+    "img_size": (lambda v: _ints(v, 8192), "an integer in [1, 8192] or a pair of them"),
+    # the size of a transformer (a small ViT made for tests or CPUs: timm's own config.json model_args)
+    "patch_size": (lambda v: _ints(v, 1024), "an integer in [1, 1024] or a pair of them"),
+    "embed_dim": (lambda v: _is_int(v) and 1 <= v <= 16384, "an integer in [1, 16384]"),
+    "depth": (lambda v: _is_int(v) and 1 <= v <= 256, "an integer in [1, 256]"),
+    "num_heads": (lambda v: _is_int(v) and 1 <= v <= 256, "an integer in [1, 256]"),
+    "mlp_ratio": (lambda v: _is_number(v) and 0 < v <= 64, "a number in (0, 64]"),
 }
 _BACKBONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)?$")
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _ints(v: Any, hi: int) -> bool:
+    """An integer in [1, hi], or a pair of them (timm writes ``img_size`` as ``[H, W]``)."""
+    pair = isinstance(v, (list, tuple)) and len(v) == 2
+    return all(_is_int(x) and 1 <= x <= hi for x in (v if pair else [v]))
 
 
 def _is_number(v: Any) -> bool:
@@ -81,6 +96,7 @@ def check_model_config(cfg: LTModelConfig) -> None:
         ("proj_hidden", cfg.proj_hidden is None or _size(cfg.proj_hidden, MAX_DIM), f"an integer in [1, {MAX_DIM}] or null"),
         ("proj_bn", isinstance(cfg.proj_bn, bool), "true or false"),
         ("backbone_kwargs", isinstance(cfg.backbone_kwargs, dict), "a mapping of keyword arguments"),
+        ("tuner", cfg.tuner is None or isinstance(cfg.tuner, dict), "a mapping {name, args} or null"),
     ]
     for key, ok, want in checks:
         if not ok:
@@ -94,6 +110,16 @@ def check_model_config(cfg: LTModelConfig) -> None:
         check, want = BACKBONE_KWARGS[name]
         if not check(value):
             raise ModelConfigError(f"backbone_kwargs.{name} must be {want}, got {_short(value)}", f"backbone_kwargs.{name}")
+    if cfg.tuner is not None:
+        from ltreg.tuners import tuner_from_dict
+
+        try:
+            tuner = tuner_from_dict(cfg.tuner, "the model config")
+        except TunerError as exc:
+            raise ModelConfigError(str(exc), "tuner") from exc
+        if not tuner.structural:
+            raise ModelConfigError(f"tuner {tuner.name!r} adds no modules: a model config names only a tuner whose "
+                                   f"modules the backbone holds (lora, dora, ia3, adaptformer)", "tuner")
 
 
 def _short(value: Any) -> str:

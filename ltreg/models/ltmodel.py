@@ -61,6 +61,12 @@ class LTModel(nn.Module):
             raise ModelConfigError(f"classifier must be 'linear' or 'cosine', got {config.classifier!r}")
         self.config = config
         self.backbone = create_backbone(config.backbone, config.in_chans, **config.backbone_kwargs)
+        if config.tuner is not None:  # a saved model whose backbone holds a tuner's modules (AdaptFormer, ...)
+            from ltreg.tuners import tuner_from_dict
+
+            tuner = tuner_from_dict(config.tuner, "the model config")
+            tuner.check(self.backbone)
+            tuner.add_modules(self.backbone)
         width = self.backbone.num_features
         self.num_features = width
         if config.proj_dim == "width":

@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--methods", required=True, help="comma-separated names")
     parser.add_argument("--out", required=True)
     parser.add_argument("--asymmetric", action="store_true", help="class-sorted batches")
+    parser.add_argument("--train-json", default="{}", help="more ltreg.train settings as JSON (backbone, tuner, ...)")
     args = parser.parse_args()
     registry("samplers").register("class-sorted-test", ClassSortedSampler)
     out = Path(args.out)
@@ -60,10 +61,12 @@ def main() -> None:
             import dataclasses
 
             spec = dataclasses.replace(spec, sampler=ltreg.PartRef("class-sorted-test", inner=spec.sampler))
+        # a method whose default backbone is a pretrained foundation model (LIFT) runs its own CPU check model
+        small = {**spec.quick.train, "hparams": dict(spec.quick.hparams)} if spec.quick is not None else {"hparams": {}}
         cfg = resolve_config(spec, {
-            "epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "stage2_epochs": 1, "cpu": True,
+            **small, "epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "stage2_epochs": 1, "cpu": True,
             "output_dir": str(out / name), "log_every": 1, "sync_bn": True, "lr": 0.01, "checkpoint_every": 5,
-            "hparams": {}, "eval_batch_size": 512, "dataset": "digits-lt",
+            "eval_batch_size": 512, "dataset": "digits-lt", **json.loads(args.train_json),
         })
         trainer = Trainer(cfg)
         init = {k: v.detach().float().clone() for k, v in trainer.run.model.state_dict().items()}
