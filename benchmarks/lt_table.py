@@ -305,6 +305,22 @@ def _steps(r: dict[str, Any]) -> str:
     return " / ".join("+".join(str(n) for n in s) for s in r["steps"]) or "–"
 
 
+def portable(command: str) -> str:
+    """The recorded command as a reader runs it: the interpreter as ``.venv/bin/python``, the script by its
+    path in the repository, an absolute ``--out`` folder as ``OUT`` (no machine's paths in the docs)."""
+    words = shlex.split(command)
+    out = []
+    for i, w in enumerate(words):
+        if i == 0 and w.endswith(("python", "python3")):
+            w = ".venv/bin/python"
+        elif w.endswith("benchmarks/lt_table.py"):
+            w = "benchmarks/lt_table.py"
+        elif i and words[i - 1] == "--out" and os.path.isabs(w):
+            w = "OUT"
+        out.append(w)
+    return shlex.join(out)
+
+
 def markdown(result: dict[str, Any], part: str = "full") -> str:
     """The published markdown of a result file: ``part="full"`` (header, every IF's table, notes) or
     ``"overview"`` (the header's first lines and one All / Few table over the IFs). A function of the result
@@ -315,7 +331,7 @@ def markdown(result: dict[str, Any], part: str = "full") -> str:
     resumed = f" (plus {env['resumed']} runs kept from OUT/runs.jsonl by --resume)" if env.get("resumed") else ""
     cap = f", epochs capped at {args['steps']} steps (a smoke run)" if args["steps"] else ""
     subsample = f" ({args['test_per_class']} images per class)" if args["test_per_class"] else ""
-    head = [f"- command: `{env['command']}`", f"- date: {env['date']}; machine: {env['machine']}",
+    head = [f"- command: `{portable(env['command'])}`", f"- date: {env['date']}; machine: {env['machine']}",
             f"- data: {args['dataset']}, exponential profile; balanced test set{subsample}",
             f"- budget: resnet8, batch 128, lr 0.05, cosine; every method trains {args['share']:g} of its own "
             f"full run in every stage{cap} (steps per stage in the table: stage 1 + stage 2), every schedule "
@@ -363,6 +379,12 @@ def markdown(result: dict[str, Any], part: str = "full") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mean(values: list[Any]) -> float:
+    """Mean of the numbers in ``values`` (None: a split without classes); NaN when none."""
+    nums = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(nums) / len(nums) if nums else float("nan")
+
+
 BLOCK = re.compile(r"(<!-- lt_table results=(\S+) part=(\w+) -->\n)(.*?)(<!-- /lt_table -->)", re.S)
 
 
@@ -405,29 +427,57 @@ def publish(result_file: Path, root: Path = ROOT) -> list[Path]:
 
 
 def plot(runs: list[dict[str, Any]], methods: list[str], imbalance: float, path: Path) -> None:
-    """Per-class accuracy (mean over seeds) against training images per class, log x, one line per method."""
+    """Two panels that read at a glance: a method x class heatmap of per-class top-1 (classes head -> tail,
+    each labelled with its training images; mean over seeds) and grouped Many / Medium / Few bars per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    for i, m in enumerate(methods):
+    rows, names, counts = [], [], None
+    splits: dict[str, list[float]] = {"many": [], "medium": [], "few": []}
+    for m in methods:
         ok = [r for r in runs if r["method"] == m and r["imbalance"] == imbalance and not r["error"]]
         if not ok:
             continue
         counts = torch.tensor(ok[0]["metrics"]["train_counts"], dtype=torch.float64)
         per_class = [[float("nan") if v is None else v for v in r["metrics"]["per_class"]] for r in ok]
-        acc = torch.tensor(per_class, dtype=torch.float64).nanmean(0)
-        order = counts.argsort()
-        ax.plot(counts[order].numpy(), acc[order].numpy(), marker="o", ms=3, label=m,
-                ls=("-", "--", ":")[i // 10 % 3], lw=2.0 if m == "ce" else 1.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images of the class (log)")
-    ax.set_ylabel("test top-1 of the class (%)")
-    ax.set_title(f"per-class accuracy, IF {imbalance:g} (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        rows.append(torch.tensor(per_class, dtype=torch.float64).nanmean(0))
+        names.append(m)
+        for split, values in splits.items():
+            values.append(_mean([r["metrics"].get(split) for r in ok]))
+    if counts is None:
+        return
+    order = counts.argsort(descending=True, stable=True)  # head -> tail
+    grid = torch.stack(rows)[:, order].numpy()
+    n_cls = grid.shape[1]
+    fig, (ax, cx, bx) = plt.subplots(1, 3, figsize=(7.5 + 0.35 * min(n_cls, 40), 1.4 + 0.42 * len(names)),
+                                     gridspec_kw={"width_ratios": [max(2.0, min(n_cls, 40) / 4), 0.08, 2.2]})
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    step = max(1, n_cls // 40)
+    ax.set_xticks(range(0, n_cls, step), [str(int(counts[order][i])) for i in range(0, n_cls, step)],
+                  rotation=90 if n_cls > 12 else 0, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("classes, head -> tail (training images per class)")
+    if n_cls <= 20:
+        for i in range(grid.shape[0]):
+            for j in range(n_cls):
+                if grid[i, j] == grid[i, j]:
+                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if grid[i, j] < 60 else "black")
+    fig.colorbar(im, cax=cx, label="test top-1 of the class (%)")
+    ax.set_title(f"per-class top-1, IF {imbalance:g} (mean over seeds)", fontsize=9)
+    height = 0.8 / 3
+    for k, (split, color) in enumerate((("many", "tab:blue"), ("medium", "tab:orange"), ("few", "tab:red"))):
+        ys = [i + (k - 1) * height for i in range(len(names))]
+        bx.barh(ys, splits[split], height=height, color=color, label=split.capitalize())
+    bx.set_yticks(range(len(names)), [])
+    bx.set_ylim(len(names) - 0.5, -0.5)  # the rows of the heatmap, top to bottom
+    bx.set_xlim(0, 100)
+    bx.set_xlabel("top-1 (%)")
+    bx.set_title("Many / Medium / Few", fontsize=9)
+    bx.grid(axis="x", alpha=0.3)
+    bx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.6 / len(names)), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

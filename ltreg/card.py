@@ -60,6 +60,7 @@ class RunCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     per_class: list[float | None] | None = None
     license: str | None = None
+    augmentation: str = ""  # the training views as run: pipelines, flips and why
     #: The tuner: name, args, trainable / total parameters (backbone, and stage 1 with heads), base weights.
     tuner: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +79,54 @@ class RunCard:
         elif ds is not None:
             values["dataset"] = None
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The long-tail profile of training counts, measured (whatever any builder was asked for)."""
+
+    imbalance: float | None  # largest / smallest class; None without counts
+    shape: str  # balanced | step | exponential | irregular | unknown
+    largest: int = 0
+    smallest: int = 0
+
+    def text(self) -> str:
+        if self.imbalance is None:
+            return "class counts unknown"
+        return (f"imbalance {self.imbalance:.3g} ({self.largest} / {self.smallest} images per class, measured), "
+                f"{self.shape} profile")
+
+
+def measure_profile(counts: list[int]) -> Profile:
+    """Imbalance ratio and profile shape of per-class training counts: ``balanced`` (all equal), ``step`` (two
+    levels), ``exponential`` (log count falls linearly with the head-to-tail rank, R² >= 0.97) or ``irregular``."""
+    import math
+
+    c = sorted((int(n) for n in counts if n > 0), reverse=True)
+    if not c:
+        return Profile(None, "unknown")
+    ratio = c[0] / c[-1]
+    if c[0] == c[-1]:
+        shape = "balanced"
+    elif len(set(c)) == 2:
+        shape = "step"
+    else:
+        ys = [math.log(n) for n in c]
+        xs = list(range(len(c)))
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+        sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+        r2 = sxy * sxy / (sxx * syy) if sxx and syy else 0.0
+        shape = "exponential" if r2 >= 0.97 else "irregular"
+    return Profile(ratio, shape, c[0], c[-1])
+
+
+def _declared(info: dict[str, Any]) -> str:
+    """What the builder was asked for, when it applied a long-tail profile: '' otherwise."""
+    profile, imbalance = info.get("profile"), info.get("imbalance")
+    if imbalance is None or profile in (None, "fixed"):
+        return ""
+    return f"built with the {profile} profile at imbalance {_fmt(imbalance)}"
 
 
 def _fmt(value: Any) -> str:
@@ -133,9 +182,12 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
     if method:
         dist, version = config["ltreg"].get("dist", IN_PROCESS), config["ltreg"].get("dist_version", "")
         info = ds.info if ds else {}
+        measured = measure_profile(counts)
         block = {"method": method, "distribution": dist, "hparams": card.hparams, "dataset": name,
-                 "lt_profile": {"profile": info.get("profile"),
-                                "imbalance": info.get("imbalance") or (max(counts) / min(counts) if counts else None),
+                 "lt_profile": {"measured": {"imbalance": measured.imbalance, "shape": measured.shape,
+                                             "largest": measured.largest, "smallest": measured.smallest},
+                                "declared": ({"profile": info.get("profile"), "imbalance": info.get("imbalance")}
+                                             if _declared(info) else None),
                                 "seed": card.recipe.get("seed")},
                  "class_counts": counts, "many_thr": ds.many_thr if ds else None, "few_thr": ds.few_thr if ds else None,
                  "distributions": {**block["distributions"], **({dist: version} if dist != IN_PROCESS else {})}}
@@ -175,8 +227,11 @@ def model_card(config: dict[str, Any], card: RunCard, plot: bool = False) -> str
             ("classifier", model_cfg["classifier"] + (f" (s = {model_cfg['cosine_scale']:g})"
                                                       if model_cfg["classifier"] == "cosine" else "")),
             ("projection head", model_cfg["proj_dim"] or "none"),
-            ("data set", f"{name}, {block['lt_profile']['profile']} profile, imbalance "
-                         f"{_fmt(block['lt_profile']['imbalance'])}, {sum(counts)} training images")]
+            ("data set", f"{name}: {sum(counts)} training images in {len(counts)} classes, "
+                         f"{measure_profile(counts).text()}"
+                         + (f"; {_declared(ds.info)}" if _declared(ds.info) else ""))]
+        if card.augmentation:
+            rows.append(("augmentation", card.augmentation))
         rows += [(k, v) for k, v in card.recipe.items() if v not in (None, [])]
         rows += [(f"hparams.{k}", v) for k, v in card.hparams.items()]
         body += ["", "## Training recipe", "", "| setting | value |", "|---|---|"]
@@ -219,13 +274,26 @@ def _tuner_section(card: RunCard, config: dict[str, Any]) -> list[str]:
 
 
 def _usage(arch: str, config: dict[str, Any]) -> list[str]:
-    """How to load: ltreg, then timm alone with its own preprocessing from ``pretrained_cfg`` (or, for a model
-    whose backbone holds adapter modules or only an adapter, with ltreg / peft)."""
-    lines = ["", "## How to load", "", f"Replace `{REPO_PLACEHOLDER}` with the Hub repo id or a local folder.", "",
-             "```python", "import ltreg", "",
-             f'model = ltreg.from_pretrained("{REPO_PLACEHOLDER}")  # LTModel, eval mode',
-             "logits = model.predict(images)  # images [N, C, H, W], normalised with config.json's mean / std",
-             f'backbone = ltreg.load_backbone("{REPO_PLACEHOLDER}")  # timm backbone: pooled features',
+    """How to load and classify one image: with ltreg, then with timm alone (or, for a model whose backbone holds
+    adapter modules or only an adapter, with ltreg / peft). Every line runs as written once ``<repo_id>`` is a
+    Hub repo id or a local folder and ``image.png`` an image (tests/test_card.py runs them)."""
+    pcfg = config["pretrained_cfg"]
+    size = tuple(pcfg["input_size"])
+    mode = "RGB" if size[0] == 3 else "L"
+    transform = (f"timm.data.create_transform(input_size={size}, interpolation={pcfg['interpolation']!r}, "
+                 f"crop_pct={pcfg['crop_pct']}, mean={tuple(pcfg['mean'])}, std={tuple(pcfg['std'])})")
+    lines = ["", "## How to load", "",
+             f"Replace `{REPO_PLACEHOLDER}` with the Hub repo id (org/name) or a local folder, and `image.png` with "
+             "your image.", "",
+             "```python", "import ltreg, timm, torch", "from PIL import Image", "",
+             f'repo = "{REPO_PLACEHOLDER}"',
+             "model = ltreg.from_pretrained(repo)  # LTModel, eval mode",
+             f"transform = {transform}  # the evaluation view",
+             f'image = transform(Image.open("image.png").convert("{mode}")).unsqueeze(0)',
+             "with torch.no_grad():",
+             "    probs = model.predict(image).softmax(-1)  # [1, classes]",
+             "print(probs.argmax(-1).item())  # class index; names: label_names in config.json",
+             "backbone = ltreg.load_backbone(repo)  # the timm backbone alone: pooled features",
              "```"]
     adapter = config["ltreg"].get("adapter")
     if adapter:
@@ -236,16 +304,16 @@ def _usage(arch: str, config: dict[str, Any]) -> list[str]:
                         f'backbone = PeftModel.from_pretrained(base, "{REPO_PLACEHOLDER}").eval()', "```"]
     if config["ltreg"]["model"].get("tuner"):
         return lines
-    lines += ["", "With timm alone (backbone + classifier, no projection head), preprocessing included:", "",
-              "```python", "import timm, torch", "from PIL import Image"]
     module = timm.models.model_entrypoint(arch).__module__
-    if module.startswith("ltreg"):
-        lines.append(f"import {module}  # registers {arch} into timm")
-    lines += ["", f'model = timm.create_model("hf-hub:{REPO_PLACEHOLDER}", pretrained=True).eval()',
-              "cfg = timm.data.resolve_data_config({}, model=model)",
-              "transform = timm.data.create_transform(**cfg)",
-              'image = Image.open("image.png").convert("RGB" if cfg["input_size"][0] == 3 else "L")',
-              "with torch.no_grad():",
-              "    probs = model(transform(image).unsqueeze(0)).softmax(-1)",
-              "print(probs.argmax(-1))  # class index; names: label_names in config.json", "```"]
-    return lines
+    register = [f"import {module}  # registers {arch} into timm"] if module.startswith("ltreg") else []
+    return lines + ["", "With timm alone (backbone + classifier, no projection head), preprocessing included:", "",
+                    "```python", "import os", "import timm, torch", "from PIL import Image", *register, "",
+                    f'repo = "{REPO_PLACEHOLDER}"',
+                    'name = f"local-dir:{repo}" if os.path.isdir(repo) else f"hf-hub:{repo}"',
+                    "model = timm.create_model(name, pretrained=True).eval()",
+                    "cfg = timm.data.resolve_data_config({}, model=model)",
+                    "transform = timm.data.create_transform(**cfg)",
+                    'image = Image.open("image.png").convert("RGB" if cfg["input_size"][0] == 3 else "L")',
+                    "with torch.no_grad():",
+                    "    probs = model(transform(image).unsqueeze(0)).softmax(-1)",
+                    'print(model.pretrained_cfg["label_names"][probs.argmax(-1).item()])', "```"]

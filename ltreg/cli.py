@@ -26,7 +26,7 @@ _SKIP = {"hparams", "method", "dataset_kwargs", "tuner_args"}
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from ltreg.config import TrainConfig
+    from ltreg.config import SETTING_HELP, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     p.add_argument("--method", "-m", default=None, help="registered method name (see `ltreg list`)")
@@ -41,16 +41,19 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if f.name in _SKIP:
             continue
         flag = "--" + f.name.replace("_", "-")
+        text = SETTING_HELP.get(f.name, "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = f"{text} (ltreg default: {default!r})" if default not in (None, False, []) else text
         if hints[f.name] is bool:
-            p.add_argument(flag, action="store_true", default=None)
+            p.add_argument(flag, action="store_true", default=None, help=text)
         elif f.name == "milestones":
             p.add_argument(flag, type=_number_list(int, "epochs, e.g. 30,60"), default=None,
-                           help="comma-separated epochs for schedule=step")
+                           help=text)
         elif f.name == "opt_betas":
             p.add_argument(flag, type=_number_list(float, "numbers, e.g. 0.9,0.999"), default=None,
-                           help="comma-separated betas of Adam-family optimizers, e.g. 0.9,0.999")
+                           help=text)
         else:
-            p.add_argument(flag, default=None, help=f"default {f.default!r}" if f.default is not dataclasses.MISSING else None)
+            p.add_argument(flag, default=None, help=shown.replace("%", "%%"))
 
 
 def _number_list(kind: type, want: str) -> Any:

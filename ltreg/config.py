@@ -72,6 +72,7 @@ class TrainConfig:
     holdout_fraction: float = field(default=0.1, metadata={"recipe": True})  # for rebalancers that tune on held-out training data
     min_free_mb: int = 200  # free disk space the run folder needs before training starts
     seed: int = field(default=0, metadata={"recipe": True})
+    augment: str | None = field(default=None, metadata={"recipe": True})  # preset for the method's cls views; None: its own
     output_dir: str | None = None  # None: runs/<method>-<dataset>
     recipe: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +102,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             check_type("TrainConfig", f.name, getattr(self, f.name), hints[f.name])
         check_settings(self)
+        self._check_augment()
         self._check_optim()
         self._check_init()
 
@@ -150,6 +152,16 @@ class TrainConfig:
         if self.min_lr and self.schedule not in ("cosine", "poly", "onecycle"):
             raise ConfigError(f"min_lr applies to schedule cosine, poly or onecycle, not {self.schedule!r}; drop --min-lr")
 
+    def _check_augment(self) -> None:
+        if self.augment is None:
+            return
+        from ltreg.data.views import AUGMENT_PRESETS
+
+        if self.augment not in AUGMENT_PRESETS:
+            close = difflib.get_close_matches(self.augment, list(AUGMENT_PRESETS), n=2)
+            raise SettingError(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, got {self.augment!r}"
+                               + (f"; did you mean {' or '.join(close)}?" if close else ""), ["augment"])
+
     def _check_init(self) -> None:
         """Where the initial weights come from must be one source, named once."""
         from ltreg.models.backbones import implies_pretrained
@@ -189,6 +201,8 @@ class TrainConfig:
             drop.add("momentum")  # stage 2 (a rebalancer) uses it with its SGD
         if self.optimizer != "sgd":
             drop.add("nesterov")
+        if self.augment is None:
+            drop.add("augment")  # the method's own views (the card's augmentation row says which)
         if not self.tuner_args:
             drop.add("tuner_args")
         out = {k: v for k, v in out.items() if k not in drop}
@@ -202,6 +216,83 @@ class TrainConfig:
         keys = ("method", "dataset", "imbalance", "profile", "dataset_kwargs", "backbone", "hparams")
         return {**{k: getattr(self, k) for k in keys}, **self.recipe_items()}
 
+
+#: ``ltreg train --help``: what each setting does, its unit and what its default means (the flag's default
+#: value is appended). Every TrainConfig field has one (tests/test_defaults.py).
+SETTING_HELP: dict[str, str] = {
+    "method": "registered method name (`ltreg list`)",
+    "dataset": "registered data set: digits-lt, fashion-mnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, places-lt, "
+               "inat2018, imagefolder-lt (your image folders), hf-lt (a datasets table), or a plugin's",
+    "data_root": "the data set's folder (image folders, a save_to_disk folder, parquet files) or a Hub data set id",
+    "imbalance": "imbalance factor n_max / n_min of the long-tailed training set the builder draws; unset: the "
+                 "builder's default (image folders and tables: kept as found)",
+    "profile": "long-tail profile the builder draws: exp (LDAM-DRW) or step; unset: the builder's default",
+    "backbone": "timm architecture (resnet50), a tagged one with weights (resnet50.a1_in1k), hf-hub:org/name or a "
+                "model folder; unset: resnet8",
+    "pretrained": "start from timm's default pretrained weights of --backbone (a tag, hf-hub: or folder implies it)",
+    "init_from": "an ltreg run / model folder or Hub repo whose backbone (and heads) stage 1 starts from; also how "
+                 "to train on from a finished run",
+    "epochs": "stage-1 epochs (the schedule is laid out over them)",
+    "batch_size": "global batch size, split evenly over the processes",
+    "lr": "stage-1 base learning rate (scheduled by --schedule); unset with a non-SGD --optimizer: that "
+          "optimizer's own default (AdamW 1e-3)",
+    "momentum": "momentum of SGD-family optimizers (and stage 2's SGD)",
+    "weight_decay": "L2 weight decay (decoupled for AdamW)",
+    "nesterov": "Nesterov momentum for --optimizer sgd",
+    "optimizer": "sgd | nesterov | adamw | lamb | lars | lion | ... (timm.optim.list_optimizers())",
+    "opt_eps": "eps of Adam-family optimizers; unset: the optimizer's default",
+    "opt_betas": "comma-separated betas of Adam-family optimizers, e.g. 0.9,0.999; unset: the optimizer's default",
+    "layer_decay": "layer-wise lr decay (timm's, e.g. 0.75): backbone layer i of L trains at lr x decay^(L-i); "
+                   "the log shows the base lr",
+    "wd_skip_norm_bias": "no weight decay on norm scales, biases and the backbone's no_weight_decay() names",
+    "schedule": "lr schedule: cosine | step | constant | onecycle | poly",
+    "warmup_epochs": "linear warm-up epochs before the schedule (0: none)",
+    "warmup_lr": "lr the warm-up (or onecycle) starts from; 0: lr / warm-up steps",
+    "min_lr": "lr at the end of cosine / poly / onecycle",
+    "onecycle_pct": "share of the steps --schedule onecycle rises over",
+    "poly_power": "exponent of --schedule poly",
+    "milestones": "comma-separated epochs where --schedule step multiplies the lr by --lr-decay",
+    "lr_decay": "factor of --schedule step at each milestone",
+    "stage2_epochs": "epochs of a two-stage method's second stage; unset: the rebalancer's default",
+    "stage2_lr": "stage-2 learning rate; unset: the rebalancer's default, else --lr",
+    "stage2_batch_size": "stage-2 global batch size; unset: --batch-size",
+    "stage2_optimizer": "stage-2 optimizer (momentum SGD by default, as the rebalancers' papers)",
+    "holdout_fraction": "share of each class held out of training for rebalancers that tune on held-out data",
+    "min_free_mb": "free disk space (MB) the run folder needs before training starts",
+    "seed": "the run's one seed: data draw, initialisation, augmentation, sampling",
+    "tuner": "how the backbone adapts (ltreg.tuners: full, linear, bitfit, layernorm, lora, dora, ia3, adaptformer); "
+             "unset: the method's",
+    "tuner_args": "the tuner's arguments (--tuner-arg NAME=VALUE, e.g. r=8)",
+    "image_size": "side of the training and test views in pixels; unset: the data set's (a ViT pretrained at "
+                  "224 wants 224)",
+    "normalize": "input normalisation: data (the data set's mean / std) or backbone (the pretrained backbone's, "
+                 "e.g. CLIP's)",
+    "tta": "test-time view set of the final evaluation (`ltreg.eval_views` entry points); unset: the method's",
+    "augment": "training augmentation of the method's classifier view (cls): none | crop | crop+flip | randaugment | "
+               "trivialaugment | autoaugment (torchvision v2 policies); unset: the method's own views. Flips follow "
+               "the data set (digits: never; image folders: only with --data-arg hflip=true), except crop+flip",
+    "output_dir": "run folder; unset: runs/<method>-<dataset>",
+    "recipe": "a method's named paper setting (`ltreg info METHOD` lists them)",
+    "num_workers": "data loader workers per process; unset: from the CPUs (none on CPU-only machines)",
+    "sync_bn": "batch-norm statistics over the global batch when several processes train",
+    "compile": "torch.compile the backbone",
+    "channels_last": "channels-last memory format for the backbone (faster convolutions on GPUs)",
+    "mixed_precision": "no | fp16 | bf16",
+    "grad_accum": "optimizer step every N batches (gradient accumulation)",
+    "checkpoint_every": "write a checkpoint every N epochs (and after the last)",
+    "resume": "continue the run in --output-dir from its last checkpoint, with the same settings",
+    "overwrite": "start over in a folder that holds a run (deletes its checkpoints and model files)",
+    "log_every": "steps between progress updates and non-finite-loss checks",
+    "log_with": "an Accelerate tracker: tensorboard, wandb, mlflow, ... (metrics.csv is always written)",
+    "quiet": "no progress bar",
+    "max_steps_per_epoch": "cap on optimizer steps per epoch (short runs and smoke tests); unset: the whole epoch",
+    "budget_fraction": "share of the recipe's budget to train (epochs and epoch-counted settings scaled, ltreg.budget)",
+    "eval_batch_size": "batch size of evaluation and feature passes",
+    "push_to_hub": "push the finished run to this Hub repo (org/name)",
+    "cpu": "train on the CPU even when a GPU is present",
+    "license": "the model card's license (none unless given)",
+    "quick": "a smoke run: 2 epochs of at most 10 steps, a small backbone, 1 stage-2 epoch",
+}
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -278,6 +369,7 @@ class RunConfig:
     spec: MethodSpec
     cfg: TrainConfig
     hparams: HParams
+    notes: tuple[str, ...] = ()  # defaults chosen for this run's other settings, printed when it starts
 
 
 def _one_line(exc: BaseException) -> str:
@@ -321,6 +413,7 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
     for key, value in list(merged.items()):
         if isinstance(value, str) and hints[key] not in (str, str | None):
             merged[key] = parse_value(value, hints[key], flag(key))
+    notes = _optimizer_lr(merged, source, [where for where, _ in layers])
     if merged.get("quick") is True:
         if spec.quick is not None:  # the method's own CPU set-up (e.g. a tiny ViT), then the common caps
             merged.update({k: v for k, v in spec.quick.train.items() if k not in overrides})
@@ -356,7 +449,32 @@ def resolve_config(spec: MethodSpec, overrides: dict[str, Any], yaml_values: dic
         from ltreg.registry import registry
 
         registry("eval_views").entry(cfg.tta)
-    return RunConfig(spec, cfg, hparams)
+    return RunConfig(spec, cfg, hparams, tuple(notes))
+
+
+def _optimizer_lr(merged: dict[str, Any], source: dict[str, str], order: list[str]) -> list[str]:
+    """Give a non-SGD optimizer its own default lr when the lr in ``merged`` is a default chosen below the layer
+    that chose the optimizer (an SGD lr: ltreg's 0.05, a data set's or a recipe's); the note says so. An lr
+    the user gave (YAML file, flag) is kept. An optimizer with no default of its own stops the run
+    (:func:`ltreg.optim.default_lr`)."""
+    from ltreg.optim import default_lr, optimizer_names
+
+    name = merged.get("optimizer", TrainConfig.optimizer)
+    if not isinstance(name, str) or name not in optimizer_names():
+        return []  # TrainConfig names the bad value
+    rank = {where: i for i, where in enumerate(order)}
+    if source.get("lr") in order[-2:]:
+        return []  # the user's own lr (YAML file or flag) is never replaced
+    if rank.get(source.get("lr", ""), -1) >= rank.get(source.get("optimizer", ""), -1):
+        return []  # the layer that chose the optimizer (or one above it) chose the lr too
+    lr = default_lr(name)
+    if lr is None:
+        return []
+    old, origin = merged.get("lr", TrainConfig.lr), source.get("lr", "ltreg's defaults")
+    merged["lr"] = lr
+    source["lr"] = f"the default lr of --optimizer {name}"
+    return [f"lr {lr:g}: the default of --optimizer {name}; the lr {old!r} of {origin} is meant for SGD "
+            f"(pass --lr to choose another)"]
 
 
 def tuner_ref(spec: MethodSpec, cfg: TrainConfig, hparams: HParams) -> tuple[str, dict[str, Any]]:

@@ -23,15 +23,17 @@ from ltreg.card import RunCard
 from ltreg.checkpoint import TrainerState
 from ltreg.config import TrainConfig
 from ltreg.data.lt import data_identity
-from ltreg.errors import NonFiniteLossError, SpecError
+from ltreg.data.views import describe_views
+from ltreg.errors import CheckpointError, ConfigError, NonFiniteLossError, SpecError
 from ltreg.evaluate import evaluate, format_table
-from ltreg.files import write_atomic
-from ltreg.layout import METRICS_FILE
+from ltreg.files import Manifest, write_atomic
+from ltreg.layout import METRICS_FILE, TRAINER_STATE
 from ltreg.method import StageKind
 from ltreg.models.ltmodel import LTModel
+from ltreg.optim import base_lr
 from ltreg.registry import registry
 from ltreg.reports import dumps, json_safe
-from ltreg.run import Run
+from ltreg.run import Run, training_views
 from ltreg.runlog import RunLog
 from ltreg.stages import StageSetup, stage1_setup
 
@@ -102,14 +104,14 @@ def run_epoch(run: Run, st: StageSetup, epoch: int, log: RunLog) -> dict[str, An
         bar.step()
         if (i + 1) % run.cfg.log_every == 0:
             _check_finite(run, bad_step, bad_mask, names, st.stage)
-            bar.show(loss=float(sums[0]) / steps, lr=st.optimizer.param_groups[0]["lr"])
+            bar.show(loss=float(sums[0]) / steps, lr=base_lr(st.optimizer))
     bar.close()
     _check_finite(run, bad_step, bad_mask, names, st.stage)
     row: dict[str, Any] = {"stage": st.stage, "epoch": epoch + 1, "steps": steps,
                            "global_step": (epoch + 1) * st.steps_per_epoch}
     if sums is not None:
         row.update({n: round(v, 6) for n, v in zip(names, (D.all_reduce_mean(sums) / steps).tolist())})
-    row["lr"] = st.optimizer.param_groups[0]["lr"]
+    row["lr"] = base_lr(st.optimizer)  # --lr as scheduled, not a layer-decayed group's
     row["seconds"] = round(time.time() - start, 3)
     return row
 
@@ -138,6 +140,34 @@ def _train_stage(run: Run, st: StageSetup, log: RunLog, start_epoch: int) -> Non
         log.epoch(row)
 
 
+#: Settings that set a run's length; its schedule is laid out over them, so a resume cannot change them.
+LENGTH_KEYS = frozenset({"epochs", "stage2_epochs", "max_steps_per_epoch", "milestones", "warmup_epochs"})
+
+
+def check_same_length(run: Run, saved: TrainerState, fingerprint: dict[str, Any]) -> None:
+    """Refuse ``--resume`` with another length (``--epochs``) and name the command that trains on instead.
+
+    The learning-rate schedule of the checkpointed run is laid out over its own number of steps (a cosine has
+    reached or is heading for its floor); stretching it afterwards would give neither the run it was nor the
+    longer one. A new run that starts from the checkpointed weights (``--init-from``) trains on honestly.
+    """
+    old = saved.fingerprint
+    changed = {k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k)}
+    if not changed or not changed <= LENGTH_KEYS or not old:
+        return  # the same run, or other settings too (the checkpoint's own check names them)
+    cfg, was = run.cfg, old.get("epochs")
+    more = cfg.epochs - was if isinstance(was, int) and cfg.epochs > was else cfg.epochs
+    diff = "; ".join(f"{k}: {old.get(k)!r} in the run, {fingerprint.get(k)!r} now" for k in sorted(changed))
+    data = f" --data-root {cfg.data_root}" if cfg.data_root else ""
+    raise ConfigError(
+        f"--resume cannot change the length of the run in {cfg.run_dir} ({diff}): its learning-rate schedule is "
+        f"laid out over the {was} epoch(s) it was started with. To continue the run as it was, resume with its own "
+        f"settings. To train on from its weights for {more} more epoch(s), start a new run from them: "
+        f"`ltreg train --method {cfg.method} --dataset {cfg.dataset}{data} --backbone {run.model.config.backbone} "
+        f"--init-from {cfg.run_dir} --epochs {more} --output-dir {cfg.run_dir}-more` (with the run's other flags)"
+    )
+
+
 def _resume(run: Run, log: RunLog, stage: int) -> int:
     """Load the latest checkpoint if it belongs to ``stage`` (or a later one); the epoch to start at.
 
@@ -150,7 +180,13 @@ def _resume(run: Run, log: RunLog, stage: int) -> int:
         return 0
     if stood.stage > stage:  # this stage finished; the later stage loads the checkpoint
         return 10**9
-    saved = run.checkpoints.load(path, run.stateful(), run_fingerprint(run))
+    fingerprint = run_fingerprint(run)
+    try:
+        saved = run.checkpoints.load(path, run.stateful(), fingerprint)  # verified first, then compared
+    except CheckpointError:  # damaged (named as is), or other settings: when only the length differs, say how
+        Manifest.read(path, f"checkpoint {path}").verify(path, f"checkpoint {path}")
+        check_same_length(run, TrainerState.read(path / TRAINER_STATE), fingerprint)
+        raise
     log.history = list(saved.history)
     log.say(f"resumed from {path} (stage {saved.stage}, epoch {saved.epoch})")
     return saved.epoch
@@ -174,6 +210,9 @@ def fit(run: Run) -> RunResult:
             f"{run.model.config.backbone}, {acc.num_processes} process(es) on {acc.device}")
     if run.data.summary:
         log.say(f"data: {run.data.summary}")
+    log.say(f"views: {describe_views(training_views(run.config, run.parts), run.train_set)}")
+    for note in run.config.notes:
+        log.say(note)
     if cfg.log_with:
         acc.init_trackers(f"ltreg-{run.config.spec.name}", config={k: v for k, v in cfg.to_dict().items()
                                                                    if isinstance(v, (int, float, str, bool))})

@@ -45,6 +45,37 @@ def _timm_name(name: str, nesterov: bool) -> str:
     return name
 
 
+#: Optimizers whose learning rate is on SGD's scale (timm's classes): a data set's or ltreg's default lr,
+#: written for momentum SGD, carries over to them; any other optimizer needs its own.
+SGD_SCALE = ("SGD", "SGDP", "SGDW", "Lars")
+
+
+def default_lr(name: str) -> float | None:
+    """The learning rate a run with ``--optimizer name`` starts from when no layer that chose ``name`` gave one:
+    None for SGD-scale optimizers (the SGD lr of the data set / ltreg applies), else the optimizer class's
+    own default (AdamW 1e-3, Lion 1e-4, ...). Raises :class:`ConfigError` when the class has none."""
+    import inspect
+
+    import timm.optim
+
+    cls = timm.optim.get_optimizer_info(_timm_name(name, False)).opt_class
+    if isinstance(cls, str) or getattr(cls, "__name__", "") in SGD_SCALE:
+        return None
+    default = inspect.signature(cls).parameters.get("lr")
+    value = default.default if default is not None else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"--optimizer {name} has no default learning rate, and the lr of the layers below "
+                          f"(an SGD lr) does not fit it: pass --lr (e.g. --lr 1e-3)")
+    return float(value)
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The run's learning rate now, as ``--lr`` is scaled by the schedule: a layer-decayed group's lr divided by
+    its ``lr_scale`` (with layer decay, group 0 is the most-decayed stem, not the base)."""
+    group = optimizer.param_groups[0]
+    return float(group["lr"]) / float(group.get("lr_scale", 1.0) or 1.0)
+
+
 def optimizer_traits(name: str) -> tuple[bool, bool, bool]:
     """(takes momentum, takes betas, takes eps) of optimizer ``name``, from timm's registry."""
     import timm.optim

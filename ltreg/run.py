@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ltreg.data.build import build_data, with_input
 from ltreg.data.evalviews import EvalViews, build_eval_views
 from ltreg.data.lt import LTData, LTDataset, data_identity
 from ltreg.data.split import carve_holdout
+from ltreg.data.views import apply_augment, describe_views
 from ltreg.errors import ConfigError, TrainingError
 from ltreg.evaluate import DataPasses
 from ltreg.files import RunLock, probe_writable, write_atomic
@@ -123,6 +124,7 @@ class Run:
                  "mergeable": self.tuner.mergeable, "base": base_weights(cfg)}
         return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=self.config.hparams.to_dict(),
                        recipe=self.effective_recipe(), dataset=dataset, license=cfg.license,
+                       augmentation=describe_views(training_views(self.config, self.parts), train),
                        metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"),
                        tuner=tuner)
 
@@ -168,10 +170,33 @@ def model_config(rc: RunConfig, train: LTDataset) -> LTModelConfig:
                          proj_hidden=m.proj_hidden, proj_bn=m.proj_bn)
 
 
+#: Set by a process manager that starts several processes itself (torchrun, mpirun / MPI, Slurm's srun).
+_WORLD_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_NTASKS", "LOCAL_RANK")
+
+
+def check_launch(env: Mapping[str, str] | None = None) -> None:
+    """Stop when ``accelerate launch --num_processes N`` (N > 1) started a single process.
+
+    Without ``--multi_gpu`` (and with fewer than two GPUs) Accelerate's simple launcher runs the script
+    once: it sets ``MASTER_ADDR`` / ``MASTER_PORT`` for the N processes asked for, but no ``WORLD_SIZE``,
+    so the run would quietly train on one process with N times the per-process batch.
+    """
+    env = os.environ if env is None else env
+    launched = "ACCELERATE_USE_CPU" in env or "ACCELERATE_MIXED_PRECISION" in env  # set by accelerate launch
+    if launched and "MASTER_ADDR" in env and not any(k in env for k in _WORLD_VARS):
+        raise ConfigError(
+            "accelerate launch was asked for several processes (--num_processes > 1) but started one: without "
+            "--multi_gpu on a machine with fewer than two GPUs it runs the script once. Add --multi_gpu "
+            "(accelerate launch --multi_gpu --num_processes N -m ltreg train ...; on CPU it starts N gloo "
+            "processes), or drop --num_processes to train on one process"
+        )
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """Accelerate for this run. Several processes on a machine without CUDA run on CPU (gloo) without
     ``--cpu``; DDP is told that every trainable parameter gets a gradient each step (heads a stage does not
     train are frozen, see :func:`freeze_unused_heads`), so it never searches for unused ones."""
+    check_launch()
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(cpu=cfg.cpu or (several and not torch.cuda.is_available()), mixed_precision=cfg.mixed_precision,
                        gradient_accumulation_steps=cfg.grad_accum, log_with=cfg.log_with,
@@ -184,6 +209,21 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return D.convert_batchnorm(model)
+
+
+def training_views(rc: RunConfig, parts: Parts) -> tuple[str, ...]:
+    """The view pipelines the run trains on, stage 1 then stage 2, ``--augment`` applied."""
+    views = rc.spec.views_for(rc.hparams) + tuple(getattr(parts.rebalancer, "views", ()) or ())
+    return apply_augment(views, rc.cfg.augment)
+
+
+def check_augment_applies(rc: RunConfig, parts: Parts) -> None:
+    """``--augment`` replaces the method's ``cls`` views: a method without one would ignore it, so it stops."""
+    views = rc.spec.views_for(rc.hparams) + tuple(getattr(parts.rebalancer, "views", ()) or ())
+    if rc.cfg.augment is not None and not any(v.split("+")[0] == "cls" for v in views):
+        raise ConfigError(f"--augment {rc.cfg.augment} sets the classifier's crop-and-flip view ('cls'), and the method "
+                          f"{rc.spec.name} has none: its views are {', '.join(dict.fromkeys(views))} (part of the "
+                          f"method, see `ltreg info {rc.spec.name}`). Drop --augment")
 
 
 def build_run(rc: RunConfig) -> Run:
@@ -242,6 +282,7 @@ def build_run(rc: RunConfig) -> Run:
     parts = Parts(loss=build_part("loss", spec.loss, hparams, ctx), sampler=build_part("sampler", spec.sampler, hparams, ctx),
                   rebalancer=build_part("rebalance", spec.rebalance, hparams, ctx) if spec.rebalance else None, **built)
     state.prototypes, state.memory, state.model = parts.prototypes, parts.memory, model
+    check_augment_applies(rc, parts)
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it over: pass one of them")
     lock = None

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 import ltreg.distributed as D
 from ltreg.budget import scale_count
-from ltreg.data.views import ViewDataset, collate
+from ltreg.data.views import ViewDataset, apply_augment, collate
 from ltreg.errors import ConfigError
 from ltreg.method import PartRef, StageKind, build_part
 from ltreg.optim import (
@@ -74,8 +74,9 @@ def make_loader(run: Run, views: Iterable[str], sampler: Any, batch_size: int, e
     Workers persist across epochs (the view dataset's epoch lives in shared memory), memory is pinned
     for CUDA, and each worker prefetches batches ahead.
     """
-    vds = ViewDataset(run.train_set, tuple(views), role=getattr(sampler, "extra_role", None),
-                      positive_views=run.config.spec.views.positives, seed=run.cfg.seed, num_epochs=epochs)
+    vds = ViewDataset(run.train_set, apply_augment(tuple(views), run.cfg.augment),
+                      role=getattr(sampler, "extra_role", None), positive_views=run.config.spec.views.positives,
+                      seed=run.cfg.seed, num_epochs=epochs)
     if len(sampler) < batch_size:
         raise ConfigError(f"an epoch of the {type(sampler).__name__} has {len(sampler)} samples, fewer than one batch "
                           f"of {batch_size}; lower batch_size")

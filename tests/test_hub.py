@@ -135,7 +135,7 @@ def test_push_run_then_from_pretrained_into_empty_cache(hub: HubServer, tmp_path
     for name in (WEIGHTS_FILE, HEADS_FILE, "config.json", PLOT_FILE, "metrics.json"):
         assert files[name] == before[name]
     card = files["README.md"].decode()
-    assert 'ltreg.from_pretrained("org/name")' in card and "<repo_id>" not in card
+    assert 'repo = "org/name"' in card and "<repo_id>" not in card
     assert hub.repos["org/in-memory"][WEIGHTS_FILE] == files[WEIGHTS_FILE]
 
 
@@ -192,7 +192,8 @@ def test_model_card_round_trips(hub: HubServer, tmp_path: Path) -> None:
                               for s, k in (("all", "top1"), ("many", "many"), ("medium", "medium"), ("few", "few"))}
     assert out["ltreg"] == {
         "method": "ce", "distribution": "ltreg", "hparams": {"tau": 1.0}, "dataset": "toy-lt",
-        "lt_profile": {"profile": "exp", "imbalance": 40.0, "seed": 3}, "class_counts": COUNTS,
+        "lt_profile": {"measured": {"imbalance": 40.0, "shape": "exponential", "largest": 120, "smallest": 3},
+                       "declared": {"profile": "exp", "imbalance": 40.0}, "seed": 3}, "class_counts": COUNTS,
         "many_thr": 30, "few_thr": 10, "distributions": {"ltreg": ltreg.__version__},
     }
     assert out["library"] == "timm" and out["license"] == "apache-2.0" and out["datasets"] == ["org/toy-lt"]
@@ -202,7 +203,7 @@ def test_model_card_round_trips(hub: HubServer, tmp_path: Path) -> None:
     assert "| hparams.tau | 1 |" in text and "He et al., Deep Residual Learning" in text
     assert "```bibtex\n@inproceedings{he2016resnet," in text  # the method's BibTeX, as a block
     assert "Parameters:" in text and "timm.data.create_transform" in text  # size, and a timm-only snippet
-    assert 'timm.create_model("hf-hub:<repo_id>"' in text
+    assert 'repo = "<repo_id>"' in text and 'f"hf-hub:{repo}"' in text
 
 
 # -- 4. a failing push leaves everything as it was, then a retry works ----------------------

@@ -203,6 +203,7 @@ def imagefolder_lt(
     many_thr: int | None = None,
     few_thr: int | None = None,
     layout: str | None = None,
+    hflip: bool = False,
 ) -> LTData:
     """An image folder, lazily decoded: ``root/<class>/<image>`` or ``root/train/<class>/`` plus
     ``root/val/`` and / or ``root/test/`` with the same class folders.
@@ -215,6 +216,8 @@ def imagefolder_lt(
     naming the file (``on_bad_image="error"``). ``channels``, ``image_size``, ``resize`` and the
     many / few thresholds are inferred from the training images when not given (``LTData.summary``).
     ``layout`` ("flat" or "split") overrides the detection, e.g. for a class named ``train``.
+    ``hflip=True`` says that a mirrored image keeps its class (photos of objects, scenes, animals), so
+    training views flip; the default is no flip, since ltreg cannot tell (digits, text, signs change).
     """
     if on_bad_image not in ("skip", "error"):
         raise DataError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
@@ -247,6 +250,7 @@ def imagefolder_lt(
         classes, channels, image_size, np.bincount(targets[train], minlength=len(classes)), many_thr, few_thr, notes,
         {"source": str(base), "imbalance": imbalance, "profile": profile, "seed": seed, "resize": resize,
          "layout": "flat" if "flat" in roles else sorted(roles), "skipped": len(skipped), "skipped_files": skipped[:20]},
+        hflip=hflip,
     )
 
     def split(s: Scan) -> tuple[FileSource, np.ndarray]:

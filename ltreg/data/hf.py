@@ -178,13 +178,15 @@ def hf_lt(
     channels: int | None = None,
     resize: bool | None = None,
     test_fraction: float = 0.2,
+    hflip: bool = False,
 ) -> LTData:
     """Any ``datasets`` image-classification set, lazily decoded; ``imbalance=None`` keeps the training split.
 
     Test split: ``test_split``, else the first of test / validation / val / valid, else ``test_fraction``
     of every class held out (balanced when ``imbalance`` is given). Channels, image size (median shorter
     side of 64 sampled images, at most 224) and many / few thresholds are inferred unless given;
-    mean / std are ImageNet's for colour, 0.5 / 0.5 for grey-level images.
+    mean / std are ImageNet's for colour, 0.5 / 0.5 for grey-level images. ``hflip=True`` says that a
+    mirrored image keeps its class, so training views flip (default: no flip, noted in the summary).
     """
     dd, img, lab, class_names, note = prepare(load_table(root), image_column, label_column)
     train_name, test_name = select_splits(dd, train_split, test_split)
@@ -215,6 +217,7 @@ def hf_lt(
         class_names, channels, image_size, np.bincount(y_all[idx], minlength=num_classes), many_thr, few_thr, notes,
         {"source": root, "imbalance": imbalance, "profile": profile, "seed": seed, "image_column": img,
          "label_column": lab, "resize": resize},
+        hflip=hflip,
     )
     test_part = (subset_source(test_src, test_idx), y_te) if test_idx is not None else (test_src, y_te)
     data = LTData(

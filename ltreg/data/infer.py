@@ -61,14 +61,19 @@ def infer_thresholds(counts: np.ndarray) -> tuple[int, int, str]:
 
 
 def dataset_fields(class_names: list[str], channels: int, image_size: int, counts: np.ndarray,
-                   many_thr: int | None, few_thr: int | None, notes: list[str], info: dict[str, Any]) -> dict[str, Any]:
+                   many_thr: int | None, few_thr: int | None, notes: list[str], info: dict[str, Any],
+                   hflip: bool = False) -> dict[str, Any]:
     """The ``LTDataset`` fields a folder or table builder shares between its splits: classes, format,
-    normalisation, and the many / few thresholds (inferred from the training counts when not given, noted)."""
+    normalisation, the many / few thresholds (inferred from the training counts when not given, noted) and
+    whether a horizontal flip keeps the label (``hflip``: only when the user says so; digits, text and
+    anything with a handedness change class when mirrored, so the default is no flip, noted)."""
+    notes.append("horizontal flips on (hflip=true)" if hflip else
+                 "no horizontal flips (pass --data-arg hflip=true if a mirrored image keeps its class)")
     if many_thr is None or few_thr is None:
         many, few, note = infer_thresholds(counts)
         many_thr, few_thr = (many if many_thr is None else many_thr), (few if few_thr is None else few_thr)
         notes.append(note)
     mean, std = normalisation(channels)
     return dict(num_classes=len(class_names), class_names=class_names, channels=channels, image_size=image_size,
-                allow_flip=True, mean=mean, std=std, many_thr=many_thr, few_thr=few_thr,
+                allow_flip=hflip, mean=mean, std=std, many_thr=many_thr, few_thr=few_thr,
                 info={**info, "inferred": "; ".join(notes)})

@@ -148,6 +148,25 @@ def _cifar(data: LTDataset) -> list[Any]:
     return [*_crop_flip(data), v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)]
 
 
+def _crop(data: LTDataset) -> list[Any]:
+    return _crop_flip(data)[:1]
+
+
+def _policy(name: str) -> Callable[[LTDataset], list[Any]]:
+    """Random crop (+ flip where the data set allows it) + one of torchvision v2's augmentation policies."""
+
+    def ops(data: LTDataset) -> list[Any]:
+        if name == "randaugment":
+            policy: Any = v2.RandAugment(num_ops=2, magnitude=9)  # timm's rand-m9
+        elif name == "trivialaugment":
+            policy = v2.TrivialAugmentWide()
+        else:
+            policy = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET if _large(data) else v2.AutoAugmentPolicy.CIFAR10)
+        return [*_crop_flip(data), policy]
+
+    return ops
+
+
 def _jitter(data: LTDataset) -> list[Any]:
     return [v2.ColorJitter(0.4, 0.4, 0.4 if data.channels == 3 else 0.0, 0.0)]
 
@@ -164,6 +183,49 @@ ERASE = ViewKind(_no_ops, lambda data: [v2.RandomErasing(p=0.5)], modifier=True,
 JITTER = ViewKind(_jitter, modifier=True, help="+jitter: colour jitter 0.4 (Kang et al.)")
 MINIMAL = ViewKind(_no_ops, schedule=lambda data, t: [SquareResizedCrop(data.image_size, minimal_min_scale(t))],
                    help="LIFT+'s square crops, weakening over the run (no flip)")
+
+
+# The ``--augment`` presets' kinds: they replace a method's ``cls`` views (apply_augment).
+CROP_NO_FLIP = ViewKind(_crop, help="random crop (padded; resized crop at >= 96 px), never flipped")
+CROP_FLIP = ViewKind(lambda data: [*_crop(data), v2.RandomHorizontalFlip()],
+                     help="random crop + horizontal flip, whatever the data set declares")
+RANDAUGMENT = ViewKind(_policy("randaugment"), help="random crop (+ flip where allowed) + RandAugment(2, 9)")
+TRIVIALAUGMENT = ViewKind(_policy("trivialaugment"), help="random crop (+ flip where allowed) + TrivialAugment (wide)")
+AUTOAUGMENT = ViewKind(_policy("autoaugment"), help="random crop (+ flip where allowed) + AutoAugment (ImageNet "
+                                                    "policy; CIFAR-10 policy below 96 px)")
+#: ``--augment`` presets (torchvision v2 policies, as timm's transform factory and torchvision's reference
+#: scripts offer them) -> the view kind that replaces a method's ``cls`` views. ``crop+flip`` always flips;
+#: the policies flip only where the data set declares that a mirrored image keeps its label.
+AUGMENT_PRESETS = {"none": "none", "crop": "cropnoflip", "crop+flip": "cropflip", "randaugment": "randaugment",
+                   "trivialaugment": "trivialaugment", "autoaugment": "autoaugment"}
+
+
+def check_augment(augment: str | None) -> None:
+    """Raise ValueError naming the presets when ``augment`` is not one."""
+    if augment is not None and augment not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown --augment {augment!r}; presets: {', '.join(AUGMENT_PRESETS)}")
+
+
+def apply_augment(views: Sequence[str], augment: str | None) -> tuple[str, ...]:
+    """The method's view pipelines with every ``cls`` view (modifiers kept) replaced by ``augment``'s kind."""
+    check_augment(augment)
+    if augment is None:
+        return tuple(views)
+    out = []
+    for v in views:
+        base, *mods = v.split("+")
+        out.append("+".join([AUGMENT_PRESETS[augment], *mods]) if base == "cls" else v)
+    return tuple(out)
+
+
+def describe_views(views: Sequence[str], data: LTDataset) -> str:
+    """Each distinct pipeline of ``views`` with its kinds' help, and whether images are flipped (and why)."""
+    parts = []
+    for v in dict.fromkeys(views):
+        parts.append(f"{v}: " + " + ".join(k.help or name for k, name in zip(pipeline_kinds(v), v.split("+"))))
+    why = ("mirrored images keep their labels" if data.allow_flip else
+           "no flips: the data set does not declare that a mirrored image keeps its label")
+    return f"{'; '.join(parts)} ({data.name}: {why})"
 
 
 def view_kind(name: str, modifier: bool) -> ViewKind:

@@ -110,16 +110,27 @@ def _weights_of(name: str) -> str:
     return f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else (cfg.url or cfg.file or "timm")
 
 
-def _timm_backbone(model: nn.Module, ref: str, label: str) -> tuple[dict[str, Tensor], str]:
+def _tagged(name: str) -> str:
+    """``arch.tag`` of a timm name: the tag given, or the default tag timm picks for a plain architecture."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    arch, tag = split_model_name_tag(name)
+    cfg = get_pretrained_cfg(name)
+    return f"{arch}.{tag or getattr(cfg, 'tag', None) or '?'}"
+
+
+def _timm_backbone(model: nn.Module, ref: str, label: str, named: str | None = None) -> tuple[dict[str, Tensor], str]:
     """The state dict of ``ref`` built by timm with its pretrained weights for this model's input channels,
-    and a note on input-channel adaptation ('' when none was needed)."""
+    and a note on input-channel adaptation ('' when none was needed). A failure names ``named`` (the label with
+    the tag and the weights' location tried) or ``label``."""
     import timm
 
     chans = model.config.in_chans
     try:
         src = timm.create_model(ref, pretrained=True, num_classes=0, in_chans=chans, **model.config.backbone_kwargs)
     except Exception as exc:  # noqa: BLE001 - download, offline cache miss, corrupt file: one message
-        raise ConfigError(f"{label}: cannot load the pretrained weights ({type(exc).__name__}: {exc}). Online, "
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{named or label}: cannot load the pretrained weights ({type(exc).__name__}: {first}). Online, "
                           f"check the name and HF_ENDPOINT; with HF_HUB_OFFLINE=1 they must be in the Hub cache "
                           f"(run once online); or train from random weights (a plain --backbone without "
                           f"--pretrained)") from exc
@@ -211,7 +222,8 @@ def load_initial_weights(model: nn.Module, backbone: str | None, pretrained: boo
             kind, ref = parse_backbone(backbone)
             where = ref if kind in ("hub", "dir") else _weights_of(backbone)
             label = f"backbone {backbone}"
-            state, note = _timm_backbone(model, ref, label)
+            named = f"{label} (timm tag {_tagged(backbone)}, weights {where})" if kind in ("arch", "tag") else label
+            state, note = _timm_backbone(model, ref, label, named)
             _load_exact(model.backbone, state, label)
             message = f"{label}: pretrained weights from {where}{note}"
     say(message)
