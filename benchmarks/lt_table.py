@@ -190,11 +190,11 @@ def full_stages(method: str, data_name: str) -> list[tuple[int, int]]:
     rc = resolve_config(spec, {"dataset": data_name})
     stages = [(1, rc.cfg.epochs)]
     if spec.rebalance is not None:
-        kwargs = spec.rebalance.resolve_kwargs(rc.hparams)
+        declared = spec.stage2_epochs(rc.hparams)  # the spec's Stage(epochs=...); None: the rebalancer's default
         cls = registry("rebalancers").get(spec.rebalance.name)
         default = inspect.signature(cls).parameters.get("epochs")
-        full = rc.cfg.stage2_epochs if rc.cfg.stage2_epochs is not None else kwargs.get(
-            "epochs", default.default if default is not None else 0)
+        full = rc.cfg.stage2_epochs if rc.cfg.stage2_epochs is not None else declared if declared is not None else (
+            default.default if default is not None else 0)
         if full:
             stages.append((2, int(full)))
     return stages

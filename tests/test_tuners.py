@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TUNERS = ("full", "linear", "bitfit", "layernorm", "lora", "dora", "ia3", "adaptformer")
 #: A ViT for digits-LT's 1-channel 8 px images: 4 patches, 2 blocks, width 32 (26,208 parameters).
 VIT_ARGS = {"img_size": 8, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "in_chans": 1}
-STEPS = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16, "eval_batch_size": 512, "quiet": True,
-         "stage2_epochs": 1}
+STEPS = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16, "eval_batch_size": 512, "quiet": True}
+
+
+def stage2(method: str) -> dict[str, int]:
+    """One stage-2 epoch for a two-stage method (a one-stage method refuses --stage2-epochs)."""
+    return {"stage2_epochs": 1} if ltreg.get_method(method).rebalance is not None else {}
 
 
 def make_vit(seed: int = 0) -> torch.nn.Module:
@@ -218,7 +222,8 @@ def _train_and_resume(method: str, tuner: str, backbone: str, folder: Path) -> N
     """Train 2 epochs straight; train again, killed after epoch 1, and resume: the same weights, bit for bit."""
     from ltreg import loop as loop_module
 
-    kwargs = {**STEPS, "epochs": 2, "backbone": backbone, "tuner": tuner, "tuner_args": ARGS.get(tuner, {})}
+    kwargs = {**STEPS, **stage2(method), "epochs": 2, "backbone": backbone, "tuner": tuner,
+              "tuner_args": ARGS.get(tuner, {})}
     method = sweep_method(method)
     full = ltreg.train(method, output_dir=str(folder / "full"), **kwargs)
     assert all(r["loss"] == r["loss"] for r in full.history)  # finite
@@ -250,7 +255,7 @@ def test_every_method_trains_with_a_tuner_on_a_vit(method: str, vit_dir: Path, t
     tuner = TUNERS[METHODS.index(method) % len(TUNERS)]
     method = sweep_method(method)
     result = ltreg.train(method, backbone=str(vit_dir), tuner=tuner, tuner_args=ARGS.get(tuner, {}),
-                         output_dir=str(tmp_path / "run"), **STEPS)
+                         output_dir=str(tmp_path / "run"), **STEPS, **stage2(method))
     assert all(r["loss"] == r["loss"] for r in result.history)
     if ltreg.get_method(method).rebalance is not None:
         assert result.metrics["stage2"] is not None

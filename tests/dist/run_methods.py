@@ -64,7 +64,8 @@ def main() -> None:
         # a method whose default backbone is a pretrained foundation model (LIFT) runs its own CPU check model
         small = {**spec.quick.train, "hparams": dict(spec.quick.hparams)} if spec.quick is not None else {"hparams": {}}
         cfg = resolve_config(spec, {
-            **small, "epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "stage2_epochs": 1, "cpu": True,
+            **small, "epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "cpu": True,
+            **({"stage2_epochs": 1} if spec.rebalance is not None else {}),  # a one-stage method refuses it
             "output_dir": str(out / name), "log_every": 1, "sync_bn": True, "lr": 0.01, "checkpoint_every": 5,
             "eval_batch_size": 512, "dataset": "digits-lt", **json.loads(args.train_json),
         })

@@ -196,7 +196,7 @@ def test_trains_through_the_registry_and_reloads(tmp_path):
     from ltreg.data.build import build_data
     from ltreg.data.views import ViewDataset, collate
 
-    result = ltreg.train("acl", epochs=1, max_steps_per_epoch=3, batch_size=32, stage2_epochs=1, eval_batch_size=512,
+    result = ltreg.train("acl", epochs=1, max_steps_per_epoch=3, batch_size=32, eval_batch_size=512,
                          output_dir=str(tmp_path / "run"), hparams={"num_views": 3, "neg_weight": "batch"})
     assert result.history and all(math.isfinite(r["loss"]) and math.isfinite(r["acl"]) for r in result.history)
     assert (result.run_dir / "model.safetensors").exists() and (result.run_dir / "config.json").exists()

@@ -294,7 +294,7 @@ def test_spec_views_erase_switch_and_recipes():
 
 # ---------------------------------------------------------------------------------------------------------------
 def test_trains_through_the_registry_and_reloads(tmp_path):
-    result = ltreg.train("ecl", epochs=1, max_steps_per_epoch=3, batch_size=32, stage2_epochs=1, eval_batch_size=512,
+    result = ltreg.train("ecl", epochs=1, max_steps_per_epoch=3, batch_size=32, eval_batch_size=512,
                          output_dir=str(tmp_path / "run"))
     row = result.history[0]
     assert all(math.isfinite(row[k]) for k in ("loss", "lc", "bc_ecl", "cc_ge"))
