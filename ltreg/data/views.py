@@ -173,7 +173,7 @@ def _jitter(data: LTDataset) -> list[Any]:
 
 # The core's view kinds, registered by the ``ltreg.views`` entry points of its pyproject.toml.
 NONE = ViewKind(_none, random=False, help="resize + centre crop (evaluation)")
-CLS = ViewKind(_crop_flip, help="random crop (padded; resized crop at >= 96 px) + flip")
+CLS = ViewKind(_crop_flip, help="random crop (padded; resized crop at >= 96 px) + flip where the data set allows it")
 CROP = ViewKind(_crop_flip, help="the same as cls")
 SIM = ViewKind(_sim, help="SimAugment: resized crop, flip, colour jitter, grayscale, blur at >= 96 px")
 RAND = ViewKind(_rand, help="resized crop, flip, RandAugment(2, 10)")
