@@ -142,7 +142,7 @@ def environment(rows: list[dict[str, str]], argv: list[str] | None) -> dict[str,
     dists = {"ltreg": metadata.version("ltreg")}
     dists.update({r["dist"]: r["version"] for r in rows if r["dist"] != "<in-process>"})
     cmd = [sys.executable, *sys.argv] if argv is None else [sys.executable, __file__, *argv]
-    return {"command": shlex.join(cmd), "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    return {"command": shlex.join(cmd), "date": now(),
             "distributions": dict(sorted(dists.items())), "torch": torch.__version__,
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
@@ -267,12 +267,19 @@ def run_one(method: str, imbalance: float, seed: int, args: argparse.Namespace, 
         result = ltreg.train(method, **cfg)
     except Exception as exc:  # noqa: BLE001 - one broken method must not sink the table
         traceback.print_exc()
-        return {**row, "error": f"{type(exc).__name__}: {exc}", "wall_seconds": time.perf_counter() - start}
+        return {**row, "error": f"{type(exc).__name__}: {exc}", "wall_seconds": time.perf_counter() - start,
+                "finished": now()}
     s1 = [h["seconds"] for h in result.history if h.get("stage") == 1]
     s1 = s1[1:] if len(s1) > 1 else s1  # the first epoch carries one-off warm-up costs
     return {**row, "error": "", "metrics": result.metrics, "history": result.history,
             "stage1_epoch_seconds": statistics.fmean(s1) if s1 else float("nan"),
-            "wall_seconds": round(time.perf_counter() - start, 2)}
+            "wall_seconds": round(time.perf_counter() - start, 2), "finished": now()}
+
+
+def now() -> str:
+    """The local time as ISO 8601 to the second: when a run finished (a table resumed from several invocations
+    states the span its runs were trained in)."""
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def summarise(runs: list[dict[str, Any]], methods: list[str], imbalance: float,
@@ -334,9 +341,11 @@ def markdown(result: dict[str, Any], part: str = "full") -> str:
     tables = {float(k): v for k, v in result["summary"].items()}
     margin = args["margin"]
     resumed = f" (plus {env['resumed']} runs kept from OUT/runs.jsonl by --resume)" if env.get("resumed") else ""
+    finished = sorted(r["finished"] for r in result["runs"] if r.get("finished"))  # older result files lack it
+    span = f"; runs finished {finished[0]} … {finished[-1]}" if finished else ""
     cap = f", epochs capped at {args['steps']} steps (a smoke run)" if args["steps"] else ""
     subsample = f" ({args['test_per_class']} images per class)" if args["test_per_class"] else ""
-    head = [f"- command: `{portable(env['command'])}`", f"- date: {env['date']}; machine: {env['machine']}",
+    head = [f"- command: `{portable(env['command'])}`", f"- date: {env['date']}{span}; machine: {env['machine']}",
             f"- data: {args['dataset']}, exponential profile; balanced test set{subsample}",
             f"- budget: resnet8, batch 128, lr 0.05, cosine; every method trains {args['share']:g} of its own "
             f"full run in every stage{cap} (steps per stage in the table: stage 1 + stage 2), every schedule "

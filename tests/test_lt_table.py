@@ -55,6 +55,19 @@ def test_lt_table_smoke(tmp_path: Path) -> None:
     assert data["environment"]["torch"] and data["environment"]["machine"]
     assert "ltreg" in data["environment"]["distributions"]
     assert lt_table.markdown(data) == md  # the markdown is a function of the result file alone
+    first, last = sorted(r["finished"] for r in data["runs"])
+    assert f"runs finished {first} … {last}" in md
+
+
+def test_table_skips_tuned_pretrained_recipes_unless_named() -> None:
+    """LIFT adapts a pretrained ViT: the ResNet-8-from-scratch table skips it with a note that names the way to
+    run it anyway; named with ``--methods`` it runs."""
+    lt_table = _load_script()
+    rows = [{"name": n, "dist": "x", "version": "0", "error": ""} for n in ("ce", "lift", "supcon")]
+    methods, notes = lt_table.select_methods(rows, None)
+    assert methods == ["ce", "supcon"]
+    assert len(notes) == 1 and "skipped lift" in notes[0] and "--methods lift" in notes[0]
+    assert lt_table.select_methods(rows, "lift") == (["ce", "lift"], [])
 
 
 def test_generator_refuses_unequal_stage_shares(tmp_path: Path) -> None:
