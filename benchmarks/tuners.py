@@ -125,7 +125,7 @@ def worker_plain(w: dict[str, Any]) -> None:
     torch.manual_seed(0)
     name, kwargs = _data(w)
     train = build_data(DataArgs(dataset=name, seed=0, kwargs=kwargs)).train
-    pipeline = build_pipeline(ltreg.get_method("ce").views[0], train)
+    pipeline = build_pipeline(ltreg.get_method("ce").views.pipelines[0], train)
 
     class TrainSet(Dataset):
         def __len__(self) -> int:

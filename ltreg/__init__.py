@@ -22,6 +22,7 @@ from ltreg.errors import (
     DataError,
     LtregError,
     NonFiniteLossError,
+    PeerError,
     PrototypeError,
     PushError,
     RebalanceError,
@@ -148,7 +149,7 @@ __all__ = [
     "class_balanced_weights", "drw_weights", "focal", "ldam", "ldam_margins", "logit_adjusted_ce", "mixup_ce",
     # errors
     "LtregError", "UsageError", "ConfigError", "SettingError", "RegistryError", "DataError", "PrototypeError",
-    "RebalanceError", "TunerError", "RunFolderError", "CheckpointError", "ResumeStateError", "SpecError", "TrainingError", "NonFiniteLossError", "PushError",
+    "RebalanceError", "TunerError", "RunFolderError", "CheckpointError", "ResumeStateError", "SpecError", "TrainingError", "NonFiniteLossError", "PeerError", "PushError",
     # models, training and evaluation (loaded on first use)
     *_LAZY,
 ]

@@ -108,7 +108,7 @@ def load_module_tensors(path: Path, modules: dict[str, nn.Module]) -> None:
                                   f"written by a run with other settings") from exc
 
 
-def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool = True) -> None:
+def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Never overwrite an existing run unasked, nor anything that is not ltreg's.
 
     A folder holding run files needs ``--resume`` or ``--overwrite``; ``--overwrite`` needs the folder's
@@ -133,8 +133,6 @@ def guard_run_folder(run_dir: Path, resume: bool, overwrite: bool, delete: bool 
             f"{run_dir} already holds a run ({listed}). Pass --resume to continue it, --overwrite to start over (its "
             f"checkpoints and model files are deleted), or --output-dir for a new folder"
         )
-    if not delete:  # other processes: the main process deletes
-        return
     # the adapter-only export of a run is one of its model files; MANIFEST last: a killed --overwrite leaves the
     # folder ltreg's
     for name in (CHECKPOINTS_DIR, ADAPTER_DIR, *RUN_FILES):

@@ -189,7 +189,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ltreg.inference import predict, predictions_json, write_predictions
 
     preds = predict(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size,
-                    num_workers=args.num_workers, device=args.device, revision=args.revision)
+                    num_workers=args.num_workers, device=args.device, revision=args.revision, tta=args.tta)
+    if preds[0].views != "center":
+        print(f"ltreg: note: logits averaged over the test-time view set {preds[0].views}", file=sys.stderr)
     if args.top_k > len(preds[0].top):
         print(f"ltreg: note: the model has {len(preds[0].top)} classes; --top-k {args.top_k} lists them all",
               file=sys.stderr)
@@ -270,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
     p.add_argument("--output", default=None, help="write the predictions to a .csv or .json file")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON on stdout")
+    p.add_argument("--tta", default=None, metavar="NAME",
+                   help="test-time view set, logits averaged (center, fivecrop, tencrop, ...: `ltreg list --parts`); "
+                        "default: the one the model card records")
     _add_inference_flags(p, batch=64)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("push", help="push a run folder to the Hugging Face Hub", parents=[common])

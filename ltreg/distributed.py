@@ -76,6 +76,30 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     return y
 
 
+#: The longest message :func:`share_outcome` carries (bytes of UTF-8).
+MAX_OUTCOME_BYTES = 4096
+
+
+def share_outcome(error: BaseException | None, device: torch.device) -> tuple[int, str] | None:
+    """Process 0's outcome of a step only it takes, on every process: None when it succeeded, else its exit
+    status and message (UTF-8 bytes broadcast as tensors; no pickle). A collective: every process calls it,
+    the others with ``error=None``. Without a process group: this process's own outcome."""
+    code = int(getattr(error, "exit_code", 1)) if error is not None else 0
+    if not _active():
+        return None if error is None else (code, str(error))
+    mine = dist.get_rank() == 0 and error is not None
+    payload = str(error).encode()[:MAX_OUTCOME_BYTES] if mine else b""
+    head = torch.tensor([int(mine), code, len(payload)], dtype=torch.int64, device=device)
+    dist.broadcast(head, 0)
+    failed, code, n = head.tolist()
+    if not failed:
+        return None
+    buf = (torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device) if dist.get_rank() == 0
+           else torch.empty(n, dtype=torch.uint8, device=device))
+    dist.broadcast(buf, 0)
+    return code, bytes(buf.cpu().tolist()).decode(errors="replace")
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm over the global batch on any device (torch's SyncBatchNorm is GPU-only).
 

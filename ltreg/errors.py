@@ -22,6 +22,7 @@ to import a higher one to raise or catch an error::
     ├── CheckpointError              (ValueError) a checkpoint or model folder missing, corrupt or unsafe
     │   └── ResumeStateError         a checkpoint's state record (stage, epoch) missing or corrupt
     ├── TrainingError                (RuntimeError) a run that cannot go on; NonFiniteLossError
+    ├── PeerError                    the main process of a distributed run refused (its exit status)
     └── PushError                    (RuntimeError) a Hub push that failed
 
 The second bases keep ``except ValueError`` / ``except RuntimeError`` code working.
@@ -134,11 +135,20 @@ class NonFiniteLossError(TrainingError):
     """The loss (or one of its parts) became NaN or infinite; the run stopped at the last good checkpoint."""
 
 
+class PeerError(LtregError):
+    """The main process of a distributed run stopped at a step only it takes (locking and checking the run
+    folder); every other process raises this with its message and exit status instead of waiting for it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class PushError(LtregError, RuntimeError):
     """A Hub push that failed; the message names the intact local folder and the command to retry."""
 
 
-__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "SpecError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "TunerError", "RunFolderError", "RebalanceError", "CheckpointError", "ResumeStateError", "TrainingError", "NonFiniteLossError", "PushError", "MissingExtraError",
+__all__ = ["LtregError", "UsageError", "ConfigError", "SettingError", "ModelConfigError", "SpecError", "RegistryError", "UnknownNameError", "DuplicateNameError", "PluginLoadError", "DataError", "DataLayoutError", "DataArgumentError", "ImageDecodeError", "PrototypeError", "TunerError", "RunFolderError", "RebalanceError", "CheckpointError", "ResumeStateError", "TrainingError", "NonFiniteLossError", "PeerError", "PushError", "MissingExtraError",
            "ClassNamesError"]
 
 

@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ltreg.data.build import DataArgs, build_data
-from ltreg.data.evalviews import EvalViewDataset, EvalViews, build_eval_views, center
+from ltreg.data.evalviews import EvalViewDataset, EvalViews, center
 from ltreg.data.labelled import LabelledSet, read_labelled
 from ltreg.data.lt import LTData, LTDataset, data_identity, subset_source
 from ltreg.data.views import ViewDataset, collate
 from ltreg.errors import CheckpointError, DataError
-from ltreg.inference import LoadedModel, default_workers, load_model, pick_device
+from ltreg.inference import LoadedModel, default_workers, load_model, pick_device, recorded_eval_views
 from ltreg.reports import LTReport, format_groups, format_per_class, lt_report
 
 
@@ -322,14 +322,6 @@ def evaluate_pretrained(repo_or_dir: str | os.PathLike, *, data_root: str | None
     """The flat metrics of :func:`evaluate_model` (``metrics.json``'s keys)."""
     return evaluate_model(repo_or_dir, data_root=data_root, data_kwargs=data_kwargs, split=split, dataset=dataset,
                           revision=revision, batch_size=batch_size, tta=tta).metrics
-
-
-def recorded_eval_views(card: Any, tta: str | None, data: LTDataset) -> EvalViews:
-    """The view set ``--tta`` names, else the one the card records (its default arguments), else ``center``."""
-    recorded = (card.metrics or {}).get("eval_views") if card is not None else None
-    name = tta or (recorded.get("name") if isinstance(recorded, dict) and isinstance(recorded.get("name"), str)
-                   else "center")
-    return build_eval_views(name, data)
 
 
 class DataMismatchWarning(UserWarning):

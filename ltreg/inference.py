@@ -5,11 +5,14 @@
 folder, a model folder or a Hub repo id. Images are read and transformed exactly as the model's test
 images were (:class:`Preprocessing`: the deterministic ``none`` view of :mod:`ltreg.data.views` at the
 recorded image size, channels, mean and std), in batches, with loader workers, on the GPU when there is one.
+A test-time view set (``tta``, :mod:`ltreg.data.evalviews`) averages the logits of several views of each
+image; the default is the set the model card records (the one its test metrics were measured with).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -25,11 +28,13 @@ from torch.utils.data import DataLoader
 from ltreg.card import RunCard
 from ltreg.data.lt import LTDataset
 from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
+from ltreg.data.evalviews import EvalViewDataset, EvalViews, build_eval_views
 from ltreg.data.views import ViewDataset, collate
 from ltreg.errors import CheckpointError, ConfigError, DataError
 from ltreg.files import write_atomic
 from ltreg.models.ltmodel import LTModel
 from ltreg.models.pretrained import load_pretrained
+from ltreg.registry import registry
 from ltreg.reports import dumps
 
 #: The input size config.json declares for a model saved without a data set record.
@@ -137,11 +142,13 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(8, cpus - 1))
 
 
-def loader(dataset: LTDataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    """Batches of ``dataset`` under its deterministic ``none`` view, in order."""
+def loader(dataset: LTDataset, batch_size: int, num_workers: int, device: torch.device,
+           views: EvalViews | None = None) -> DataLoader:
+    """Batches of ``dataset`` in order, under its deterministic ``none`` view or the view set ``views``."""
     if batch_size < 1 or num_workers < 0:
         raise ConfigError(f"--batch-size must be >= 1 and --num-workers >= 0, got {batch_size} and {num_workers}")
-    return DataLoader(ViewDataset(dataset, ("none",)), batch_size=batch_size, collate_fn=collate,
+    source = ViewDataset(dataset, ("none",)) if views is None else EvalViewDataset(dataset, views)
+    return DataLoader(source, batch_size=batch_size, collate_fn=collate,
                       num_workers=num_workers, pin_memory=device.type == "cuda")
 
 
@@ -177,10 +184,11 @@ class ClassProbability:
 
 @dataclass(frozen=True)
 class Prediction:
-    """An image's top-k classes, most probable first."""
+    """An image's top-k classes, most probable first, and the test-time view set they were averaged over."""
 
     path: str
     top: tuple[ClassProbability, ...]
+    views: str = "center"
 
     @property
     def label(self) -> str:
@@ -193,54 +201,78 @@ class Prediction:
         return self.top[0].probability
 
 
+def recorded_views_name(card: Any) -> str | None:
+    """The name of the test-time view set the card records (its test metrics were measured with), or None."""
+    recorded = (card.metrics or {}).get("eval_views") if card is not None else None
+    name = recorded.get("name") if isinstance(recorded, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def recorded_eval_views(card: Any, tta: str | None, data: LTDataset) -> EvalViews:
+    """The view set ``tta`` names, else the one the card records (its default arguments), else ``center``."""
+    return build_eval_views(tta or recorded_views_name(card) or "center", data)
+
+
 @torch.no_grad()
 def predict(model: str | os.PathLike | LoadedModel, images: str | os.PathLike | Iterable[str | os.PathLike], *,
             top_k: int = 5, batch_size: int = 64, num_workers: int | None = None,
-            device: str | torch.device | None = None, revision: str | None = None) -> list[Prediction]:
+            device: str | torch.device | None = None, revision: str | None = None,
+            tta: str | None = None) -> list[Prediction]:
     """Classify image files (or every image in the folders named) with a run folder, model folder or Hub repo.
 
     Returns one :class:`Prediction` per image, in input order: the ``top_k`` most probable classes (at
     most the model's class count) with softmax probabilities. Images go through the model's own test
-    transform (:class:`Preprocessing`); ``num_workers`` loader processes decode them (default: none on the
-    CPU, all CPUs but one on CUDA); ``device`` defaults to CUDA when present.
+    transform (:class:`Preprocessing`); ``tta`` names a test-time view set (``center``, ``fivecrop``,
+    ``tencrop``, ...: the logits of its views are averaged before the softmax), default the one the model
+    card records, else ``center``. ``num_workers`` loader processes decode the images (default: none on
+    the CPU, all CPUs but one on CUDA); ``device`` defaults to CUDA when present.
     """
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise ConfigError(f"--top-k must be an integer >= 1, got {top_k!r}")
+    if tta is not None:
+        registry("eval_views").get(tta)  # an unknown name stops here, with the known ones, before any loading
     loaded = load_model(model, revision)
     paths = image_paths(images)
     dev = pick_device(device)
     pre = loaded.preprocessing
-    data = pre.dataset(FileSource(paths, pre.channels, pre.load_size), np.zeros(len(paths), dtype=np.int64),
-                       loaded.class_names)
+    # mirrored views only where the model's own test metrics used them (its data let flips keep labels)
+    data = dataclasses.replace(pre.dataset(FileSource(paths, pre.channels, pre.load_size),
+                                           np.zeros(len(paths), dtype=np.int64), loaded.class_names),
+                               allow_flip=recorded_views_name(loaded.card) == "tencrop")
+    views = recorded_eval_views(loaded.card, tta, data)
     k = min(top_k, loaded.model.num_classes)
     net = loaded.model.to(dev).eval()
     out: list[Prediction] = []
-    batches = loader(data, batch_size, default_workers(dev) if num_workers is None else num_workers, dev)
-    for batch in batches:
-        probs = net.predict(batch.images[:, 0].to(dev, non_blocking=True)).float().softmax(1)
-        values, indices = probs.topk(k, dim=1)
+    for batch in loader(data, batch_size, default_workers(dev) if num_workers is None else num_workers, dev, views):
+        x = batch.images.to(dev, non_blocking=True)  # [B, K, C, S, S]
+        logits = net.predict(x.flatten(0, 1)).float().view(x.shape[0], x.shape[1], -1).mean(1)
+        values, indices = logits.softmax(1).topk(k, dim=1)
         for i, vals, idx in zip(batch.index.tolist(), values.cpu().tolist(), indices.cpu().tolist()):
             out.append(Prediction(paths[i], tuple(ClassProbability(c, loaded.class_names[c], round(p, 6))
-                                                  for p, c in zip(vals, idx))))
+                                                  for p, c in zip(vals, idx)), views.name))
     return out
 
 
 def predictions_json(predictions: Sequence[Prediction], model: str = "") -> str:
-    """Predictions as strict JSON: ``{"model", "top_k", "predictions": [{"path", "top": [{index, label, probability}]}]}``."""
+    """Predictions as strict JSON: ``{"model", "top_k", "views", "predictions": [{"path", "top": [{index, label,
+    probability}]}]}`` (``views``: the test-time view set the logits were averaged over)."""
     k = len(predictions[0].top) if predictions else 0
-    return dumps({"model": model, "top_k": k, "predictions": [asdict(p) for p in predictions]})
+    views = predictions[0].views if predictions else None
+    return dumps({"model": model, "top_k": k, "views": views,
+                  "predictions": [{"path": p.path, "top": [asdict(c) for c in p.top]} for p in predictions]})
 
 
 def predictions_csv(predictions: Sequence[Prediction]) -> str:
-    """Predictions as CSV: ``path`` then ``top1_label, top1_index, top1_probability``, ``top2_...`` per rank."""
+    """Predictions as CSV: ``path``, ``views`` (the test-time view set), then ``top1_label, top1_index,
+    top1_probability``, ``top2_...`` per rank."""
     k = len(predictions[0].top) if predictions else 0
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", *(f"top{r}_{f}" for r in range(1, k + 1) for f in ("label", "index", "probability"))])
+    w.writerow(["path", "views", *(f"top{r}_{f}" for r in range(1, k + 1) for f in ("label", "index", "probability"))])
     for p in predictions:
-        w.writerow([p.path, *(v for c in p.top for v in (c.label, c.index, c.probability))])
+        w.writerow([p.path, p.views, *(v for c in p.top for v in (c.label, c.index, c.probability))])
     return buf.getvalue()
 
 
@@ -257,4 +289,4 @@ def write_predictions(predictions: Sequence[Prediction], path: str | os.PathLike
 
 
 __all__ = ["ClassProbability", "LoadedModel", "Prediction", "Preprocessing", "image_paths", "load_model", "predict",
-           "predictions_csv", "predictions_json", "write_predictions"]
+           "predictions_csv", "predictions_json", "recorded_eval_views", "write_predictions"]

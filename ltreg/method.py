@@ -82,6 +82,10 @@ class HParams:
 
                 close = difflib.get_close_matches(name, list(known), n=3)
                 hint = f" Did you mean {', '.join(close)}?" if close else ""
+                if not known:
+                    raise ConfigError(f"unknown hyper-parameter {key!r}: this method ({type(self).__name__}) has no "
+                                      f"hyper-parameters, so --hp does not apply; drop it (training settings are "
+                                      f"flags: ltreg train --help)")
                 raise ConfigError(
                     f"unknown hyper-parameter {key!r} for {type(self).__name__}.{hint} "
                     f"Known: {', '.join(sorted(known))}."

@@ -32,7 +32,7 @@ from ltreg.data.evalviews import EvalViews, build_eval_views
 from ltreg.data.lt import LTData, LTDataset, data_identity
 from ltreg.data.split import carve_holdout
 from ltreg.data.views import apply_augment, describe_views
-from ltreg.errors import ConfigError, TrainingError
+from ltreg.errors import ConfigError, PeerError, TrainingError
 from ltreg.evaluate import DataPasses
 from ltreg.files import RunLock, probe_writable, write_atomic
 from ltreg.method import PartRef, build_part
@@ -285,19 +285,25 @@ def build_run(rc: RunConfig) -> Run:
     check_augment_applies(rc, parts)
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it over: pass one of them")
-    lock = None
-    if not acc.is_main_process:  # the same refusal on every process; the main one deletes and locks
-        guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite, delete=False)
-    else:
-        preflight_output(cfg.run_dir, cfg.min_free_mb)
-        lock = RunLock(cfg.run_dir).acquire()  # a second training into this folder stops here, named
+    lock, refusal = None, None
+    if acc.is_main_process:  # the main process checks, locks and claims the folder; the others hear how it went
         try:
-            guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite)
-            claim_run_folder(cfg.run_dir)
-        except BaseException:
-            lock.release()
-            raise
-    acc.wait_for_everyone()
+            preflight_output(cfg.run_dir, cfg.min_free_mb)
+            lock = RunLock(cfg.run_dir).acquire()  # a second training into this folder stops here, named
+            try:
+                guard_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite)
+                claim_run_folder(cfg.run_dir)
+            except BaseException:
+                lock.release()
+                raise
+        except Exception as exc:  # noqa: BLE001 - shared with the other processes, then raised
+            refusal = exc
+    outcome = D.share_outcome(refusal, acc.device)  # no process waits for a main process that stopped
+    if refusal is not None:
+        raise refusal
+    if outcome is not None:
+        raise PeerError(f"the main process stopped before training (process {acc.process_index} stops with it): "
+                        f"{outcome[1]}", outcome[0])
     if spec.head_init is not None:
         init_head(rc, model, train_set, say=acc.print, write=acc.is_main_process)
         acc.wait_for_everyone()

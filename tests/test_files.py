@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,6 +166,18 @@ def test_a_second_training_into_a_locked_folder_stops_and_a_killed_holder_frees_
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert f"another ltreg process (pid {holder.pid}) is training into {run}" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and not (run / "checkpoints").exists()
+        # two processes: only the main one locks; it refuses, and the other stops with it instead of waiting
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+                               "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes", "2",
+                               "--main_process_port", str(port), "--multi_gpu", "-m", "ltreg", "train", "--quick",
+                               "--epochs", "1", "--output-dir", str(run), "--max-steps-per-epoch", "1"],
+                              capture_output=True, text=True, env=subprocess_env, cwd=tmp_path, timeout=300)
+        assert proc.returncode != 0 and f"another ltreg process (pid {holder.pid})" in proc.stderr, proc.stderr[-3000:]
+        assert "the main process stopped before training (process 1 stops with it)" in proc.stderr, proc.stderr[-3000:]
+        assert "internal error" not in proc.stderr and not (run / "checkpoints").exists()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -275,9 +288,13 @@ def test_link_loops_and_duplicate_images_are_named(tmp_path: Path) -> None:
         scan(root, None, "error")
     (root / "c0" / "loop").unlink()
     (root / "c1" / "copy.png").symlink_to(root / "c0" / "0.png")
-    with pytest.raises(DataLayoutError, match=r"are the same file .* read twice"):
+    with pytest.raises(DataLayoutError, match=r"are the same file \(a symbolic link to .* read twice"):
         scan(root, None, "error")
     (root / "c1" / "copy.png").unlink()
+    os.link(root / "c0" / "0.png", root / "c1" / "hard.png")  # one inode, two names, two labels
+    with pytest.raises(DataLayoutError, match=r"c1/hard\.png and .*c0/0\.png are the same file \(hard links"):
+        scan(root, None, "error")
+    (root / "c1" / "hard.png").unlink()
     assert len(scan(root, None, "error").paths) == 18
 
 

@@ -115,6 +115,59 @@ def test_cli_predict_writes_csv_and_json_and_json_stdout_alone(run: Path, tmp_pa
     assert "lists them all" in err
 
 
+def crops_by_hand(img: torch.Tensor, s: int, expand: int, mean: float, std: float) -> torch.Tensor:
+    """LIFT's five test-time crops, cut by index: the image resized to s + expand, its four corners and centre."""
+    from torchvision.transforms.v2 import functional as TF
+    big = TF.resize(img, [s + expand], antialias=True)
+    h, w = big.shape[-2:]
+    at = [(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), (int(round((h - s) / 2)), int(round((w - s) / 2)))]
+    return (torch.stack([big[..., t:t + s, x:x + s] for t, x in at]).float() / 255 - mean) / std
+
+
+def test_predict_with_tta_averages_the_logits_of_the_crops(run: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    images, labels = digit_images()
+    idx = [0, 5, 9, 17]
+    folder = write_folder(tmp_path / "imgs", {"x": idx}, images)
+    model = ltreg.from_pretrained(run)
+    test = digits_lt().test
+    five = ltreg.predict(run, folder, top_k=10, tta="fivecrop")
+    plain = ltreg.predict(run, folder, top_k=10)
+    centre = ltreg.predict(run, folder, top_k=10, tta="center")
+    assert {p.views for p in five} == {"fivecrop"} and {p.views for p in plain} == {"center"}
+    assert plain == centre  # the run recorded the centre view: the default is what it records
+    for p, q, i in zip(five, plain, idx):
+        with torch.no_grad():
+            x = crops_by_hand(images[i], test.image_size, 1, test.mean[0], test.std[0])  # 24/224 of 8 px: 1
+            want = model.predict(x).mean(0).softmax(0)
+            one = model.predict(build_pipeline("none", test)(images[i]).unsqueeze(0)).softmax(1)[0]
+        assert [c.index for c in p.top] == want.topk(10).indices.tolist()
+        assert [c.probability for c in p.top] == pytest.approx(want.topk(10).values.tolist(), abs=1e-5)
+        assert [c.probability for c in q.top] == pytest.approx(one.topk(10).values.tolist(), abs=1e-5)
+    assert any(p.top != q.top for p, q in zip(five, plain))  # the crops are not the centre view
+    # a model whose card records a view set predicts with it unless told otherwise
+    loaded = ltreg.inference.load_model(run)
+    loaded.card.metrics["eval_views"] = {"name": "fivecrop", "views": 5}
+    assert ltreg.predict(loaded, folder, top_k=10) == five
+    assert ltreg.predict(loaded, folder, top_k=10, tta="center") == plain
+    code, out, err = cli(["predict", str(run), str(folder), "--tta", "fivecrop", "--json"], capsys)
+    assert code == 0 and strict(out)["views"] == "fivecrop" and "view set fivecrop" in err
+    code, out, _ = cli(["predict", str(run), str(folder), "--tta", "fivecrop", "--output", str(tmp_path / "p.csv")],
+                       capsys)
+    assert code == 0 and {r["views"] for r in csv.DictReader(open(tmp_path / "p.csv"))} == {"fivecrop"}
+    # mirrors only where the model's own metrics used them: digits' labels change under a flip
+    code, _, err = cli(["predict", str(run), str(folder), "--tta", "tencrop"], capsys)
+    assert code == 2 and "use fivecrop" in err
+
+
+def test_predict_refuses_an_unknown_view_set_before_any_work(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # neither the model nor the image exists: the name is checked first
+    code, _, err = cli(["predict", str(tmp_path / "no-model"), str(tmp_path / "no.png"), "--tta", "sevencrop"],
+                       capsys)
+    assert code == 2 and "sevencrop" in err and "fivecrop" in err and "does not exist" not in err
+
+
 def test_predict_refuses_what_it_cannot_read(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["predict", str(run), str(tmp_path / "nope.png")], capsys)
     assert code == 2 and "does not exist" in err

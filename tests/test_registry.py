@@ -101,6 +101,8 @@ def test_hparams_are_typed_and_validated():
         spec.hparams.replace(max_margin="-1")
     with pytest.raises(ConfigError, match="unknown hyper-parameter 'max_margn'.*max_margin"):
         spec.hparams.replace(max_margn=1)
+    with pytest.raises(ConfigError, match=r"this method \(NoHParams\) has no hyper-parameters, so --hp does not apply"):
+        ltreg.get_method("ce").hparams.replace(foo=1)  # no empty "Known:" list
     with pytest.raises(ConfigError, match="float"):
         spec.hparams.replace(scale="many")
 

@@ -101,16 +101,20 @@ def check_tree(top: Path) -> None:
 
 
 def duplicate_files(paths: list[str]) -> None:
-    """Refuse two image paths that are one file (hard links aside, a symbolic link to another image)."""
-    seen: dict[str, str] = {}
+    """Refuse two image paths that are one file: a symbolic link to another image, or a hard link (the
+    same device and inode under two names)."""
+    seen: dict[tuple[int, int], str] = {}
     for p in paths:
-        real = os.path.realpath(p)
-        if real in seen:
+        st = os.stat(p)
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            how = "a symbolic link" if os.path.islink(p) or os.path.islink(seen[key]) else "hard links"
             raise DataLayoutError(
-                f"{p} and {seen[real]} are the same file ({real}): it would be read twice, possibly under two labels. "
-                f"Remove one of them (links count as copies)"
+                f"{p} and {seen[key]} are the same file ({how} to {os.path.realpath(p)}): it would be read twice, "
+                f"possibly under two labels. Remove one of them, or replace it with a copy (links count as the "
+                f"same image)"
             )
-        seen[real] = p
+        seen[key] = p
 
 
 @dataclass

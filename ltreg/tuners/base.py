@@ -94,8 +94,11 @@ class Tuner:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(kwargs) - set(known))
         if unknown:
+            if not known:
+                raise TunerError(f"tuner {cls.name} takes no arguments, so --tuner-arg {', '.join(unknown)} does not "
+                                 f"apply; drop it")
             raise TunerError(f"tuner {cls.name} takes no argument {', '.join(unknown)}; its arguments are "
-                             f"{', '.join(known) or 'none'} (--tuner-arg NAME=VALUE)")
+                             f"{', '.join(known)} (--tuner-arg NAME=VALUE)")
         return cls(**kwargs)
 
     def args(self) -> dict[str, Any]:
