@@ -26,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ltreg.card import RunCard
+from ltreg.data.evalviews import EvalViewDataset, EvalViews, build_eval_views
 from ltreg.data.lt import LTDataset
 from ltreg.data.sources import IMAGE_EXTENSIONS, FileSource
-from ltreg.data.evalviews import EvalViewDataset, EvalViews, build_eval_views
 from ltreg.data.views import ViewDataset, collate
 from ltreg.errors import CheckpointError, ConfigError, DataError
 from ltreg.files import write_atomic
