@@ -65,6 +65,44 @@ for extra in ("dist", "data"):  # helper folders some core tests read
     if (pathlib.Path(src) / extra).is_dir():
         shutil.copytree(pathlib.Path(src) / extra, pathlib.Path(dst) / extra)
 PY
+if [ "$pkg" != ltreg ]; then
+  # A plugin's package runs code when it is imported (its recipes and METHOD are built then): mutmut forks each
+  # mutant's test run from a process that imported the package and the test modules already, so that code would
+  # never see the mutant, and mutmut credits the calls made on import to the first test only. This conftest
+  # re-imports both under the mutant in every test run and credits the import's calls to every test.
+  module=$pkg; [ "$(basename "$rel")" = __init__.py ] || module=$pkg.$(echo "${rel%.py}" | tr / .)
+  if [ -e "$out/tests/conftest.py" ]; then echo "plugins/mutate.sh: $tests has a conftest.py; merge it by hand" >&2; exit 2; fi
+  cat > "$out/tests/conftest.py" <<CONFTEST
+"""Written by plugins/mutate.sh: import $pkg afresh under the mutant being tested, and credit every test with
+the functions that the import calls (mutmut's statistics would give them to the first test only)."""
+import importlib
+import pathlib
+import sys
+
+import pytest
+from mutmut.state import state
+
+_IMPORT_CALLS = set()
+
+
+def pytest_configure(config):
+    here = pathlib.Path(__file__).resolve().parent  # test modules too: they hold what they imported from $pkg
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if name == "$pkg" or name.startswith("$pkg.") or (
+                path and name != __name__ and pathlib.Path(path).resolve().parent == here):
+            del sys.modules[name]
+    before = set(state()._stats)
+    importlib.import_module("$module")
+    _IMPORT_CALLS.clear()
+    _IMPORT_CALLS.update(set(state()._stats) - before)
+
+
+@pytest.fixture(autouse=True)
+def _credit_import_calls():
+    state()._stats.update(_IMPORT_CALLS)
+CONFTEST
+fi
 {
   echo "[mutmut]"; echo "paths_to_mutate=$pkg/$rel"; echo "also_copy="
   # mutmut copies a listed file without making its folder: list the other sub-packages as folders, and the
