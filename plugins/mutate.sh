@@ -82,6 +82,8 @@ import sys
 import pytest
 from mutmut.state import state
 
+from ltreg.registry import refresh
+
 _IMPORT_CALLS = set()
 
 
@@ -92,6 +94,7 @@ def pytest_configure(config):
         if name == "$pkg" or name.startswith("$pkg.") or (
                 path and name != __name__ and pathlib.Path(path).resolve().parent == here):
             del sys.modules[name]
+    refresh()  # the registries load the plugin's entry points again, from the fresh import
     before = set(state()._stats)
     importlib.import_module("$module")
     _IMPORT_CALLS.clear()
