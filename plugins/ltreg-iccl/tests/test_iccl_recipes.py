@@ -18,6 +18,10 @@ def _kinds(r):
     return {k: t.kind for k, t in r.tags.items()}
 
 
+def _tags(r):
+    return {k: (t.kind, t.where) for k, t in r.tags.items()}
+
+
 @pytest.mark.parametrize("ds, imb", list(TABLE1))
 def test_cifar_recipes(ds, imb):
     r = ICCL.recipe(f"{ds}-if{imb}")
@@ -42,10 +46,13 @@ def test_imagenet_recipe():
     assert dict(r.hparams) == {"colour_jitter": True}
     assert dict(r.paper) == {"All": 54.0, "Many": 60.7, "Medium": 52.9, "Few": 39.0}
     assert r.untagged() == []
-    assert _kinds(r) == {"dataset": "P", "backbone": "P", "schedule": "P", "epochs": "D", "batch_size": "D", "lr": "D",
-                         "weight_decay": "D", "colour_jitter": "P", "All": "P", "Many": "P", "Medium": "P", "Few": "P"}
-    assert all(r.tags[k].where == "Table 2" for k in ("dataset", "All", "Many", "Medium", "Few"))
-    assert "Decouple's [22] 90" in r.tags["epochs"].where and "Decouple's [22] 5e-4" in r.tags["weight_decay"].where
+    assert _tags(r) == {"dataset": ("P", "Table 2"), "backbone": ("P", "§4.3: ResNeXt-50"),
+                        "schedule": ("P", "§4.3: cosine"), "epochs": ("D", "stripped from §4.3; Decouple's [22] 90"),
+                        "batch_size": ("D", "§4.4: 'a smaller batch size' than Decouple's, number stripped"),
+                        "lr": ("D", "§4.4: an improved learning rate, number stripped"),
+                        "weight_decay": ("D", "stripped from §4.3; Decouple's [22] 5e-4"),
+                        "colour_jitter": ("P", "§4.3: flip, cropping and colour jittering"),
+                        **{k: ("P", "Table 2") for k in ("All", "Many", "Medium", "Few")}}
     assert r.description.startswith("ImageNet-LT, ResNeXt-50 32x4d, 90 epochs (T_w 45), batch 128, SGD 0.05 cosine, "
                                     "wd 5e-4, flip + crop + colour jitter")
 
@@ -59,11 +66,12 @@ def test_inaturalist_recipes(name, epochs, paper):
                              "lr": 0.1, "weight_decay": 1e-4, "schedule": "cosine"}
     assert dict(r.hparams) == {} and dict(r.paper) == paper
     assert r.untagged() == []
-    assert _kinds(r) == {"dataset": "P", "backbone": "P", "epochs": "P", "schedule": "P", "batch_size": "D", "lr": "D",
-                         "weight_decay": "D", "All": "P", "Many": "P", "Medium": "P", "Few": "P"}
-    assert all(r.tags[k].where == f"Table 3, {epochs} epochs" for k in paper)
-    assert r.tags["dataset"].where == "Table 3" and r.tags["epochs"].where == "Table 3: 90 and 200 epochs"
-    assert "Decouple's [22] 256" in r.tags["batch_size"].where and "Decouple's [22] 0.1" in r.tags["lr"].where
+    assert _tags(r) == {"dataset": ("P", "Table 3"), "backbone": ("P", "§4.3: ResNet-50"),
+                        "epochs": ("P", "Table 3: 90 and 200 epochs"), "schedule": ("P", "§4.3: cosine decay"),
+                        "batch_size": ("D", "stripped from §4.3; Decouple's [22] 256"),
+                        "lr": ("D", "stripped from §4.3; Decouple's [22] 0.1"),
+                        "weight_decay": ("D", "stripped from §4.3; Decouple's [22] 1e-4"),
+                        **{k: ("P", f"Table 3, {epochs} epochs") for k in paper}}
     assert r.description == (f"iNaturalist 2018, ResNet-50, {epochs} epochs (T_w {epochs // 2}), batch 256, SGD 0.1 "
                              f"cosine, wd 1e-4; stage 2 on the frozen backbone")
 
