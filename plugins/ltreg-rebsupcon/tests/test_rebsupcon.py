@@ -370,6 +370,10 @@ def test_whole_loss_module_matches_paper_total(form, cls_weight, positives):
         else:
             torch.testing.assert_close(a.grad, r.grad, rtol=1e-8, atol=1e-10)
     assert (leaves[1].grad is not None) == bool(cls_weight or positives == "centres")
+    assert set(out.parts) == {"reb", "swap", "agg", "sep", "cls", "omega"}
+    lam = (0.61, 0.29, 0.17)
+    torch.testing.assert_close(out.total.detach(), out.parts["reb"] + sum(w * out.parts[k] for w, k in zip(
+        lam, ("swap", "agg", "sep"))) + cls_weight * out.parts["cls"], rtol=1e-12, atol=1e-12)
 
 
 def test_default_omega_up_weights_tail_classes():
@@ -471,7 +475,8 @@ def test_errors_name_the_missing_part():
         rebalance_factor(torch.ones(2), torch.ones(2), form="flipped")
     q, y, cs, logits, prior = _inputs()
     for kw in ({}, {"logits": logits}, {"log_prior": prior.log()}):
-        with pytest.raises(ValueError, match="classifier logits"):
+        with pytest.raises(ValueError, match=r"^positives='centres' needs the classifier logits \[B, C\] and log_prior "
+                                             r"\[C\]$"):
             anchor_losses(q, y, cs, temperature=0.3, positives="centres", **kw)
     z, zk, logits, queue, queue_y, protos, y, counts = _module_inputs()
     batch = ltreg.Batch(torch.zeros(len(y), 2, 1, 2, 2), y, torch.arange(len(y)))
@@ -479,8 +484,11 @@ def test_errors_name_the_missing_part():
     mem, pro = _Memory(queue, queue_y), _Protos(protos)
     cases = [({}, mem, pro, "moco"), ({"key_z": zk}, None, pro, "moco"), ({"key_z": zk}, mem, None, "learnable"),
              ({"key_z": zk}, mem, object(), "learnable")]
+    full = {"moco": r"^Reb-SupCon needs the 'moco' memory part \(key projections outputs.extra\['key_z'\] and a "
+                    r"queue\)$",
+            "learnable": r"^Reb-SupCon needs the 'learnable' prototypes part \(prototypes\(\) and assign\(\)\)$"}
     for extra, m, p, msg in cases:
-        with pytest.raises(ValueError, match=f"Reb-SupCon needs the '{msg}'"):
+        with pytest.raises(ValueError, match=full[msg]):
             mod(ltreg.Outputs(z, logits, z, extra), batch, ltreg.StepState(counts, C, memory=m, prototypes=p))
 
 
