@@ -9,15 +9,19 @@ from ltreg_cogloat import METHOD
 
 COMMON = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine",
           "warmup_epochs": 0, "stage2_lr": 0.1, "stage2_batch_size": 256}
-COMMON_KINDS = {"batch_size": "P", "lr": "P", "momentum": "P", "weight_decay": "D", "schedule": "D",
-                "warmup_epochs": "D", "stage2_lr": "P", "stage2_batch_size": "P"}
 TABLE2 = {("cifar10-lt", 100): 81.6, ("cifar10-lt", 50): 85.5, ("cifar10-lt", 10): 89.4,
           ("cifar100-lt", 100): 46.0, ("cifar100-lt", 50): 50.4, ("cifar100-lt", 10): 60.8}
 IMPL = "§5.1 Implementation details"
 
 
-def _kinds(r):
-    return {k: t.kind for k, t in r.tags.items()}
+def _tags(r):
+    return {k: (t.kind, t.where) for k, t in r.tags.items()}
+
+
+COMMON_TAGS = {"batch_size": ("P", IMPL), "lr": ("P", IMPL), "momentum": ("P", IMPL),
+               "weight_decay": ("D", "not reported; MoCo-v2 / TSC practice"),
+               "schedule": ("D", "not reported; MoCo-v2 / TSC practice (cosine)"), "warmup_epochs": ("D", "none reported"),
+               "stage2_lr": ("P", IMPL + ": classifier lr 0.1"), "stage2_batch_size": ("P", IMPL + ": batch 256")}
 
 
 @pytest.mark.parametrize("ds, imb", list(TABLE2))
@@ -28,13 +32,11 @@ def test_cifar_recipes_are_the_papers_settings(ds, imb):
     assert dict(r.hparams) == {"queue_size": 4096, "stage2_loss": loss, "stage2_epochs": 100}
     assert dict(r.paper) == {"All": TABLE2[ds, imb]}
     assert r.untagged() == []
-    assert _kinds(r) == {**COMMON_KINDS, "dataset": "P", "imbalance": "P", "backbone": "P", "epochs": "P",
-                         "queue_size": "D", "stage2_loss": "P", "stage2_epochs": "D", "All": "P"}
-    assert all(r.tags[k].where == "Table 2" for k in ("dataset", "imbalance", "All"))
-    assert all(r.tags[k].where.startswith(IMPL) for k in ("batch_size", "lr", "momentum", "backbone", "epochs",
-                                                          "stage2_loss", "stage2_lr", "stage2_batch_size"))
-    assert "ResNet-32" in r.tags["backbone"].where and "1,000 epochs" in r.tags["epochs"].where
-    assert "4,096" in r.tags["queue_size"].where and "ImageNet-LT's 100" in r.tags["stage2_epochs"].where
+    assert _tags(r) == {**COMMON_TAGS, "dataset": ("P", "Table 2"), "imbalance": ("P", "Table 2"),
+                        "backbone": ("P", IMPL + ": ResNet-32"), "epochs": ("P", IMPL + ": 1,000 epochs"),
+                        "queue_size": ("D", "not reported ('same configurations as TSC'); 4,096"),
+                        "stage2_loss": ("P", IMPL + ": LDAM + reweight CIFAR-10-LT, CE + reweight CIFAR-100-LT"),
+                        "stage2_epochs": ("D", "not reported for CIFAR; ImageNet-LT's 100"), "All": ("P", "Table 2")}
     assert r.description == (f"{ds} IF {imb}, ResNet-32, 1000 epochs, batch 256, SGD 0.1 cosine; stage 2 "
                              f"{loss.upper()} + reweight")
 
@@ -45,18 +47,10 @@ def test_imagenet_recipe_is_the_papers_setting():
     assert dict(r.hparams) == {"queue_size": 65536, "stage2_loss": "ce", "stage2_epochs": 100}
     assert dict(r.paper) == {"All": 49.8, "Many": 59.0, "Medium": 49.5, "Few": 40.9}
     assert r.untagged() == []
-    assert _kinds(r) == {**COMMON_KINDS, "dataset": "P", "backbone": "P", "epochs": "P", "queue_size": "D",
-                         "stage2_loss": "P", "stage2_epochs": "P", "All": "P", "Many": "P", "Medium": "P", "Few": "P"}
-    assert r.tags["dataset"].where == "Table 3" and all(r.tags[k].where == "Table 3 ('Ours')" for k in r.paper)
-    assert "ResNet-50" in r.tags["backbone"].where and "200 epochs" in r.tags["epochs"].where
-    assert "65,536" in r.tags["queue_size"].where and "100 epochs" in r.tags["stage2_epochs"].where
+    assert _tags(r) == {**COMMON_TAGS, "dataset": ("P", "Table 3"), "backbone": ("P", IMPL + ": ResNet-50"),
+                        "epochs": ("P", IMPL + ": 200 epochs"), "queue_size": ("D", "not reported; MoCo-v2's 65,536"),
+                        "stage2_loss": ("P", IMPL + ": 'similar to CIFAR' (CE + reweight, as CIFAR-100-LT)"),
+                        "stage2_epochs": ("P", IMPL + ": 'an additional 100 epochs'"),
+                        **{k: ("P", "Table 3 ('Ours')") for k in ("All", "Many", "Medium", "Few")}}
     assert r.description == ("ImageNet-LT, ResNet-50, 200 epochs, batch 256, SGD 0.1 cosine, queue 65,536; stage 2 100 "
                              "epochs CE + reweight")
-
-
-def test_common_tags_name_their_source():
-    r = METHOD.recipe("imagenet-lt")
-    assert "MoCo-v2 / TSC" in r.tags["weight_decay"].where and "cosine" in r.tags["schedule"].where
-    assert r.tags["warmup_epochs"].where == "none reported"
-    assert r.tags["stage2_lr"].where.endswith("classifier lr 0.1") and r.tags["stage2_batch_size"].where.endswith(
-        "batch 256")
