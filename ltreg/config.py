@@ -73,6 +73,8 @@ class TrainConfig:
     min_free_mb: int = 200  # free disk space the run folder needs before training starts
     seed: int = field(default=0, metadata={"recipe": True})
     augment: str | None = field(default=None, metadata={"recipe": True})  # preset for the method's cls views; None: its own
+    mix: str | None = field(default=None, metadata={"recipe": True})  # mixup | cutmix of stage 1's batches; None: none
+    mix_alpha: float = field(default=1.0, metadata={"recipe": True})  # Beta(alpha, alpha) of --mix
     output_dir: str | None = None  # None: runs/<method>-<dataset>
     recipe: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -203,6 +205,8 @@ class TrainConfig:
             drop.add("nesterov")
         if self.augment is None:
             drop.add("augment")  # the method's own views (the card's augmentation row says which)
+        if self.mix is None:
+            drop |= {"mix", "mix_alpha"}
         if not self.tuner_args:
             drop.add("tuner_args")
         out = {k: v for k, v in out.items() if k not in drop}
@@ -271,6 +275,10 @@ SETTING_HELP: dict[str, str] = {
     "augment": "training augmentation of the method's classifier view (cls): none | crop | crop+flip | randaugment | "
                "trivialaugment | autoaugment (torchvision v2 policies); unset: the method's own views. Flips follow "
                "the data set (digits: never; image folders: only with --data-arg hflip=true), except crop+flip",
+    "mix": "mix stage 1's batches: mixup | cutmix (one Beta(alpha, alpha) draw per step, each image with its partner "
+           "in the reversed batch); only methods whose loss is a cross-entropy on labels (ce, logit-adjusted-ce, "
+           "balanced-softmax, ldam, focal, ...); unset: no mixing",
+    "mix_alpha": "alpha of --mix's Beta(alpha, alpha) (1: lam uniform, the papers' CIFAR setting)",
     "output_dir": "run folder; unset: runs/<method>-<dataset>",
     "recipe": "a method's named paper setting (`ltreg info METHOD` lists them)",
     "num_workers": "data loader workers per process; unset: from the CPUs (none on CPU-only machines)",
@@ -549,10 +557,32 @@ def ineffective(cfg: TrainConfig, spec: MethodSpec) -> dict[str, str]:
                            + "; drop it (Adam-family optimizers take --opt-betas), or use --optimizer sgd")
     if cfg.optimizer != "sgd":
         out["nesterov"] = f"it applies to --optimizer sgd, not {cfg.optimizer}; drop it (or use --optimizer nesterov)"
+    if cfg.mix is None:
+        out["mix_alpha"] = "it sets the Beta(alpha, alpha) of --mix, and no --mix is given; pass --mix mixup|cutmix or drop it"
+    else:
+        why = mix_refusal(spec)
+        if why:
+            out["mix"] = out["mix_alpha"] = why
     if cfg.mixed_precision == "fp16" and (cfg.cpu or not _cuda()):
         out["mixed_precision"] = ("fp16 autocast needs a CUDA GPU and this run is on the CPU, where it would train in "
                                   "fp32; use --mixed-precision bf16 (CPU autocast) or no")
     return out
+
+
+def mix_refusal(spec: MethodSpec) -> str | None:
+    """Why ``--mix`` cannot apply to the method ``spec`` (None: it can): mixing needs the loss to weigh each
+    image's two labels (``mixable`` logit losses), and a method with its own batch transform mixes already."""
+    from ltreg.registry import registry
+
+    if spec.batch_transform is not None:
+        return (f"the method {spec.name} mixes its own batches (batch transform {spec.batch_transform.name}); "
+                f"drop --mix")
+    if not getattr(registry("losses").get(spec.loss.name), "mixable", False):
+        mixable = sorted(n for n in registry("losses").names() if getattr(registry("losses").get(n), "mixable", False))
+        return (f"the method {spec.name}'s loss ({spec.loss.name}) does not weigh an image's two labels, so mixed "
+                f"images would train on the first label only; drop --mix, or use a method whose loss is one of "
+                f"{', '.join(mixable)}")
+    return None
 
 
 def _cuda() -> bool:

@@ -87,6 +87,7 @@ BOUNDS: dict[str, Bound] = {
     "checkpoint_every": Bound(lo=1, integer=True),
     "log_every": Bound(lo=1, integer=True),
     "budget_fraction": Bound(lo=0, lo_open=True, hi=1),
+    "mix_alpha": Bound(lo=0, lo_open=True, hi=100),
     "max_steps_per_epoch": Bound(lo=1, integer=True, optional="the whole epoch"),
     "eval_batch_size": Bound(lo=1, integer=True),
     "image_size": Bound(lo=1, hi=4096, integer=True, optional="the data set's image size"),
@@ -97,7 +98,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": ("cosine", "step", "constant", "onecycle", "poly"),
     "mixed_precision": ("no", "fp16", "bf16"),
     "normalize": ("data", "backbone"),
+    "mix": ("mixup", "cutmix"),
 }
+UNSET_CHOICES = {"mix"}  # choices that may also be left unset (None: off)
 
 #: Extra advice for one setting, appended to its range error.
 ADVICE: dict[str, str] = {
@@ -120,6 +123,8 @@ def check_settings(cfg: Any) -> None:
             advice = f" {ADVICE[name]}" if name in ADVICE else ""
             raise SettingError(f"{flag(name)} must be {bound.describe()}, got {value!r}.{advice}", [name])
     for name, options in CHOICES.items():
+        if getattr(cfg, name) is None and name in UNSET_CHOICES:
+            continue
         if getattr(cfg, name) not in options:
             raise SettingError(f"{flag(name)} must be one of {', '.join(options)}, got {getattr(cfg, name)!r}", [name])
     if cfg.push_to_hub is not None and not _REPO_ID.match(cfg.push_to_hub):

@@ -1,4 +1,5 @@
-"""Batch transforms that mix images: ICCL's interpolation of a class-agnostic and a class-aware batch."""
+"""Batch transforms that mix images: ICCL's interpolation of a class-agnostic and a class-aware batch, and the
+``--mix`` setting's Mixup and CutMix for methods whose loss is a cross-entropy on hard labels."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import Tensor
 from ltreg.step import Batch, Extra, Part, StepState
 
 _TAG = 0x1CC1  # separates this stream of random numbers from others keyed on (seed, epoch, step)
+_MIX_TAG = 0x313A  # the stream of --mix (one lam and one box per step)
 
 
 def global_lambdas(alpha: float, n: int, seed: int, epoch: int, step: int) -> Tensor:
@@ -55,3 +57,69 @@ class PairMixup(Part):
         extra = {k: v for k, v in batch.extra.items() if k != Extra.PAIR_IMAGES}
         extra[Extra.LAM] = lam
         return dataclasses.replace(batch, images=torch.cat([xa, mixed], dim=1), extra=extra)
+
+
+def _batch_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
+    """The random numbers of one step of ``--mix``: a pure function of (seed, epoch, step), the same on every
+    process and after a resume."""
+    return np.random.default_rng([_MIX_TAG, int(seed) % (1 << 64), int(epoch), int(step)])
+
+
+class _BatchMix(Part):
+    """Mixes each image with its partner in the reversed local batch (timm's pairing, ``x.flip(0)``), all views
+    alike, with one ``lam ~ Beta(alpha, alpha)`` per step [D: timm's "batch" mode]. Attaches
+    ``extra[Extra.MIX_TARGETS]`` (the partners' labels ``[B]``) and ``extra[Extra.MIX_LAM]`` (the weight of the
+    image's own label, a 0-dim tensor): a mixable loss (``mixable = True``, the logit losses) then computes
+    ``lam L(y) + (1 - lam) L(y_partner)``."""
+
+    kind = ""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        if not alpha > 0:
+            raise ValueError(f"{self.kind} alpha must be > 0 (Beta(alpha, alpha)), got {alpha}")
+        self.alpha = float(alpha)
+
+    def mix(self, images: Tensor, partner: Tensor, rng: np.random.Generator) -> tuple[Tensor, float]:
+        """The mixed images and the share of each image's own label in them."""
+        raise NotImplementedError
+
+    def transform_batch(self, batch: Batch, state: StepState) -> Batch:
+        x = batch.images
+        if not x.is_floating_point():
+            raise TypeError(f"{self.kind} mixes float images; got {x.dtype} (apply the view pipelines first)")
+        mixed, lam = self.mix(x, x.flip(0), _batch_rng(state.seed, state.epoch, state.step))
+        extra = {**batch.extra, Extra.MIX_TARGETS: batch.targets.flip(0),
+                 Extra.MIX_LAM: torch.tensor(lam, dtype=torch.float32).to(x.device, non_blocking=True)}
+        return dataclasses.replace(batch, images=mixed, extra=extra)
+
+
+class Mixup(_BatchMix):
+    """Mixup (Zhang et al., ICLR 2018, arXiv 1710.09412) [P]: ``lam x + (1 - lam) x_partner``; alpha 1 (lam
+    uniform) is the paper's CIFAR setting [P]."""
+
+    kind = "mixup"
+
+    def mix(self, images: Tensor, partner: Tensor, rng: np.random.Generator) -> tuple[Tensor, float]:
+        lam = float(rng.beta(self.alpha, self.alpha))
+        return torch.lerp(partner, images, lam), lam
+
+
+class CutMix(_BatchMix):
+    """CutMix (Yun et al., ICCV 2019, arXiv 1905.04899) [P]: a box of area ``1 - lam`` of each image (centre
+    uniform, sides ``sqrt(1 - lam)`` of the image's, clipped at the border) is replaced by the partner's; lam
+    is then the share of the image left, measured after the clipping (as the paper's code and timm's
+    ``correct_lam``) [C]. alpha 1 is the paper's default [P]."""
+
+    kind = "cutmix"
+
+    def mix(self, images: Tensor, partner: Tensor, rng: np.random.Generator) -> tuple[Tensor, float]:
+        lam = float(rng.beta(self.alpha, self.alpha))
+        h, w = images.shape[-2:]
+        cut = (1.0 - lam) ** 0.5
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        y1, y2 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x1, x2 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        out = images.clone()
+        out[..., y1:y2, x1:x2] = partner[..., y1:y2, x1:x2]
+        return out, 1.0 - (y2 - y1) * (x2 - x1) / (h * w)

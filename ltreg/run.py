@@ -26,7 +26,7 @@ from torch import nn
 import ltreg.distributed as D
 from ltreg.card import DatasetRecord, RunCard
 from ltreg.checkpoint import Checkpoints, claim_run_folder, guard_run_folder
-from ltreg.config import RunConfig, TrainConfig, ineffective, resolve_tuner
+from ltreg.config import RunConfig, TrainConfig, ineffective, mix_refusal, resolve_tuner
 from ltreg.data.build import build_data, with_input
 from ltreg.data.evalviews import EvalViews, build_eval_views
 from ltreg.data.lt import LTData, LTDataset, data_identity
@@ -124,7 +124,9 @@ class Run:
                  "mergeable": self.tuner.mergeable, "base": base_weights(cfg)}
         return RunCard(method=spec.name, citation=spec.citation, bibtex=spec.bibtex, hparams=self.config.hparams.to_dict(),
                        recipe=self.effective_recipe(), dataset=dataset, license=cfg.license,
-                       augmentation=describe_views(training_views(self.config, self.parts), train),
+                       augmentation=describe_views(training_views(self.config, self.parts), train) + (
+                           f"; then {cfg.mix} of image pairs in stage 1, lam ~ Beta({cfg.mix_alpha}, {cfg.mix_alpha}) "
+                           f"per step" if cfg.mix else ""),
                        metrics={k: v for k, v in metrics.items() if k != "per_class"}, per_class=metrics.get("per_class"),
                        tuner=tuner)
 
@@ -279,6 +281,11 @@ def build_run(rc: RunConfig) -> Run:
             built[role] = build_part(role, ref, hparams, ctx)
             if role == "memory":
                 ctx.memory = passes.memory = built[role]
+    if cfg.mix is not None:  # the --mix setting: a batch transform of the method's stage 1
+        refusal = mix_refusal(spec)
+        if refusal:
+            raise ConfigError(f"--mix {cfg.mix} would have no effect: {refusal}")
+        built["batch_transform"] = build_part("batch_transform", PartRef(cfg.mix, alpha=cfg.mix_alpha), hparams, ctx)
     parts = Parts(loss=build_part("loss", spec.loss, hparams, ctx), sampler=build_part("sampler", spec.sampler, hparams, ctx),
                   rebalancer=build_part("rebalance", spec.rebalance, hparams, ctx) if spec.rebalance else None, **built)
     state.prototypes, state.memory, state.model = parts.prototypes, parts.memory, model

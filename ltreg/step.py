@@ -23,6 +23,8 @@ class Extra:
     PAIR_INDEX = "pair_index"  # Batch: its index, [B]
     TARGETS_B = "targets_b"  # Batch: its label, [B]
     LAM = "lam"  # Batch: pair-mixup weights of the first image, [B]
+    MIX_TARGETS = "mix_targets"  # Batch: --mix partners' labels, [B]
+    MIX_LAM = "mix_lam"  # Batch: --mix share of each image's own label, 0-dim
     POSITIVES = "positives"  # Batch: k-global positives, [B, k, V', C, H, W]
     POSITIVE_INDEX = "positive_index"  # Batch: their indices, [B, k]
     KEY_Z = "key_z"  # Outputs: momentum-encoder key projections, [B, D]

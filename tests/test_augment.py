@@ -20,7 +20,7 @@ from ltreg.data.builders import digits_lt, imagefolder_lt
 from ltreg.data.lt import TensorSource
 from ltreg.data.views import AUGMENT_PRESETS, apply_augment, build_pipeline
 from ltreg.errors import ConfigError, SettingError
-from ltreg.method import get_method
+from ltreg.method import PartRef, get_method
 
 
 def half_bright(data: ltreg.LTDataset) -> ltreg.LTDataset:
@@ -105,4 +105,38 @@ def test_a_method_without_a_cls_view_refuses_augment(tmp_path: Path) -> None:
                         output_dir=str(tmp_path / "run"), quiet=True)
     finally:
         ltreg.registry("methods").unregister("supcon-stage1-only")
+    assert not (tmp_path / "run").exists()
+
+
+def test_mixing_is_a_recorded_setting_of_methods_that_can_use_it(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    ltreg.train("logit-adjust", mix="cutmix", mix_alpha=0.4, epochs=1, max_steps_per_epoch=2, batch_size=32,
+                eval_batch_size=512, output_dir=str(out), quiet=True)
+    block = json.loads((out / "config.json").read_text())["ltreg"]
+    assert block["recipe"]["mix"] == "cutmix" and block["recipe"]["mix_alpha"] == 0.4
+    assert block["augmentation"].endswith("; then cutmix of image pairs in stage 1, lam ~ Beta(0.4, 0.4) per step")
+    assert "| mix | cutmix |" in (out / "README.md").read_text()
+    plain = tmp_path / "plain"
+    ltreg.train("ce", epochs=1, max_steps_per_epoch=1, batch_size=32, eval_batch_size=512, output_dir=str(plain),
+                quiet=True)
+    recipe = json.loads((plain / "config.json").read_text())["ltreg"]["recipe"]
+    assert "mix" not in recipe and "mix_alpha" not in recipe  # the card records only what took effect
+
+
+@pytest.mark.parametrize(("method", "why"), [
+    ("supcon", "the method supcon's loss \\(supcon\\) does not weigh an image's two labels"),
+    ("ce-paired", "the method ce-paired mixes its own batches \\(batch transform pair-mixup\\)"),
+])
+def test_mixing_is_refused_where_the_method_cannot_use_it(tmp_path: Path, method: str, why: str) -> None:
+    ltreg.register_method(dataclasses.replace(get_method("ce"), name="ce-paired", batch_transform=PartRef("pair-mixup")))
+    try:
+        with pytest.raises(ConfigError, match=f"--mix 'mixup' would have no effect: {why}"):
+            ltreg.train(method, mix="mixup", epochs=1, max_steps_per_epoch=1, batch_size=32,
+                        output_dir=str(tmp_path / "run"), quiet=True)
+    finally:
+        ltreg.registry("methods").unregister("ce-paired")
+    with pytest.raises(ConfigError, match="--mix-alpha .* no --mix is given"):
+        ltreg.train("ce", mix_alpha=0.3, epochs=1, output_dir=str(tmp_path / "run"), quiet=True)
+    with pytest.raises(SettingError, match="--mix must be one of mixup, cutmix, got 'mixp'"):
+        ltreg.train("ce", mix="mixp", epochs=1, output_dir=str(tmp_path / "run"), quiet=True)
     assert not (tmp_path / "run").exists()

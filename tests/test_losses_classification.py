@@ -17,7 +17,7 @@ from ltreg.losses import (
     class_balanced_weights,
     drw_weights,
 )
-from ltreg.step import Batch, Outputs, StepState
+from ltreg.step import Batch, Extra, Outputs, StepState
 
 TOL = {"rtol": 1e-9, "atol": 1e-10}  # float64 losses vs float64 loops
 B, V, C = 6, 2, 4
@@ -193,3 +193,25 @@ def test_bf16_logits_are_computed_in_float32():
             Outputs(z=outputs.z, logits=half.logits.double(), features=outputs.features), batch, state
         ).total
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reweight", [False, True], ids=["plain", "class_balanced"])
+@pytest.mark.parametrize(
+    ("name", "cls", "kw", "naive_kw"), CASES, ids=[f"{c[0]}{i}" for i, c in enumerate(CASES)]
+)
+def test_mixed_batches_weigh_both_labels_by_their_share(name, cls, kw, naive_kw, reweight):
+    """--mix: lam L(y) + (1 - lam) L(y_partner), each term the loss's own (its class-weighted mean included)."""
+    lam = 0.375  # exact in float32, the dtype the transforms attach
+    extra = {Extra.MIX_TARGETS: TARGETS_B, Extra.MIX_LAM: torch.tensor(lam)}
+    logits, outputs, batch, state = setup(extra=extra)
+    drw = {"drw_start_epoch": 0, "reweight_beta": 0.99} if reweight else {}
+    out = cls(views=(0, 1), **kw, **drw)(outputs, batch, state)
+    weight = naive_cb(0.99) if reweight else None
+    u = logits.reshape(B * V, C)
+    want = lam * naive(name, u, TARGETS.repeat_interleave(V), weight=weight, **naive_kw) + (1 - lam) * naive(
+        name, u, TARGETS_B.repeat_interleave(V), weight=weight, **naive_kw)
+    torch.testing.assert_close(out.total, want, **TOL)
+    torch.testing.assert_close(
+        torch.autograd.grad(out.total, logits)[0], torch.autograd.grad(want, logits)[0], **TOL
+    )
+    assert cls.mixable and not MixupCE.mixable  # mixup-ce mixes its own pairs: --mix is refused for it

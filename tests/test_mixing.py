@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ltreg.mixing import PairMixup
-from ltreg.step import Batch, StepState
+from ltreg.mixing import CutMix, Mixup, PairMixup
+from ltreg.step import Batch, Extra, StepState
 
 
 def paired_batch(b: int, v: int = 2, seed: int = 0) -> Batch:
@@ -60,3 +60,47 @@ def test_missing_pair_is_a_clear_error() -> None:
                                     state())
     with pytest.raises(ValueError, match="alpha"):
         PairMixup(0.0)
+
+
+def mix_batch(b: int = 8, v: int = 2, hw: int = 8) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    return Batch(torch.rand(b, v, 3, hw, hw, generator=g), torch.arange(b) % 4, torch.arange(b))
+
+
+def test_mixup_blends_each_image_with_its_partner_in_the_reversed_batch() -> None:
+    batch = mix_batch()
+    out = Mixup(0.5).transform_batch(batch, state())
+    lam = float(out.extra[Extra.MIX_LAM])
+    assert 0 < lam < 1 and out.extra[Extra.MIX_LAM].dim() == 0
+    x = batch.images.double()
+    torch.testing.assert_close(out.images.double(), lam * x + (1 - lam) * x.flip(0), rtol=0, atol=1e-6)
+    assert torch.equal(out.targets, batch.targets) and torch.equal(out.extra[Extra.MIX_TARGETS], batch.targets.flip(0))
+
+
+def test_cutmix_pastes_one_box_into_every_view_and_lam_is_the_share_left() -> None:
+    batch = mix_batch(hw=16)
+    lams = set()
+    for step in range(12):
+        out = CutMix(1.0).transform_batch(batch, state(step=step))
+        own = (out.images == batch.images).all(dim=(0, 1, 2))  # [H, W]: pixels that kept the image's own value
+        pasted = (out.images == batch.images.flip(0)).all(dim=(0, 1, 2))
+        assert bool((own | pasted).all()), "every pixel is the image's or its partner's"
+        ys, xs = torch.nonzero(pasted & ~own, as_tuple=True)
+        if ys.numel():  # one rectangle, the same in every image and view
+            assert (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1) == ys.numel()
+        lam = float(out.extra[Extra.MIX_LAM])
+        assert lam == pytest.approx(1 - ys.numel() / 16**2, abs=1e-6)
+        lams.add(round(lam, 4))
+    assert len(lams) > 6  # a fresh draw each step
+
+
+@pytest.mark.parametrize("mix", [Mixup, CutMix])
+def test_batch_mixing_is_a_pure_function_of_seed_epoch_and_step_on_every_process(mix) -> None:
+    batch = mix_batch()
+    first = mix(1.0).transform_batch(batch, state(rank=0, world=2))
+    again = mix(1.0).transform_batch(batch, state(rank=1, world=2))  # another process, same step: same lam
+    assert torch.equal(first.images, again.images) and torch.equal(first.extra[Extra.MIX_LAM], again.extra[Extra.MIX_LAM])
+    later = mix(1.0).transform_batch(batch, state(step=4))
+    assert not torch.equal(first.extra[Extra.MIX_LAM], later.extra[Extra.MIX_LAM])
+    with pytest.raises(ValueError, match=f"{mix.kind} alpha must be > 0"):
+        mix(0.0)

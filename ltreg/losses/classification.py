@@ -161,9 +161,11 @@ def global_weight_factor(weight: Tensor, targets: Tensor, state: StepState) -> T
 
 
 class _LogitLoss(nn.Module):
-    """Shared plumbing: the chosen views of ``outputs.logits`` and the optional deferred class re-weighting."""
+    """Shared plumbing: the chosen views of ``outputs.logits``, the optional deferred class re-weighting, and
+    ``--mix`` (a batch carrying ``Extra.MIX_LAM``: the loss of each label, weighted by its share)."""
 
     part = "ce"
+    mixable = True  # the --mix setting may be used with this loss
 
     def __init__(
         self,
@@ -181,10 +183,19 @@ class _LogitLoss(nn.Module):
         if self.drw_start_epoch is not None:
             weight = drw_weights(state.class_counts, state.epoch, self.drw_start_epoch, self.reweight_beta)
         logits, targets = flatten_views(outputs.logits[:, list(self.views)], batch.targets)
+        loss = self._term(logits, targets, weight, batch, state, reps)
+        if Extra.MIX_LAM in batch.extra:  # --mix: lam L(y) + (1 - lam) L(y_partner), each term as without mixing
+            partner = batch.extra[Extra.MIX_TARGETS].repeat_interleave(reps)
+            other = self._term(logits, partner, weight, batch, state, reps)
+            loss = torch.lerp(other, loss, batch.extra[Extra.MIX_LAM].to(loss.dtype))
+        return LossOutput(loss, {self.part: loss.detach()})
+
+    def _term(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
+              reps: int) -> Tensor:
         loss = self.loss(logits, targets, weight, batch, state, reps)
         if weight is not None and state.world_size > 1:
             loss = loss * global_weight_factor(weight, targets, state)
-        return LossOutput(loss, {self.part: loss.detach()})
+        return loss
 
     def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
              reps: int) -> Tensor:
@@ -255,6 +266,7 @@ class MixupCE(_LogitLoss):
     ``batch.extra[Extra.TARGETS_B]`` and ``batch.extra[Extra.LAM]`` ``[B]``."""
 
     part = "mixup_ce"
+    mixable = False  # it mixes its own pairs
 
     def loss(self, logits: Tensor, targets: Tensor, weight: Tensor | None, batch: Batch, state: StepState,
              reps: int) -> Tensor:
