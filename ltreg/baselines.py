@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ltreg.method import HParams, MethodSpec, ModelSpec, PartRef, Recipe, Stage, hp
+from ltreg.tags import Reading, Tag
 
 _CIFAR = {"warmup_epochs": 5, "schedule": "step", "milestones": [160, 180], "lr_decay": 0.01, "epochs": 200,
           "batch_size": 128, "lr": 0.1, "weight_decay": 2e-4, "backbone": "resnet32"}
@@ -142,5 +143,12 @@ SUPCON = MethodSpec(
     model=ModelSpec(proj_dim=128, train_heads=("projector",)),  # the classifier is cRT's, in stage 2
     recipes=_cifar_recipes({"cifar100-lt-if100": {"All": 45.8}, "cifar100-lt-if50": {"All": 52.0},
                             "cifar100-lt-if10": {"All": 64.4}}),
-    reading="all-views SupCon (L_out); anchors with no positive contribute 0; stage 2 = cRT (class-balanced, CE).",
+    readings=(
+        Reading("SupCon over all views, the log outside the sum over positives (L_out)",
+                Tag.paper("Khosla et al. 2020, Eq. 2 (L^sup_out, the better of the two)")),
+        Reading("an anchor with no positive in the batch contributes 0 and is left out of the mean",
+                Tag.ours("the paper's 1/|P(i)| is undefined at |P(i)| = 0")),
+        Reading("stage 2: cRT, a new linear classifier on the frozen backbone, class-balanced sampling, CE",
+                Tag.paper("Kang et al. 2020, Sec. 4 (cRT)")),
+    ),
 )

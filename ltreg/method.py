@@ -364,7 +364,6 @@ class MethodSpec:
     eval_views: PartRef = field(default_factory=lambda: PartRef("center"))
     #: What ``--quick`` sets for this method before capping the budget (e.g. a tiny ViT and its text tower).
     quick: Recipe | None = None
-    reading: str = ""  # which reading of the paper is implemented, where it is ambiguous
     bibtex: str = ""  # BibTeX of the paper(s), for the model card
     model_template: ModelSpec | None = field(default=None, repr=False, compare=False)  # set from ``model``
     readings: tuple[Reading, ...] = ()  # each reading of the paper the loss / parts make, with its source tag
@@ -477,8 +476,6 @@ class MethodSpec:
         if self.readings:
             lines.append("  readings:")
             lines.extend(f"    - {r}" for r in self.readings)
-        if self.reading:
-            lines.append(f"  reading: {self.reading}")
         return "\n".join(lines)
 
 

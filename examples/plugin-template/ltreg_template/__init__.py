@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Recipe, hp
+from ltreg import HParams, MethodSpec, ModelSpec, PartRef, Reading, Recipe, Tag, hp
 from ltreg_template.loss import SupConLALoss, supcon_la
 
 __version__ = "0.1.0"
@@ -46,7 +46,11 @@ METHOD = MethodSpec(
     views=("cls", "sim"),  # view 0: crop + flip (classifier and SupCon); view 1: SimAugment (SupCon)
     model=ModelSpec(classifier="linear", proj_dim=128),
     recipes=RECIPES,
-    reading="SupCon 'all' mode over both views (L_out); LA-CE(u + t log pi) on view 0; predict argmax u.",
+    readings=(
+        Reading("SupCon 'all' mode over both views (L_out)", Tag.paper("Khosla et al. 2020, Eq. 2")),
+        Reading("LA-CE(u + t log pi) on view 0; predict argmax u", Tag.paper("Menon et al. 2021, the logit-adjusted softmax cross-entropy")),
+        Reading("the two terms summed with weights con_weight and ce_weight, one stage", Tag.ours("the template's")),
+    ),
 )
 
 __all__ = ["METHOD", "RECIPES", "SupConLALoss", "TemplateHParams", "supcon_la"]

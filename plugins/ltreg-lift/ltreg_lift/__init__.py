@@ -134,21 +134,16 @@ METHOD = MethodSpec(
         Reading("features: the class token after ln_post, before CLIP's projection; text rows mapped back through it",
                 C(f"{_CODE}: trainer.py init_head_text_feat")),
         Reading("AdaptFormer: LN, down, ReLU, zero-init up, learnable scale 1, added to the MLP output, input = the "
-                "MLP's residual input", C(f"{_CODE}: models/peft_modules.py, peft_vit.py")),
+                "MLP's residual input; its arguments go to the core tuner 'adaptformer'",
+                C(f"{_CODE}: models/peft_modules.py, peft_vit.py")),
         Reading("test-time ensemble: five crops of the image resized to 248, logits averaged",
                 C(f"{_CODE}: utils/config.py expand=24, tte_mode fivecrop")),
         Reading("the cosine schedule steps per iteration", D("the authors step per epoch")),
-        Reading("--hp augment=minimalist: LIFT+'s square crops weakening over the run, no flip; LIFT+'s other "
-                "settings unchanged", C("the authors' LIFT-plus code, utils/transforms.py MinimalistRandomResizedCrop")),
+        Reading("--hp augment=minimalist: LIFT+'s square crops weakening over the run (area share from 0.08 + 0.92 "
+                "(1 - sqrt(1 - t^2)) to 1, t = epoch / (epochs - 1), bicubic), no flip; LIFT+'s other settings (5 "
+                "epochs, lr 0.02) are not changed by it",
+                C("the authors' LIFT-plus code, utils/transforms.py MinimalistRandomResizedCrop, utils/config.py")),
     ),
-    reading="Loss: CE(s cos(f, w) + tau log pi, y), predict argmax s cos(f, w) [C: utils/losses.py]. Features are "
-            "the class token after ln_post, before CLIP's projection; text rows are mapped back through it [C: "
-            "trainer.py init_head_text_feat]. AdaptFormer: LN, down, ReLU, zero-init up, learnable scale 1, added "
-            "to the MLP output, input = the MLP's residual input [C: peft_modules.py, peft_vit.py]; its arguments "
-            "go to the core tuner 'adaptformer'. [D] differences: the cosine schedule steps per iteration (the "
-            "authors step per epoch). --hp augment=minimalist: LIFT+'s square crops (area share from "
-            "0.08 + 0.92 (1 - sqrt(1 - t^2)) to 1, t = epoch / (epochs - 1), bicubic, no flip); LIFT+'s other "
-            "settings (5 epochs, lr 0.02 [C: LIFT-plus utils/config.py]) are not changed by it.",
 )
 
 __all__ = ["METHOD", "LIFTHParams", "bottleneck", "CLIP_B16", "DIGIT_NAMES", "MICRO_CLIP"]
