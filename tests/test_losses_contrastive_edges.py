@@ -369,3 +369,16 @@ def test_global_mean_one_process():
     assert torch.equal(half, torch.tensor(1.4, dtype=torch.float64))
     none = ContrastiveResult(torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.long))
     assert global_mean(none, state_for()).item() == 0.0  # no anchor with a positive: 0, not NaN
+
+
+def test_index_tensors_are_built_on_the_inputs_device():
+    """Every index tensor is made on the anchors' device ("meta" stands in for an accelerator: mixing it with a
+    CPU tensor fails), so the losses run unchanged on a GPU."""
+    z, y = torch.empty(4, 3, D, device="meta"), torch.empty(4, dtype=torch.long, device="meta")
+    cs = contrast_set(z, y, keys=torch.empty(4, D, device="meta"))
+    assert cs.self_index.device.type == cs.own_index.device.type == "meta" and cs.own_index.shape == (12, 3)
+    queue, qy = torch.empty(5, D, device="meta"), torch.empty(5, dtype=torch.long, device="meta")
+    cs = contrast_set(z, y, queue=queue, queue_labels=qy, include_views=False)
+    assert cs.own_index.device.type == "meta" and cs.own_index.shape == (12, 0)
+    out = sample_positives(y, qy, 3, torch.empty(4, 2, dtype=torch.long, device="meta"))
+    assert out.device.type == "meta" and out.shape == (4, 3) and out.dtype == torch.long
